@@ -1,0 +1,78 @@
+// LLaDA2.0 / Ling 2.0 model configuration, parsed from a Hugging Face `config.json`
+// (MODEL-SPEC.md §1.1).
+#ifndef DMOE_MODEL_CONFIG_H_
+#define DMOE_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+
+namespace dmoe::model {
+
+// Which decoding the checkpoint was trained for.
+enum class ModelKind {
+  kBlockDiffusion,   // LLaDA2MoeModelLM / llada2_moe: block-causal attention, no logit shift
+  kAutoregressive,   // BailingMoeV2ForCausalLM / bailing_moe_v2: causal, logits[i] predict i+1
+};
+
+// Every field the forward pass uses. Field names follow config.json.
+struct ModelConfig {
+  ModelKind kind = ModelKind::kBlockDiffusion;
+  std::string model_type;      // "llada2_moe" or "bailing_moe_v2"
+  std::string architecture;    // architectures[0]
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;                // defaults to hidden_size / num_attention_heads
+  int64_t intermediate_size = 0;       // dense SwiGLU width (layers < first_k_dense_replace)
+  int64_t moe_intermediate_size = 0;   // per routed expert and per shared expert
+  int64_t num_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t num_shared_experts = 0;      // shared expert width = this * moe_intermediate_size
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  int64_t first_k_dense_replace = 0;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = true;
+  std::string score_function = "sigmoid";  // only "sigmoid" is supported (LLaDA2 / Ling 2.0)
+  bool moe_router_enable_expert_bias = true;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 600000.0;
+  double partial_rotary_factor = 0.5;
+  int64_t rotary_dim = 0;              // int(head_dim * partial_rotary_factor) unless given
+  int64_t max_position_embeddings = 32768;
+  bool use_qk_norm = true;             // missing key means true (MODEL-SPEC.md §7)
+  bool tie_word_embeddings = false;
+  DType torch_dtype = DType::kBF16;
+  int64_t pad_token_id = -1;
+  std::vector<int64_t> eos_token_ids;  // eos_token_id (int or list), may be empty
+  int64_t block_length = 32;           // not in HF configs; dmoe accepts an optional "block_length"
+
+  // Derived sizes.
+  int64_t q_width() const { return num_attention_heads * head_dim; }
+  int64_t kv_width() const { return num_key_value_heads * head_dim; }
+  int64_t qkv_width() const { return q_width() + 2 * kv_width(); }
+  bool IsMoeLayer(int64_t layer) const { return layer >= first_k_dense_replace; }
+
+  // Parameter counts (elements): all tensors, and those one token touches.
+  int64_t TotalParameters() const;
+  int64_t ActiveParameters() const;
+};
+
+// Parses config.json text. `source` (usually the file path) is named in every error, e.g.
+// "config.json: field 'num_attention_heads' (16) does not divide hidden_size ...".
+// Unknown fields are ignored; missing required fields and inconsistent values are
+// INVALID_ARGUMENT.
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
+
+// Reads `<dir>/config.json`.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+}  // namespace dmoe::model
+
+#endif  // DMOE_MODEL_CONFIG_H_
