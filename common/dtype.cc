@@ -26,12 +26,12 @@ std::string_view DTypeName(DType dtype) {
 }
 
 absl::StatusOr<DType> ParseDType(std::string_view name) {
-  std::string lower = absl::AsciiStrToLower(name);
+  std::string lower = absl::AsciiStrToLower(std::string(name));
   if (lower == "f32" || lower == "float32" || lower == "float" || lower == "fp32") return DType::kF32;
   if (lower == "f16" || lower == "float16" || lower == "half" || lower == "fp16") return DType::kF16;
   if (lower == "bf16" || lower == "bfloat16") return DType::kBF16;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype '", name, "' (supported: F32, F16, BF16)"));
+      absl::StrCat("unknown dtype '", std::string(name), "' (supported: F32, F16, BF16)"));
 }
 
 float F16ToF32(uint16_t h) {

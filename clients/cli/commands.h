@@ -1,0 +1,17 @@
+// Subcommands of the `dmoe` CLI. Each Register* adds its subcommand and flags to the app and
+// sets the callback that runs it; the callback returns the process exit code through
+// `*exit_code`.
+#ifndef DMOE_CLIENTS_CLI_COMMANDS_H_
+#define DMOE_CLIENTS_CLI_COMMANDS_H_
+
+#include "CLI/CLI.hpp"
+
+namespace dmoe::cli {
+
+void RegisterGenerateCommand(CLI::App& app, int* exit_code);
+void RegisterTokenizeCommand(CLI::App& app, int* exit_code);
+void RegisterInspectCommand(CLI::App& app, int* exit_code);
+
+}  // namespace dmoe::cli
+
+#endif  // DMOE_CLIENTS_CLI_COMMANDS_H_

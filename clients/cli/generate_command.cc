@@ -1,0 +1,201 @@
+// dmoe generate: one prompt through the single-process engine.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "clients/cli/cli_common.h"
+#include "clients/cli/commands.h"
+#include "common/status_macros.h"
+#include "engine/engine.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace dmoe::cli {
+namespace {
+
+struct GenerateFlags {
+  std::string model_dir;
+  std::string prompt, chat, prompt_ids;
+  int64_t max_new_tokens = 128;
+  float threshold = 0.95f;
+  int64_t block_length = 0;  // 0: the model's block length
+  int64_t steps = 32;
+  std::string mode;          // "" = from the checkpoint kind
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  int32_t mask_id = -1;
+  std::string stop_ids;
+  bool json = false;
+  bool visual = false;
+  std::string kernels = "cpu";
+  int threads = 0;
+};
+
+// Renders the block being decoded on one terminal line: masks as ░, newlines as ⏎.
+std::string RenderBlock(const model::Tokenizer* tokenizer, const engine::Sequence& s) {
+  std::string line;
+  for (int32_t t : s.block()) {
+    if (t == s.params().mask_id) {
+      line += "\u2591";
+    } else if (tokenizer) {
+      line += absl::StrReplaceAll(SanitizeUtf8(tokenizer->TokenBytes(t)),
+                                  {{"\n", "\u23ce"}, {"\r", ""}, {"\t", " "}});
+    } else {
+      line += absl::StrCat("[", t, "]");
+    }
+  }
+  return line;
+}
+
+absl::Status RunGenerate(const GenerateFlags& f) {
+  const int inputs = !f.prompt.empty() + !f.chat.empty() + !f.prompt_ids.empty();
+  if (inputs != 1) {
+    return absl::InvalidArgumentError("give exactly one of --prompt, --chat or --prompt-ids");
+  }
+  std::unique_ptr<model::Tokenizer> tokenizer;
+  if (std::filesystem::exists(std::filesystem::path(f.model_dir) / "tokenizer.json")) {
+    DMOE_ASSIGN_OR_RETURN(tokenizer, model::Tokenizer::Load(f.model_dir));
+  } else if (f.prompt_ids.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        f.model_dir, " has no tokenizer.json: use --prompt-ids, --mask-id and --stop-ids"));
+  }
+
+  std::vector<int32_t> prompt;
+  if (!f.prompt_ids.empty()) {
+    DMOE_ASSIGN_OR_RETURN(prompt, ParseIdList(f.prompt_ids, "--prompt-ids"));
+  } else if (!f.prompt.empty()) {
+    prompt = tokenizer->Encode(f.prompt);
+  } else {
+    DMOE_ASSIGN_OR_RETURN(std::string text, model::RenderChat({{"user", f.chat}}, true));
+    prompt = tokenizer->Encode(text);
+  }
+
+  engine::GenerationParams params;
+  std::optional<int32_t> mask_override;
+  if (f.mask_id >= 0) mask_override = f.mask_id;
+  std::optional<std::vector<int32_t>> stop_override;
+  if (!f.stop_ids.empty()) {
+    DMOE_ASSIGN_OR_RETURN(stop_override, ParseIdList(f.stop_ids, "--stop-ids"));
+  }
+  if (tokenizer) {
+    DMOE_ASSIGN_OR_RETURN(model::DecodeTokenIds ids,
+                          model::ResolveDecodeTokenIds(*tokenizer, mask_override, stop_override));
+    params.mask_id = ids.mask_id;
+    params.stop_ids = ids.stop_ids;
+  } else {
+    params.mask_id = f.mask_id;
+    if (stop_override) params.stop_ids = *stop_override;
+  }
+
+  DMOE_ASSIGN_OR_RETURN(auto engine, engine::Engine::Create(
+                                         {.model_dir = f.model_dir,
+                                          .kernels = f.kernels,
+                                          .num_threads = f.threads}));
+  const model::ModelConfig& config = engine->config();
+  if (f.mode.empty()) {
+    params.mode = config.kind == model::ModelKind::kAutoregressive
+                      ? engine::DecodeMode::kAutoregressive
+                      : engine::DecodeMode::kDiffusion;
+  } else if (f.mode == "diffusion") {
+    params.mode = engine::DecodeMode::kDiffusion;
+  } else if (f.mode == "ar") {
+    params.mode = engine::DecodeMode::kAutoregressive;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode must be 'diffusion' or 'ar', got '", f.mode, "'"));
+  }
+  params.max_new_tokens = f.max_new_tokens;
+  params.threshold = f.threshold;
+  params.block_length = f.block_length > 0 ? f.block_length : config.block_length;
+  params.steps = f.steps;
+  params.sampling = {.temperature = f.temperature, .top_k = f.top_k, .top_p = f.top_p, .seed = f.seed};
+
+  const bool stream = !f.json && !f.visual;
+  std::unique_ptr<model::StreamingDetokenizer> detok;
+  if (tokenizer) detok = std::make_unique<model::StreamingDetokenizer>(*tokenizer, true);
+  const bool tty = isatty(STDOUT_FILENO);
+  std::string committed_text;
+  auto observer = [&](size_t, engine::Sequence& s) {
+    std::vector<int32_t> fresh = s.TakeNewTokens();
+    if (detok && !fresh.empty()) committed_text += detok->Push(fresh);
+    if (stream && detok) {
+      std::cout << committed_text << std::flush;
+      committed_text.clear();
+    } else if (f.visual) {
+      if (!s.done() && params.mode == engine::DecodeMode::kDiffusion) {
+        std::cout << (tty ? "\r\033[K" : "") << "[block @" << s.block_start() << "] "
+                  << RenderBlock(tokenizer.get(), s) << (tty ? "" : "\n") << std::flush;
+      }
+    }
+  };
+  DMOE_ASSIGN_OR_RETURN(auto results, engine->Generate({{prompt, params}}, observer));
+  const engine::GenerationResult& r = results[0];
+  std::string text = tokenizer ? tokenizer->Decode(r.ids, /*skip_special_tokens=*/true) : "";
+  if (f.json) {
+    nlohmann::json out = {{"ids", r.ids},
+                          {"text", SanitizeUtf8(text)},
+                          {"forwards", r.forwards},
+                          {"tokens_per_forward", r.tokens_per_forward()},
+                          {"seconds", r.seconds},
+                          {"finish_reason", engine::FinishReasonName(r.finish_reason)},
+                          {"prompt_tokens", prompt.size()}};
+    std::cout << out.dump() << std::endl;
+  } else {
+    if (f.visual) std::cout << (tty ? "\r\033[K" : "") << text;
+    if (stream && detok) std::cout << committed_text << detok->Flush();
+    if (!tokenizer) {
+      for (size_t i = 0; i < r.ids.size(); ++i) std::cout << (i ? "," : "") << r.ids[i];
+    }
+    std::cout << std::endl;
+    std::fprintf(stderr, "[%zu tokens, %lld forwards, TPF %.2f, %.1f tokens/s, finish: %s]\n",
+                 r.ids.size(), static_cast<long long>(r.forwards), r.tokens_per_forward(),
+                 r.seconds > 0 ? r.ids.size() / r.seconds : 0.0,
+                 engine::FinishReasonName(r.finish_reason).c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<GenerateFlags>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text with the single-process engine");
+  cmd->add_option("--model", flags->model_dir, "Checkpoint directory (HF layout)")->required();
+  cmd->add_option("--prompt", flags->prompt, "Raw prompt text");
+  cmd->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
+  cmd->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
+  cmd->add_option("--max-new-tokens", flags->max_new_tokens, "Generation length limit")
+      ->capture_default_str();
+  cmd->add_option("--threshold", flags->threshold, "Commit masked tokens above this confidence")
+      ->capture_default_str();
+  cmd->add_option("--block-length", flags->block_length, "Diffusion block length (default: model's)");
+  cmd->add_option("--steps", flags->steps, "Max forwards per block (reference `steps`)")
+      ->capture_default_str();
+  cmd->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
+  cmd->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--mask-id", flags->mask_id, "Override the mask token id");
+  cmd->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
+  cmd->add_flag("--json", flags->json, "Print one JSON object: ids, text, forwards, ...");
+  cmd->add_flag("--visual", flags->visual, "Redraw the block being denoised after every step");
+  cmd->add_option("--kernels", flags->kernels, "cpu (fast) or reference (naive)")
+      ->capture_default_str();
+  cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
+  cmd->callback([flags, exit_code] {
+    absl::Status status = RunGenerate(*flags);
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+}
+
+}  // namespace dmoe::cli

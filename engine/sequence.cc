@@ -1,0 +1,195 @@
+#include "engine/sequence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace dmoe::engine {
+
+std::string FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+  }
+  return "?";
+}
+
+absl::Status GenerationParams::Validate(int64_t vocab_size) const {
+  auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (max_new_tokens <= 0) return bad("max_new_tokens must be >= 1, got ", max_new_tokens);
+  if (!(threshold >= 0.0f && threshold <= 1.0f)) {
+    return bad("threshold must be in [0, 1], got ", threshold);
+  }
+  if (block_length <= 0 || block_length > 4096) {
+    return bad("block_length must be in [1, 4096], got ", block_length);
+  }
+  if (steps <= 0) return bad("steps must be >= 1, got ", steps);
+  if (mode == DecodeMode::kDiffusion && (mask_id < 0 || mask_id >= vocab_size)) {
+    return bad("mask_id ", mask_id, " is outside the vocabulary [0, ", vocab_size, ")");
+  }
+  for (int32_t id : stop_ids) {
+    if (id < 0 || id >= vocab_size) return bad("stop id ", id, " is outside the vocabulary");
+    if (mode == DecodeMode::kDiffusion && id == mask_id) {
+      return bad("stop id ", id, " equals the mask id");
+    }
+  }
+  return sampling.Validate();
+}
+
+absl::StatusOr<Sequence> Sequence::Create(std::vector<int32_t> prompt,
+                                          const GenerationParams& params) {
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
+  Sequence s;
+  s.params_ = params;
+  s.prompt_length_ = static_cast<int64_t>(prompt.size());
+  s.tokens_ = std::move(prompt);
+  if (params.mode == DecodeMode::kDiffusion) {
+    const int64_t b = params.block_length;
+    s.canvas_end_ = (s.prompt_length_ + params.max_new_tokens + b - 1) / b * b;
+    // Reference: steps = min(steps, gen_length // minimal_topk), minimal_topk = 1.
+    s.effective_steps_ = std::min(params.steps, params.max_new_tokens);
+    s.StartBlock(s.prompt_length_ / b * b);
+  }
+  return s;
+}
+
+void Sequence::StartBlock(int64_t start) {
+  block_start_ = start;
+  block_.assign(params_.block_length, params_.mask_id);
+  // The partial last prompt block: its prompt tokens stay, the rest are masks.
+  for (int64_t p = start; p < prompt_length_; ++p) block_[p - start] = tokens_[p];
+  tokens_.resize(start);
+  block_step_ = 0;
+}
+
+// Reference schedule: B // steps per step, the first B % steps steps one more.
+int64_t Sequence::StepQuota(int64_t step) const {
+  const int64_t b = params_.block_length, n = effective_steps_;
+  return b / n + (step < b % n ? 1 : 0);
+}
+
+StepPlan Sequence::NextStep() const {
+  StepPlan plan;
+  plan.start = cached_;
+  plan.sampling = params_.sampling;
+  plan.stream = static_cast<uint64_t>(forwards_);
+  if (params_.mode == DecodeMode::kAutoregressive) {
+    plan.tokens.assign(tokens_.begin() + cached_, tokens_.end());
+    plan.persist = static_cast<int64_t>(plan.tokens.size());
+    plan.attention_block = 1;
+    plan.logits_from = plan.persist - 1;
+    return plan;
+  }
+  // [clean, uncached prefix (prompt blocks or the previous block)] + [current block]
+  plan.tokens.assign(tokens_.begin() + cached_, tokens_.begin() + block_start_);
+  plan.persist = block_start_ - cached_;
+  plan.tokens.insert(plan.tokens.end(), block_.begin(), block_.end());
+  plan.attention_block = params_.block_length;
+  plan.logits_from = plan.persist;
+  return plan;
+}
+
+absl::Status Sequence::Apply(const StepPlan& plan, const Proposal& proposal) {
+  if (done()) return absl::FailedPreconditionError("sequence already finished");
+  const size_t expected = plan.tokens.size() - plan.logits_from;
+  if (proposal.tokens.size() != expected || proposal.confidence.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("expected ", expected, " proposals, got ",
+                                                   proposal.tokens.size()));
+  }
+  cached_ = plan.start + plan.persist;
+  ++forwards_;
+  return params_.mode == DecodeMode::kDiffusion ? ApplyDiffusion(proposal)
+                                                : ApplyAutoregressive(proposal);
+}
+
+absl::Status Sequence::ApplyAutoregressive(const Proposal& proposal) {
+  const int32_t token = proposal.tokens.back();
+  tokens_.push_back(token);
+  const int64_t generated = static_cast<int64_t>(tokens_.size()) - prompt_length_;
+  if (std::find(params_.stop_ids.begin(), params_.stop_ids.end(), token) !=
+      params_.stop_ids.end()) {
+    finish_reason_ = FinishReason::kStop;
+  } else if (generated >= params_.max_new_tokens) {
+    finish_reason_ = FinishReason::kLength;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
+  const int64_t b = params_.block_length;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<float> confidence(b, kNegInf);
+  int64_t active = 0, above = 0;
+  for (int64_t i = 0; i < b; ++i) {
+    if (block_[i] != params_.mask_id) continue;
+    ++active;
+    confidence[i] = proposal.confidence[i];
+    if (confidence[i] > params_.threshold) ++above;
+  }
+  // Commit everything above the threshold if that meets this step's quota, else the
+  // quota's most confident positions (ties to the lower position).
+  const int64_t quota = StepQuota(block_step_);
+  if (above >= quota) {
+    for (int64_t i = 0; i < b; ++i) {
+      if (confidence[i] > params_.threshold) block_[i] = proposal.tokens[i];
+    }
+  } else {
+    std::vector<int64_t> order(b);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return confidence[x] > confidence[y]; });
+    for (int64_t r = 0; r < std::min(quota, active); ++r) block_[order[r]] = proposal.tokens[order[r]];
+  }
+  ++block_step_;
+  const bool masks_left =
+      std::find(block_.begin(), block_.end(), params_.mask_id) != block_.end();
+  if (!masks_left || block_step_ >= effective_steps_) FinishBlock();
+  return absl::OkStatus();
+}
+
+void Sequence::FinishBlock() {
+  tokens_.insert(tokens_.end(), block_.begin(), block_.end());
+  const int64_t end = block_start_ + params_.block_length;
+  bool stopped = false;
+  for (int64_t p = prompt_length_; p < end && !stopped; ++p) {
+    stopped = std::find(params_.stop_ids.begin(), params_.stop_ids.end(), tokens_[p]) !=
+              params_.stop_ids.end();
+  }
+  if (stopped) {
+    finish_reason_ = FinishReason::kStop;
+  } else if (end >= canvas_end_) {
+    finish_reason_ = FinishReason::kLength;
+  } else {
+    StartBlock(end);
+  }
+}
+
+std::vector<int32_t> Sequence::FinalTokens() const {
+  const int64_t committed_end =
+      params_.mode == DecodeMode::kDiffusion && !done() ? block_start_
+                                                        : static_cast<int64_t>(tokens_.size());
+  const int64_t end = std::min(committed_end, prompt_length_ + params_.max_new_tokens);
+  std::vector<int32_t> out;
+  for (int64_t p = prompt_length_; p < end; ++p) {
+    out.push_back(tokens_[p]);
+    if (std::find(params_.stop_ids.begin(), params_.stop_ids.end(), tokens_[p]) !=
+        params_.stop_ids.end()) {
+      break;
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> Sequence::TakeNewTokens() {
+  std::vector<int32_t> all = FinalTokens();
+  std::vector<int32_t> fresh(all.begin() + std::min(taken_, all.size()), all.end());
+  taken_ = all.size();
+  return fresh;
+}
+
+}  // namespace dmoe::engine

@@ -1,0 +1,176 @@
+#include "model/cpu/fast_kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "model/cpu/gemm.h"
+#include "model/cpu/reference_kernels.h"
+
+namespace dmoe::model {
+namespace {
+
+constexpr int kLanes = 16;
+
+// Per-thread conversion scratch for GemmRows.
+float* GemmScratch(int64_t k) {
+  thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < GemmScratchFloats(k)) scratch.resize(GemmScratchFloats(k));
+  return scratch.data();
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
+  for (int l = 0; i + l < n; ++l) acc[l] += a[i + l] * b[i + l];
+  for (int step = kLanes / 2; step > 0; step /= 2)
+    for (int l = 0; l < step; ++l) acc[l] += acc[l + step];
+  return acc[0];
+}
+
+inline float SumSquares(const float* a, int64_t n) { return Dot(a, a, n); }
+
+// Single-threaded SwiGLU FFN for one expert's rows (used inside the per-expert parallel loop).
+void FfnSingleThread(const float* x, int64_t m, const FfnWeights& w, float* y) {
+  const int64_t width = w.gate.rows, hidden = w.gate.cols;
+  std::vector<float> gate(m * width), up(m * width);
+  float* scratch = GemmScratch(std::max(hidden, width));
+  GemmRows(x, m, w.gate, 0, width, gate.data(), width, scratch);
+  GemmRows(x, m, w.up, 0, width, up.data(), width, scratch);
+  for (int64_t i = 0; i < m * width; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  GemmRows(gate.data(), m, w.down, 0, hidden, y, hidden, scratch);
+}
+
+}  // namespace
+
+FastKernels::FastKernels(const FastKernelsOptions& options) : pool_(options.num_threads) {}
+
+void FastKernels::MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y) {
+  // Chunks of whole 4-row tiles over the output dimension; each thread streams its own rows.
+  const int64_t tiles = (w.rows + 3) / 4;
+  pool_.ParallelFor(tiles, 8, [&](int64_t begin, int64_t end) {
+    GemmRows(x, m, w, begin * 4, std::min(end * 4, w.rows), y, w.rows, GemmScratch(w.cols));
+  });
+}
+
+void FastKernels::RmsNorm(const float* x, int64_t rows, int64_t n, const float* weight, float eps,
+                          float* y) {
+  pool_.ParallelFor(rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* in = x + r * n;
+      float* out = y + r * n;
+      float inv = 1.0f / std::sqrt(SumSquares(in, n) / static_cast<float>(n) + eps);
+      for (int64_t i = 0; i < n; ++i) out[i] = weight[i] * (in[i] * inv);
+    }
+  });
+}
+
+void FastKernels::QkNormRope(float* qkv, int64_t m, const int64_t* positions,
+                             const QkNormRopeParams& p) {
+  const int64_t d = p.head_dim, half = p.rotary_dim / 2;
+  const int64_t heads = p.num_heads + p.num_kv_heads;
+  const int64_t row_width = (p.num_heads + 2 * p.num_kv_heads) * d;
+  const std::vector<float> inv_freq = RopeInverseFrequencies(p.rotary_dim, p.rope_theta);
+  pool_.ParallelFor(m, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> cos_table(half), sin_table(half);
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        cos_table[i] = std::cos(angle);
+        sin_table[i] = std::sin(angle);
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float* x = qkv + t * row_width + h * d;
+        const float* norm = h < p.num_heads ? p.q_norm : p.k_norm;
+        if (norm) {
+          float inv = 1.0f / std::sqrt(SumSquares(x, d) / static_cast<float>(d) + p.eps);
+          for (int64_t i = 0; i < d; ++i) x[i] = norm[i] * (x[i] * inv);
+        }
+        for (int64_t i = 0; i < half; ++i) {
+          float x1 = x[i], x2 = x[i + half];
+          x[i] = x1 * cos_table[i] - x2 * sin_table[i];
+          x[i + half] = x2 * cos_table[i] + x1 * sin_table[i];
+        }
+      }
+    }
+  });
+}
+
+void FastKernels::Attention(const AttentionArgs& a) {
+  const int64_t group = a.num_heads / a.num_kv_heads, d = a.head_dim;
+  // One work item per (query, head); scores in thread-local scratch.
+  pool_.ParallelFor(a.num_queries * a.num_heads, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(a.num_keys);
+    std::vector<float> acc(d);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / a.num_heads, h = item % a.num_heads;
+      const int64_t q_block = a.q_positions[i] / a.block;
+      const float* q = a.q + i * a.q_stride + h * d;
+      const int64_t kv_off = (h / group) * d;
+      // Keys are in position order, so the visible ones are a prefix of the list.
+      int64_t visible = 0;
+      while (visible < a.num_keys && a.k_positions[visible] / a.block <= q_block) ++visible;
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < visible; ++j) {
+        scores[j] = Dot(q, a.k_rows[j] + kv_off, d) * a.scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      float denom = 0.0f;
+      for (int64_t j = 0; j < visible; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        denom += scores[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = 0; j < visible; ++j) {
+        const float p = scores[j] / denom;
+        const float* v = a.v_rows[j] + kv_off;
+        for (int64_t c = 0; c < d; ++c) acc[c] += p * v[c];
+      }
+      std::copy(acc.begin(), acc.end(), a.out + i * a.out_stride + h * d);
+    }
+  });
+}
+
+void FastKernels::SwiGlu(const float* gate, const float* up, int64_t count, float* out) {
+  pool_.ParallelFor(count, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  });
+}
+
+void FastKernels::Ffn(const float* x, int64_t m, const FfnWeights& w, float* y) {
+  const int64_t width = w.gate.rows;
+  std::vector<float> gate(m * width), up(m * width);
+  MatMul(x, m, w.gate, gate.data());
+  MatMul(x, m, w.up, up.data());
+  SwiGlu(gate.data(), up.data(), m * width, gate.data());
+  MatMul(gate.data(), m, w.down, y);
+}
+
+void FastKernels::Experts(const float* hidden, int64_t hidden_size,
+                          const std::vector<ExpertTask>& tasks, float* out) {
+  // Whole experts per thread, handed out dynamically: one synchronisation per layer instead
+  // of three per expert, and each expert's weights are read by exactly one thread.
+  std::atomic<size_t> next{0};
+  pool_.ParallelFor(pool_.num_threads(), 1, [&](int64_t, int64_t) {
+    std::vector<float> x, y;
+    for (size_t i = next.fetch_add(1); i < tasks.size(); i = next.fetch_add(1)) {
+      const ExpertTask& task = tasks[i];
+      const int64_t m = static_cast<int64_t>(task.input_rows.size());
+      if (m == 0) continue;
+      x.resize(m * hidden_size);
+      y.resize(m * hidden_size);
+      for (int64_t r = 0; r < m; ++r) {
+        std::copy_n(hidden + task.input_rows[r] * hidden_size, hidden_size, &x[r * hidden_size]);
+      }
+      FfnSingleThread(x.data(), m, *task.weights, y.data());
+      for (int64_t r = 0; r < m; ++r) {
+        std::copy_n(&y[r * hidden_size], hidden_size, out + task.output_rows[r] * hidden_size);
+      }
+    }
+  });
+}
+
+}  // namespace dmoe::model

@@ -1,0 +1,228 @@
+// Every fast CPU op against the naive reference (STYLE.md §10): NMSE per dtype, odd shapes,
+// guard regions after every output, and batch invariance (bit-identical rows whatever the batch).
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/cpu/fast_kernels.h"
+#include "model/cpu/gemm.h"
+#include "model/cpu/reference_kernels.h"
+
+namespace dmoe::model {
+namespace {
+
+constexpr float kGuard = 12345.678f;
+constexpr int kGuardLen = 64;
+
+// A buffer with a sentinel region after its n elements.
+struct Guarded {
+  explicit Guarded(size_t n) : n(n), data(n + kGuardLen, kGuard) {}
+  float* get() { return data.data(); }
+  bool GuardIntact() const {
+    for (size_t i = n; i < data.size(); ++i)
+      if (data[i] != kGuard) return false;
+    return true;
+  }
+  size_t n;
+  std::vector<float> data;
+};
+
+double Nmse(const float* ref, const float* got, size_t n) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < n; ++i) {
+    err += (double(ref[i]) - got[i]) * (double(ref[i]) - got[i]);
+    norm += double(ref[i]) * ref[i];
+  }
+  return norm == 0 ? err : err / norm;
+}
+
+std::vector<float> RandomVector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng) * scale;
+  return v;
+}
+
+// Weight storage in a given dtype.
+struct StoredMatrix {
+  StoredMatrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed) {
+    std::vector<float> values = RandomVector(rows * cols, seed, 0.5f);
+    bytes.resize(values.size() * DTypeSize(dtype));
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (dtype == DType::kF32) {
+        std::memcpy(&bytes[i * 4], &values[i], 4);
+      } else {
+        uint16_t h = dtype == DType::kBF16 ? F32ToBf16(values[i]) : F32ToF16(values[i]);
+        std::memcpy(&bytes[i * 2], &h, 2);
+      }
+    }
+    matrix = {dtype, rows, cols, bytes.data()};
+  }
+  std::vector<char> bytes;
+  WeightMatrix matrix;
+};
+
+class KernelsTest : public ::testing::Test {
+ protected:
+  ReferenceKernels ref_;
+  FastKernels fast_{{.num_threads = 2}};
+};
+
+TEST_F(KernelsTest, MatMulMatchesReferenceForEveryDtypeAndOddShapes) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int64_t m : {1, 2, 3, 33}) {
+      for (int64_t k : {1, 15, 16, 17, 100}) {
+        for (int64_t n : {1, 5, 63}) {
+          StoredMatrix w(dtype, n, k, static_cast<uint32_t>(m * 1000 + k * 10 + n));
+          std::vector<float> x = RandomVector(m * k, 7);
+          Guarded y_ref(m * n), y_fast(m * n);
+          ref_.MatMul(x.data(), m, w.matrix, y_ref.get());
+          fast_.MatMul(x.data(), m, w.matrix, y_fast.get());
+          EXPECT_LT(Nmse(y_ref.get(), y_fast.get(), m * n), 1e-10)
+              << DTypeName(dtype) << " m=" << m << " k=" << k << " n=" << n;
+          EXPECT_TRUE(y_fast.GuardIntact()) << "m=" << m << " k=" << k << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(KernelsTest, MatMulRowsAreBitIdenticalWhateverTheBatch) {
+  StoredMatrix w(DType::kBF16, 37, 130, 3);
+  std::vector<float> x = RandomVector(9 * 130, 11);
+  std::vector<float> all(9 * 37), one(37);
+  fast_.MatMul(x.data(), 9, w.matrix, all.data());
+  for (int64_t r = 0; r < 9; ++r) {
+    fast_.MatMul(x.data() + r * 130, 1, w.matrix, one.data());
+    EXPECT_EQ(0, std::memcmp(one.data(), all.data() + r * 37, 37 * sizeof(float))) << "row " << r;
+  }
+}
+
+TEST_F(KernelsTest, RmsNormMatchesReference) {
+  for (int64_t n : {1, 7, 64, 129}) {
+    std::vector<float> x = RandomVector(5 * n, 1), w = RandomVector(n, 2);
+    Guarded a(5 * n), b(5 * n);
+    ref_.RmsNorm(x.data(), 5, n, w.data(), 1e-6f, a.get());
+    fast_.RmsNorm(x.data(), 5, n, w.data(), 1e-6f, b.get());
+    EXPECT_LT(Nmse(a.get(), b.get(), 5 * n), 1e-12) << n;
+    EXPECT_TRUE(b.GuardIntact());
+  }
+}
+
+TEST_F(KernelsTest, QkNormRopeMatchesReference) {
+  QkNormRopeParams p{.num_heads = 4, .num_kv_heads = 2, .head_dim = 16, .rotary_dim = 8,
+                     .eps = 1e-6f, .rope_theta = 600000.0};
+  std::vector<float> qn = RandomVector(16, 5), kn = RandomVector(16, 6);
+  p.q_norm = qn.data();
+  p.k_norm = kn.data();
+  const int64_t width = (4 + 2 * 2) * 16, m = 7;
+  std::vector<int64_t> pos = {0, 1, 2, 31, 32, 1000, 20000};
+  std::vector<float> a = RandomVector(m * width, 9), b = a;
+  ref_.QkNormRope(a.data(), m, pos.data(), p);
+  fast_.QkNormRope(b.data(), m, pos.data(), p);
+  EXPECT_LT(Nmse(a.data(), b.data(), a.size()), 1e-12);
+}
+
+TEST_F(KernelsTest, RopeRotatesOnlyTheRotaryDims) {
+  QkNormRopeParams p{.num_heads = 1, .num_kv_heads = 1, .head_dim = 8, .rotary_dim = 4};
+  std::vector<float> x(3 * 8);
+  for (int i = 0; i < 24; ++i) x[i] = static_cast<float>(i + 1);
+  std::vector<float> before = x;
+  int64_t pos = 5;
+  ref_.QkNormRope(x.data(), 1, &pos, p);
+  for (int h = 0; h < 3; ++h) {
+    for (int d = 4; d < 8; ++d) EXPECT_EQ(x[h * 8 + d], before[h * 8 + d]);  // pass-through
+  }
+  // NeoX pairing (0, 2) with inv_freq[0] = 1: angle = 5.
+  EXPECT_NEAR(x[0], 1 * std::cos(5.0f) - 3 * std::sin(5.0f), 1e-5);
+  EXPECT_NEAR(x[2], 3 * std::cos(5.0f) + 1 * std::sin(5.0f), 1e-5);
+}
+
+TEST_F(KernelsTest, AttentionMatchesReferenceUnderBlockCausalMask) {
+  const int64_t heads = 4, kv_heads = 2, d = 16, keys = 70, queries = 32;
+  std::vector<float> q = RandomVector(queries * heads * d, 1);
+  std::vector<float> k = RandomVector(keys * kv_heads * d, 2), v = RandomVector(keys * kv_heads * d, 3);
+  std::vector<const float*> k_rows, v_rows;
+  std::vector<int64_t> k_pos, q_pos;
+  for (int64_t j = 0; j < keys; ++j) {
+    k_rows.push_back(&k[j * kv_heads * d]);
+    v_rows.push_back(&v[j * kv_heads * d]);
+    k_pos.push_back(j);
+  }
+  for (int64_t i = 0; i < queries; ++i) q_pos.push_back(38 + i);  // spans blocks 1 and 2
+  for (int64_t block : {1, 32}) {
+    Guarded a(queries * heads * d), b(queries * heads * d);
+    AttentionArgs args{.num_queries = queries, .q = q.data(), .q_stride = heads * d,
+                       .q_positions = q_pos.data(), .num_keys = keys, .k_rows = k_rows.data(),
+                       .v_rows = v_rows.data(), .k_positions = k_pos.data(), .block = block,
+                       .num_heads = heads, .num_kv_heads = kv_heads, .head_dim = d,
+                       .scale = 0.25f, .out = a.get(), .out_stride = heads * d};
+    ref_.Attention(args);
+    args.out = b.get();
+    fast_.Attention(args);
+    EXPECT_LT(Nmse(a.get(), b.get(), queries * heads * d), 1e-12) << "block " << block;
+    EXPECT_TRUE(b.GuardIntact());
+  }
+}
+
+TEST_F(KernelsTest, AttentionMaskHidesLaterBlocks) {
+  // One query at position 0 with block 2 sees keys 0 and 1 only: changing key 2 changes nothing.
+  const int64_t d = 4;
+  std::vector<float> q = {1, 0, 0, 0}, k = RandomVector(3 * d, 4), v = RandomVector(3 * d, 5);
+  std::vector<const float*> kr = {&k[0], &k[4], &k[8]}, vr = {&v[0], &v[4], &v[8]};
+  std::vector<int64_t> kp = {0, 1, 2}, qp = {0};
+  float out1[4], out2[4];
+  AttentionArgs args{.num_queries = 1, .q = q.data(), .q_stride = d, .q_positions = qp.data(),
+                     .num_keys = 3, .k_rows = kr.data(), .v_rows = vr.data(),
+                     .k_positions = kp.data(), .block = 2, .num_heads = 1, .num_kv_heads = 1,
+                     .head_dim = d, .scale = 1.0f, .out = out1, .out_stride = d};
+  fast_.Attention(args);
+  for (int c = 0; c < 4; ++c) v[8 + c] = 100.0f;
+  args.out = out2;
+  fast_.Attention(args);
+  EXPECT_EQ(0, std::memcmp(out1, out2, sizeof(out1)));
+}
+
+TEST_F(KernelsTest, FfnAndExpertsMatchReferenceIncludingAnIdleExpert) {
+  const int64_t hidden = 24, width = 10, tokens = 5;
+  StoredMatrix g0(DType::kBF16, width, hidden, 1), u0(DType::kBF16, width, hidden, 2),
+      d0(DType::kBF16, hidden, width, 3), g1(DType::kBF16, width, hidden, 4),
+      u1(DType::kBF16, width, hidden, 5), d1(DType::kBF16, hidden, width, 6);
+  FfnWeights e0{g0.matrix, u0.matrix, d0.matrix}, e1{g1.matrix, u1.matrix, d1.matrix};
+  std::vector<float> h = RandomVector(tokens * hidden, 7);
+  Guarded a(tokens * hidden), b(tokens * hidden);
+  ref_.Ffn(h.data(), tokens, e0, a.get());
+  fast_.Ffn(h.data(), tokens, e0, b.get());
+  EXPECT_LT(Nmse(a.get(), b.get(), tokens * hidden), 1e-10);
+  EXPECT_TRUE(b.GuardIntact());
+
+  // Expert 0 takes tokens 4, 1; expert 1 receives zero tokens; slots laid out [tokens, 2].
+  std::vector<ExpertTask> tasks = {{&e0, {4, 1}, {8, 3}}, {&e1, {}, {}}};
+  Guarded sa(tokens * 2 * hidden), sb(tokens * 2 * hidden);
+  std::fill_n(sa.get(), tokens * 2 * hidden, 0.0f);
+  std::fill_n(sb.get(), tokens * 2 * hidden, 0.0f);
+  ref_.Experts(h.data(), hidden, tasks, sa.get());
+  fast_.Experts(h.data(), hidden, tasks, sb.get());
+  EXPECT_LT(Nmse(sa.get(), sb.get(), tokens * 2 * hidden), 1e-10);
+  EXPECT_TRUE(sb.GuardIntact());
+  // The expert on one token equals the dense FFN row of that token.
+  EXPECT_LT(Nmse(a.get() + 4 * hidden, sa.get() + 8 * hidden, hidden), 1e-10);
+}
+
+TEST_F(KernelsTest, SwiGluMatchesFormula) {
+  std::vector<float> g = {-2, -0.5, 0, 0.5, 3}, u = {1, 2, 3, 4, 5};
+  Guarded out(5);
+  fast_.SwiGlu(g.data(), u.data(), 5, out.get());
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(out.get()[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-6);
+  EXPECT_TRUE(out.GuardIntact());
+}
+
+TEST(GemmTest, ReportsItsIsa) {
+  EXPECT_TRUE(GemmIsa() == "avx512" || GemmIsa() == "generic");
+}
+
+}  // namespace
+}  // namespace dmoe::model
