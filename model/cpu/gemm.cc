@@ -67,9 +67,47 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) const float* RowAs
   return dst;
 }
 
-template <int kTokens>
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void DotTileAvx512(
-    const float* x, int64_t k, const float* const* rows, float* out /* [kTokens][kTileRows] */) {
+// Loads 16 weights starting at element i of a row as F32 (masked: only `mask` lanes).
+struct F32Loader {
+  __attribute__((target("avx512f"))) static __m512 Load(const void* row, int64_t i) {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + i);
+  }
+  __attribute__((target("avx512f"))) static __m512 LoadMasked(const void* row, int64_t i,
+                                                               __mmask16 mask) {
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(row) + i);
+  }
+};
+struct Bf16Loader {
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Load(const void* row,
+                                                                           int64_t i) {
+    return Widen(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i)));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 LoadMasked(
+      const void* row, int64_t i, __mmask16 mask) {
+    return Widen(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + i));
+  }
+};
+struct F16Loader {
+  __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static __m512 Load(const void* row,
+                                                                                 int64_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i)));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static __m512 LoadMasked(
+      const void* row, int64_t i, __mmask16 mask) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(row) + i));
+  }
+};
+
+// out[t][r] = dot(x[t], row r) for kTokens tokens x 4 rows. Each dot: 16 lanes over k
+// ascending, masked tail, then _mm512_reduce_add_ps — the same sequence for every tile shape.
+template <int kTokens, typename Loader>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) inline void DotTileAvx512(
+    const float* x, int64_t k, const void* const* rows, float* out /* [kTokens][kTileRows] */) {
   __m512 acc[kTokens][kTileRows];
   for (int t = 0; t < kTokens; ++t)
     for (int r = 0; r < kTileRows; ++r) acc[t][r] = _mm512_setzero_ps();
@@ -78,7 +116,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void DotTileAvx5
     __m512 xv[kTokens];
     for (int t = 0; t < kTokens; ++t) xv[t] = _mm512_loadu_ps(x + t * k + i);
     for (int r = 0; r < kTileRows; ++r) {
-      __m512 wv = _mm512_loadu_ps(rows[r] + i);
+      __m512 wv = Loader::Load(rows[r], i);
       for (int t = 0; t < kTokens; ++t) acc[t][r] = _mm512_fmadd_ps(xv[t], wv, acc[t][r]);
     }
   }
@@ -87,7 +125,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void DotTileAvx5
     __m512 xv[kTokens];
     for (int t = 0; t < kTokens; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + i);
     for (int r = 0; r < kTileRows; ++r) {
-      __m512 wv = _mm512_maskz_loadu_ps(mask, rows[r] + i);
+      __m512 wv = Loader::LoadMasked(rows[r], i, mask);
       for (int t = 0; t < kTokens; ++t) acc[t][r] = _mm512_fmadd_ps(xv[t], wv, acc[t][r]);
     }
   }
@@ -95,29 +133,55 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void DotTileAvx5
     for (int r = 0; r < kTileRows; ++r) out[t * kTileRows + r] = _mm512_reduce_add_ps(acc[t][r]);
 }
 
+template <typename Loader>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void TileAllTokens(
+    const float* x, int64_t m, int64_t k, const void* const* rows, int nr, int64_t n, float* y,
+    int64_t ldy) {
+  constexpr int kTokenTile = 4;
+  float out[kTokenTile * kTileRows];
+  int64_t t = 0;
+  auto store = [&](int tokens) {
+    for (int j = 0; j < tokens; ++j)
+      for (int r = 0; r < nr; ++r) y[(t + j) * ldy + n + r] = out[j * kTileRows + r];
+  };
+  for (; t + kTokenTile <= m; t += kTokenTile) {
+    DotTileAvx512<4, Loader>(x + t * k, k, rows, out);
+    store(4);
+  }
+  switch (m - t) {
+    case 3: DotTileAvx512<3, Loader>(x + t * k, k, rows, out); store(3); break;
+    case 2: DotTileAvx512<2, Loader>(x + t * k, k, rows, out); store(2); break;
+    case 1: DotTileAvx512<1, Loader>(x + t * k, k, rows, out); store(1); break;
+    default: break;
+  }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void GemmRowsAvx512(
     const float* x, int64_t m, const WeightMatrix& w, int64_t n0, int64_t n1, float* y,
     int64_t ldy, float* scratch) {
   const int64_t k = w.cols;
+  // Few tokens: widen weights in registers as they stream by. Many tokens: widen each tile
+  // once into F32 scratch, which every token tile then reuses. Same arithmetic either way.
+  const bool widen_once = w.dtype != DType::kF32 && m > 4;
   for (int64_t n = n0; n < n1; n += kTileRows) {
     const int nr = static_cast<int>(std::min<int64_t>(kTileRows, n1 - n));
-    const float* rows[kTileRows];
+    const void* rows[kTileRows];
     for (int r = 0; r < kTileRows; ++r) {
       // Short tiles repeat their first row; the extra results are discarded.
-      rows[r] = r < nr ? RowAsF32Avx512(w, n + r, scratch + r * k) : rows[0];
-    }
-    float out[2 * kTileRows];
-    int64_t t = 0;
-    for (; t + 2 <= m; t += 2) {
-      DotTileAvx512<2>(x + t * k, k, rows, out);
-      for (int r = 0; r < nr; ++r) {
-        y[t * ldy + n + r] = out[r];
-        y[(t + 1) * ldy + n + r] = out[kTileRows + r];
+      if (r >= nr) {
+        rows[r] = rows[0];
+      } else if (widen_once) {
+        rows[r] = RowAsF32Avx512(w, n + r, scratch + r * k);
+      } else {
+        rows[r] = w.Row(n + r);
       }
     }
-    if (t < m) {
-      DotTileAvx512<1>(x + t * k, k, rows, out);
-      for (int r = 0; r < nr; ++r) y[t * ldy + n + r] = out[r];
+    if (widen_once || w.dtype == DType::kF32) {
+      TileAllTokens<F32Loader>(x, m, k, rows, nr, n, y, ldy);
+    } else if (w.dtype == DType::kBF16) {
+      TileAllTokens<Bf16Loader>(x, m, k, rows, nr, n, y, ldy);
+    } else {
+      TileAllTokens<F16Loader>(x, m, k, rows, nr, n, y, ldy);
     }
   }
 }
