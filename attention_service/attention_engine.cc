@@ -1,0 +1,172 @@
+#include "attention_service/attention_engine.h"
+
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "engine/engine.h"
+
+namespace dmoe::attention {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// Measures the time a forward spends in expert dispatch/combine.
+class TimedExecutor : public model::ExpertExecutor {
+ public:
+  explicit TimedExecutor(std::unique_ptr<model::ExpertExecutor> inner) : inner_(std::move(inner)) {}
+  absl::Status RunExperts(int64_t layer, const float* hidden, int64_t n, int64_t h,
+                          const model::Routing& routing, float* out) override {
+    auto t0 = std::chrono::steady_clock::now();
+    absl::Status s = inner_->RunExperts(layer, hidden, n, h, routing, out);
+    seconds += Seconds(t0);
+    return s;
+  }
+  double seconds = 0;
+
+ private:
+  std::unique_ptr<model::ExpertExecutor> inner_;
+};
+
+}  // namespace
+
+struct AttentionEngine::Lane {
+  model::KernelsPtr kernels;
+  std::unique_ptr<TimedExecutor> experts;
+};
+
+AttentionEngine::~AttentionEngine() = default;
+
+absl::Status AttentionEngineOptions::Validate() const {
+  if (micro_batches < 1 || micro_batches > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches must be in [1, 8], got ", micro_batches));
+  }
+  if (kv_page_tokens <= 0 || kv_max_pages <= 0) {
+    return absl::InvalidArgumentError("kv_page_tokens and kv_max_pages must be positive");
+  }
+  return absl::OkStatus();
+}
+
+AttentionEngine::AttentionEngine(const AttentionEngineOptions& options, const model::Model& model)
+    : options_(options),
+      model_(model),
+      pool_(model.KvOptions(options.kv_page_tokens, options.kv_max_pages)) {}
+
+absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
+    const AttentionEngineOptions& options, const model::Model& model,
+    const ExpertExecutorFactory& experts) {
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  auto engine = std::unique_ptr<AttentionEngine>(new AttentionEngine(options, model));
+  int threads = options.num_threads > 0 ? options.num_threads
+                                        : static_cast<int>(std::thread::hardware_concurrency());
+  const int per_lane = std::max(1, threads / options.micro_batches);
+  for (int i = 0; i < options.micro_batches; ++i) {
+    auto lane = std::make_unique<Lane>();
+    DMOE_ASSIGN_OR_RETURN(lane->kernels, engine::MakeKernels(options.kernels, per_lane));
+    lane->experts = std::make_unique<TimedExecutor>(experts(*lane->kernels));
+    engine->lanes_.push_back(std::move(lane));
+  }
+  return engine;
+}
+
+absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
+    const std::vector<SegmentRequest>& segments, StepTimings* timings) {
+  std::lock_guard<std::mutex> step_lock(step_mu_);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<model::KvSequence*> caches(segments.size());
+  {
+    std::lock_guard<std::mutex> lock(sequences_mu_);
+    std::set<std::string> seen;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const SegmentRequest& s = segments[i];
+      if (s.sequence_id.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("segments[", i, "].sequence_id is empty"));
+      }
+      if (!seen.insert(s.sequence_id).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
+      }
+      DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
+      auto& kv = sequences_[s.sequence_id];
+      if (!kv) kv = std::make_unique<model::KvSequence>(&pool_);
+      if (s.reset_cache) kv->Clear();
+      if (kv->length() != s.plan.start) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "sequence '", s.sequence_id, "': this replica caches ", kv->length(),
+            " positions but the plan starts at ", s.plan.start, "; re-plan with reset_cache"));
+      }
+      caches[i] = kv.get();
+    }
+  }
+
+  // Micro-batches balanced by token count, each on its own lane.
+  const size_t lanes = std::min(lanes_.size(), std::max<size_t>(1, segments.size()));
+  std::vector<std::vector<size_t>> groups(lanes);
+  std::vector<int64_t> load(lanes, 0);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    size_t g = std::min_element(load.begin(), load.end()) - load.begin();
+    groups[g].push_back(i);
+    load[g] += static_cast<int64_t>(segments[i].plan.tokens.size());
+  }
+  std::vector<absl::StatusOr<std::vector<engine::Proposal>>> results(
+      lanes, absl::UnknownError("not run"));
+  auto run_group = [&](size_t g) {
+    std::vector<engine::StepPlan> plans;
+    std::vector<model::KvSequence*> kv;
+    for (size_t i : groups[g]) {
+      plans.push_back(segments[i].plan);
+      kv.push_back(caches[i]);
+    }
+    Lane& lane = *lanes_[g];
+    results[g] = engine::ExecutePlans(model_, *lane.kernels, *lane.experts, plans, kv);
+  };
+  for (auto& lane : lanes_) lane->experts->seconds = 0;
+  if (lanes == 1) {
+    run_group(0);
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t g = 1; g < lanes; ++g) threads.emplace_back(run_group, g);
+    run_group(0);
+    for (auto& t : threads) t.join();
+  }
+  std::vector<engine::Proposal> proposals(segments.size());
+  for (size_t g = 0; g < lanes; ++g) {
+    if (!results[g].ok()) {
+      // Roll back what the successful lanes persisted, so the scheduler can simply retry.
+      for (size_t i = 0; i < segments.size(); ++i) {
+        if (caches[i]->length() != segments[i].plan.start) {
+          caches[i]->Clear();  // the next plan gets FAILED_PRECONDITION and re-prefills
+        }
+      }
+      return results[g].status();
+    }
+    for (size_t j = 0; j < groups[g].size(); ++j) proposals[groups[g][j]] = std::move((*results[g])[j]);
+  }
+  if (timings) {
+    timings->forward_seconds = Seconds(t0);
+    for (auto& lane : lanes_) timings->expert_seconds += lane->experts->seconds;
+  }
+  return proposals;
+}
+
+int64_t AttentionEngine::Release(const std::vector<std::string>& sequence_ids) {
+  std::lock_guard<std::mutex> step_lock(step_mu_);  // a running step may hold these caches
+  std::lock_guard<std::mutex> lock(sequences_mu_);
+  int64_t released = 0;
+  for (const std::string& id : sequence_ids) released += sequences_.erase(id);
+  return released;
+}
+
+AttentionInfo AttentionEngine::Info() const {
+  std::lock_guard<std::mutex> lock(sequences_mu_);
+  return {.kv_pages_total = options_.kv_max_pages,
+          .kv_pages_used = pool_.pages_in_use(),
+          .sequences = static_cast<int64_t>(sequences_.size())};
+}
+
+}  // namespace dmoe::attention

@@ -1,0 +1,95 @@
+// The core of an attention replica (no gRPC): the model's non-expert weights, the block-paged
+// KV cache of the sequences placed here, and the step that runs the scheduler's plans through
+// one batched forward. Routed experts are reached through an ExpertExecutor (in-process or
+// sharded over a transport).
+#ifndef DMOE_ATTENTION_SERVICE_ATTENTION_ENGINE_H_
+#define DMOE_ATTENTION_SERVICE_ATTENTION_ENGINE_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/sampling.h"
+#include "engine/sequence.h"
+#include "model/expert_executor.h"
+#include "model/kernels.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+
+namespace dmoe::attention {
+
+struct AttentionEngineOptions {
+  std::string kernels = "cpu";   // "cpu" or "reference"
+  int num_threads = 0;           // compute threads over all lanes (<= 0: all cores)
+  int64_t kv_page_tokens = 32;
+  int64_t kv_max_pages = 8192;
+  // Micro-batches per step, each on its own lane (kernels + expert executor + thread): while
+  // one waits for its experts the other computes attention. 1 = one batched forward.
+  int micro_batches = 1;
+
+  absl::Status Validate() const;
+};
+
+// Builds the expert executor of one lane around that lane's kernels.
+using ExpertExecutorFactory =
+    std::function<std::unique_ptr<model::ExpertExecutor>(model::Kernels& kernels)>;
+
+// One sequence's segment of a step.
+struct SegmentRequest {
+  std::string sequence_id;
+  engine::StepPlan plan;
+  bool reset_cache = false;  // drop what is cached for the sequence first
+};
+
+struct StepTimings {
+  double forward_seconds = 0;
+  double expert_seconds = 0;
+};
+
+struct AttentionInfo {
+  int64_t kv_pages_total = 0;
+  int64_t kv_pages_used = 0;
+  int64_t sequences = 0;
+};
+
+// Thread-safe: Step calls are serialised; Release and Info may be called concurrently.
+class AttentionEngine {
+ public:
+  // `model` must outlive the engine (its weights need only the non-expert tensors).
+  static absl::StatusOr<std::unique_ptr<AttentionEngine>> Create(
+      const AttentionEngineOptions& options, const model::Model& model,
+      const ExpertExecutorFactory& experts);
+  ~AttentionEngine();
+
+  // Runs every segment and returns their proposals in request order. Errors name the
+  // sequence: INVALID_ARGUMENT (duplicate id, bad plan), FAILED_PRECONDITION (plan.start !=
+  // cached length: the scheduler must re-plan with reset_cache), RESOURCE_EXHAUSTED (KV full),
+  // or the expert executor's error. A failed step leaves every sequence's cache as it was.
+  absl::StatusOr<std::vector<engine::Proposal>> Step(const std::vector<SegmentRequest>& segments,
+                                                     StepTimings* timings = nullptr);
+  // Frees sequences' KV; returns how many were known.
+  int64_t Release(const std::vector<std::string>& sequence_ids);
+  AttentionInfo Info() const;
+  const model::Model& model() const { return model_; }
+  const AttentionEngineOptions& options() const { return options_; }
+
+ private:
+  struct Lane;
+  AttentionEngine(const AttentionEngineOptions& options, const model::Model& model);
+
+  AttentionEngineOptions options_;
+  const model::Model& model_;
+  model::KvCachePool pool_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::mutex step_mu_;                // serialises Step
+  mutable std::mutex sequences_mu_;   // guards sequences_
+  std::map<std::string, std::unique_ptr<model::KvSequence>> sequences_;
+};
+
+}  // namespace dmoe::attention
+
+#endif  // DMOE_ATTENTION_SERVICE_ATTENTION_ENGINE_H_

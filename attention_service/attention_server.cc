@@ -1,0 +1,161 @@
+#include "attention_service/attention_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
+
+namespace dmoe::attention {
+
+absl::StatusOr<SegmentRequest> SegmentFromProto(const dmoe::v1::SegmentPlan& p, int index) {
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("segments[", index, "].", what));
+  };
+  const int64_t n = p.tokens_size();
+  if (n == 0) return bad("tokens is empty");
+  if (p.start() < 0) return bad("start must be >= 0");
+  if (p.persist() < 0 || p.persist() > n) return bad("persist must be in [0, tokens]");
+  if (p.logits_from() < 0 || p.logits_from() >= n) return bad("logits_from must be in [0, tokens)");
+  if (p.attention_block() <= 0) return bad("attention_block must be >= 1");
+  SegmentRequest s;
+  s.sequence_id = p.sequence_id();
+  s.reset_cache = p.reset_cache();
+  s.plan.start = p.start();
+  s.plan.tokens.assign(p.tokens().begin(), p.tokens().end());
+  s.plan.persist = p.persist();
+  s.plan.attention_block = p.attention_block();
+  s.plan.logits_from = p.logits_from();
+  s.plan.stream = p.stream();
+  s.plan.sampling = {.temperature = p.sampling().temperature(),
+                     .top_k = p.sampling().top_k(),
+                     .top_p = p.sampling().top_p() == 0.0f ? 1.0f : p.sampling().top_p(),
+                     .seed = p.sampling().seed()};
+  if (absl::Status st = s.plan.sampling.Validate(); !st.ok()) {
+    return bad(absl::StrCat("sampling: ", st.message()));
+  }
+  return s;
+}
+
+AttentionServer::AttentionServer(const AttentionServerOptions& options, AttentionEngine& engine)
+    : options_(options), engine_(engine), worker_([this] { WorkerLoop(); }) {}
+
+AttentionServer::~AttentionServer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+void AttentionServer::StartDraining() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+bool AttentionServer::Post(std::function<void()> work) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queue_.size() >= options_.max_queued_steps) return false;
+    queue_.push_back(std::move(work));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+void AttentionServer::WorkerLoop() {
+  for (;;) {
+    std::function<void()> work;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping and drained
+      work = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    work();
+  }
+}
+
+grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* context,
+                                                const dmoe::v1::StepRequest* request,
+                                                dmoe::v1::StepResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "attention replica is draining"));
+      return reactor;
+    }
+  }
+  auto segments = std::make_shared<std::vector<SegmentRequest>>();
+  for (int i = 0; i < request->segments_size(); ++i) {
+    auto s = SegmentFromProto(request->segments(i), i);
+    if (!s.ok()) {
+      reactor->Finish(ToGrpcStatus(s.status()));
+      return reactor;
+    }
+    segments->push_back(*std::move(s));
+  }
+  const bool posted = Post([this, context, reactor, segments, response] {
+    if (context->IsCancelled()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "step cancelled by the caller"));
+      return;
+    }
+    StepTimings timings;
+    auto proposals = engine_.Step(*segments, &timings);
+    if (!proposals.ok()) {
+      reactor->Finish(ToGrpcStatus(proposals.status()));
+      return;
+    }
+    for (size_t i = 0; i < segments->size(); ++i) {
+      dmoe::v1::SegmentProposal* p = response->add_proposals();
+      p->set_sequence_id((*segments)[i].sequence_id);
+      p->mutable_tokens()->Add((*proposals)[i].tokens.begin(), (*proposals)[i].tokens.end());
+      p->mutable_confidence()->Add((*proposals)[i].confidence.begin(),
+                                   (*proposals)[i].confidence.end());
+    }
+    response->set_forward_seconds(timings.forward_seconds);
+    response->set_expert_seconds(timings.expert_seconds);
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!posted) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "attention replica step queue is full"));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionServer::Release(grpc::CallbackServerContext* context,
+                                                   const dmoe::v1::ReleaseRequest* request,
+                                                   dmoe::v1::ReleaseResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::vector<std::string> ids(request->sequence_ids().begin(), request->sequence_ids().end());
+  // Release waits for a running step, so it too goes through the step thread.
+  if (!Post([this, reactor, ids, response] {
+        response->set_released(engine_.Release(ids));
+        reactor->Finish(grpc::Status::OK);
+      })) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue is full"));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionServer::GetInfo(grpc::CallbackServerContext* context,
+                                                   const dmoe::v1::GetAttentionInfoRequest*,
+                                                   dmoe::v1::GetAttentionInfoResponse* response) {
+  const model::ModelConfig& c = engine_.model().config();
+  AttentionInfo info = engine_.Info();
+  response->set_model_name(options_.model_name);
+  response->set_model_type(c.model_type);
+  response->set_vocab_size(c.vocab_size);
+  response->set_max_position_embeddings(c.max_position_embeddings);
+  response->set_kv_page_tokens(engine_.options().kv_page_tokens);
+  response->set_kv_pages_total(info.kv_pages_total);
+  response->set_kv_pages_used(info.kv_pages_used);
+  response->set_sequences(info.sequences);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace dmoe::attention
