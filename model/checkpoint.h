@@ -4,6 +4,7 @@
 #ifndef DMOE_MODEL_CHECKPOINT_H_
 #define DMOE_MODEL_CHECKPOINT_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,8 +18,12 @@ namespace dmoe::model {
 // Thread-safe after Open (read-only).
 class Checkpoint {
  public:
-  // Reads config.json and maps the weight files. Errors name the file: missing config or
-  // weights, index entries pointing at missing shards or at tensors a shard lacks.
+  // Reads config.json and maps the weight files (model.safetensors when present, as in HF
+  // transformers, else model.safetensors.index.json and the shards it names). Nothing is read
+  // beyond the headers: resident memory grows only with the tensor bytes a caller touches.
+  // Errors name the file: NOT_FOUND for a missing config.json, weights or shard;
+  // INVALID_ARGUMENT for a corrupt file, an index entry naming a tensor its shard lacks, or a
+  // tensor stored in two shards. Tensors a shard holds beyond the index are served too.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
@@ -40,6 +45,8 @@ class Checkpoint {
  private:
   Checkpoint() = default;
   std::string dir_;
+  // model.safetensors or model.safetensors.index.json: named when a tensor is missing.
+  std::string weights_source_;
   ModelConfig config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   // name -> (file index) for fast lookup.

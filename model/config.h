@@ -59,19 +59,36 @@ struct ModelConfig {
   int64_t qkv_width() const { return q_width() + 2 * kv_width(); }
   bool IsMoeLayer(int64_t layer) const { return layer >= first_k_dense_replace; }
 
-  // Parameter counts (elements): all tensors, and those one token touches.
+  // Parameter counts (elements). Total: every tensor of MODEL-SPEC.md §2 (router expert_bias
+  // included, lm_head excluded when tied). Active (the model-card convention, "1.43B activated
+  // of 16.26B" for LLaDA2.0-mini): all non-expert parameters (embeddings, lm_head, norms,
+  // attention, routers, dense FFN) + the shared experts + num_experts_per_tok routed experts
+  // per MoE layer.
   int64_t TotalParameters() const;
   int64_t ActiveParameters() const;
 };
 
 // Parses config.json text. `source` (usually the file path) is named in every error, e.g.
 // "config.json: field 'num_attention_heads' (16) does not divide hidden_size ...".
-// Unknown fields are ignored; missing required fields and inconsistent values are
-// INVALID_ARGUMENT.
+// Unknown fields are ignored and a JSON null counts as absent; missing required fields
+// ("<source>: missing required field 'hidden_size'"), wrongly typed and inconsistent values and
+// unknown architectures are INVALID_ARGUMENT. Features the forward pass does not implement
+// (score_function other than "sigmoid", use_bias / use_qkv_bias / norm_head /
+// use_sliding_window true, hidden_act other than "silu", a non-null rope_scaling) are
+// UNIMPLEMENTED.
+// Required: architectures or model_type, vocab_size, hidden_size, num_hidden_layers,
+// num_attention_heads; intermediate_size when first_k_dense_replace > 0; num_experts,
+// num_experts_per_tok and moe_intermediate_size when there is an MoE layer. Everything else
+// takes the defaults above (num_key_value_heads defaults to num_attention_heads).
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
 
-// Reads `<dir>/config.json`.
+// Reads `<dir>/config.json`. NOT_FOUND when it does not exist.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+namespace internal {
+// Reads a whole file. NOT_FOUND "<path>: not found" when missing; other errors name the path.
+absl::StatusOr<std::string> ReadCheckpointFile(const std::string& path);
+}  // namespace internal
 
 }  // namespace dmoe::model
 
