@@ -11,6 +11,8 @@ namespace dmoe::cli {
 void RegisterGenerateCommand(CLI::App& app, int* exit_code);
 void RegisterTokenizeCommand(CLI::App& app, int* exit_code);
 void RegisterInspectCommand(CLI::App& app, int* exit_code);
+void RegisterServeCommand(CLI::App& app, int* exit_code);
+void RegisterClientCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

@@ -1,0 +1,225 @@
+// dmoe client: calls a running server (`dmoe serve`, or a cluster's router) through the C++
+// client library. `dmoe client generate` takes the decoding flags of `dmoe generate` and prints
+// the same JSON fields with --json.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "clients/cli/cli_common.h"
+#include "clients/cli/commands.h"
+#include "clients/cpp/generation_client.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace dmoe::cli {
+namespace {
+
+std::string FinishReasonName(dmoe::v1::FinishReason reason) {
+  switch (reason) {
+    case dmoe::v1::FINISH_REASON_STOP: return "stop";
+    case dmoe::v1::FINISH_REASON_LENGTH: return "length";
+    default: return "none";
+  }
+}
+
+struct ClientFlags {
+  std::string router;
+  double timeout_seconds = 0;  // 0: none
+  std::string model;
+};
+
+// Decoding flags: each is sent only when given, so the server's defaults (those of
+// `dmoe generate`) apply otherwise.
+struct GenerateFlags {
+  std::string prompt, chat, prompt_ids;
+  int64_t max_new_tokens = 128;
+  float threshold = 0.95f;
+  int64_t block_length = 0;
+  int64_t steps = 32;
+  std::string mode;
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  std::string stop_ids;
+  std::string request_id;
+  bool stream = false;
+  bool json = false;
+  CLI::App* cmd = nullptr;
+  bool Given(const std::string& flag) const { return cmd->count(flag) > 0; }
+};
+
+absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const ClientFlags& c) {
+  client::ClientOptions options{.target = c.router};
+  if (c.timeout_seconds > 0) options.timeout = absl::Seconds(c.timeout_seconds);
+  return client::GenerationClient::Connect(options);
+}
+
+absl::StatusOr<dmoe::v1::GenerateRequest> BuildRequest(const ClientFlags& c,
+                                                       const GenerateFlags& f) {
+  dmoe::v1::GenerateRequest request;
+  const int inputs = !f.prompt.empty() + !f.chat.empty() + !f.prompt_ids.empty();
+  if (inputs != 1) {
+    return absl::InvalidArgumentError("give exactly one of --prompt, --chat or --prompt-ids");
+  }
+  if (!f.prompt.empty()) {
+    request.set_text(f.prompt);
+  } else if (!f.chat.empty()) {
+    dmoe::v1::ChatMessage* m = request.mutable_chat()->add_messages();
+    m->set_role("user");
+    m->set_content(f.chat);
+  } else {
+    DMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(f.prompt_ids, "--prompt-ids"));
+    request.mutable_prompt_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+  }
+  if (!c.model.empty()) request.mutable_model()->set_name(c.model);
+  request.set_request_id(f.request_id);
+  dmoe::v1::DecodingParams* p = request.mutable_params();
+  if (f.Given("--max-new-tokens")) p->set_max_new_tokens(f.max_new_tokens);
+  if (f.Given("--threshold")) p->set_threshold(f.threshold);
+  if (f.Given("--block-length") && f.block_length > 0) p->set_block_length(f.block_length);
+  if (f.Given("--steps")) p->set_steps(f.steps);
+  if (f.mode == "diffusion") {
+    p->set_mode(dmoe::v1::DECODE_MODE_DIFFUSION);
+  } else if (f.mode == "ar") {
+    p->set_mode(dmoe::v1::DECODE_MODE_AUTOREGRESSIVE);
+  } else if (!f.mode.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode must be 'diffusion' or 'ar', got '", f.mode, "'"));
+  }
+  if (f.Given("--temperature")) p->set_temperature(f.temperature);
+  if (f.Given("--top-k")) p->set_top_k(f.top_k);
+  if (f.Given("--top-p")) p->set_top_p(f.top_p);
+  if (f.Given("--seed")) p->set_seed(f.seed);
+  if (!f.stop_ids.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(f.stop_ids, "--stop-ids"));
+    p->mutable_stop_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+  }
+  return request;
+}
+
+void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const std::string& text,
+                 const dmoe::v1::GenerationStats& stats, bool text_already_printed) {
+  if (f.json) {
+    nlohmann::json out = {{"ids", ids},
+                          {"text", SanitizeUtf8(text)},
+                          {"forwards", stats.forwards()},
+                          {"tokens_per_forward", stats.tokens_per_forward()},
+                          {"seconds", stats.seconds()},
+                          {"finish_reason", FinishReasonName(stats.finish_reason())},
+                          {"prompt_tokens", stats.prompt_tokens()}};
+    std::cout << out.dump() << std::endl;
+    return;
+  }
+  if (!text_already_printed) std::cout << text;
+  if (text.empty()) {
+    for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? "," : "") << ids[i];
+  }
+  std::cout << std::endl;
+  std::fprintf(stderr,
+               "[%zu tokens, %lld forwards, TPF %.2f, first block %.3f s, %.3f s, finish: %s]\n",
+               ids.size(), static_cast<long long>(stats.forwards()), stats.tokens_per_forward(),
+               stats.first_block_seconds(), stats.seconds(),
+               FinishReasonName(stats.finish_reason()).c_str());
+}
+
+absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
+  DMOE_ASSIGN_OR_RETURN(dmoe::v1::GenerateRequest request, BuildRequest(c, f));
+  DMOE_ASSIGN_OR_RETURN(auto client, MakeClient(c));
+  if (!f.stream) {
+    DMOE_ASSIGN_OR_RETURN(dmoe::v1::GenerateResponse response, client->Generate(request));
+    std::vector<int32_t> ids(response.ids().begin(), response.ids().end());
+    PrintResult(f, ids, response.text(), response.stats(), false);
+    return absl::OkStatus();
+  }
+  std::vector<int32_t> ids;
+  std::string text;
+  DMOE_ASSIGN_OR_RETURN(
+      dmoe::v1::FinalEvent final_event,
+      client->GenerateStream(request, [&](const dmoe::v1::GenerateStreamResponse& event) {
+        if (event.has_block()) {
+          ids.insert(ids.end(), event.block().ids().begin(), event.block().ids().end());
+          text += event.block().text();
+          if (!f.json) std::cout << event.block().text() << std::flush;
+        }
+        return true;
+      }));
+  text += final_event.text();
+  if (!f.json) std::cout << final_event.text();
+  PrintResult(f, ids, text, final_event.stats(), /*text_already_printed=*/true);
+  return absl::OkStatus();
+}
+
+absl::Status RunClientModels(const ClientFlags& c) {
+  DMOE_ASSIGN_OR_RETURN(auto client, MakeClient(c));
+  DMOE_ASSIGN_OR_RETURN(dmoe::v1::ListModelsResponse models, client->ListModels());
+  nlohmann::json out = nlohmann::json::array();
+  for (const dmoe::v1::ModelInfo& m : models.models()) {
+    out.push_back({{"name", m.name()},
+                   {"version", m.version()},
+                   {"model_type", m.model_type()},
+                   {"architecture", m.architecture()},
+                   {"default_mode", dmoe::v1::DecodeMode_Name(m.default_mode())},
+                   {"vocab_size", m.vocab_size()},
+                   {"max_position_embeddings", m.max_position_embeddings()},
+                   {"block_length", m.block_length()},
+                   {"mask_id", m.mask_id()},
+                   {"stop_ids", std::vector<int32_t>(m.stop_ids().begin(), m.stop_ids().end())},
+                   {"has_tokenizer", m.has_tokenizer()}});
+  }
+  std::cout << out.dump(2) << std::endl;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterClientCommand(CLI::App& app, int* exit_code) {
+  auto common = std::make_shared<ClientFlags>();
+  CLI::App* client = app.add_subcommand("client", "Call a running dmoe server");
+  client->require_subcommand(1);
+  auto add_common = [common](CLI::App* cmd) {
+    cmd->add_option("--router", common->router, "Server address, host:port")->required();
+    cmd->add_option("--timeout", common->timeout_seconds, "Call deadline in seconds (0 = none)");
+    cmd->add_option("--model", common->model, "Model name to select (default: the served one)");
+  };
+
+  auto flags = std::make_shared<GenerateFlags>();
+  CLI::App* gen = client->add_subcommand("generate", "Generate text through the server");
+  flags->cmd = gen;
+  add_common(gen);
+  gen->add_option("--prompt", flags->prompt, "Raw prompt text");
+  gen->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
+  gen->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
+  gen->add_option("--max-new-tokens", flags->max_new_tokens, "Generation length limit")
+      ->capture_default_str();
+  gen->add_option("--threshold", flags->threshold, "Commit masked tokens above this confidence")
+      ->capture_default_str();
+  gen->add_option("--block-length", flags->block_length,
+                  "Diffusion block length (default: model's)");
+  gen->add_option("--steps", flags->steps, "Max forwards per block")->capture_default_str();
+  gen->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
+  gen->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
+  gen->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
+  gen->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
+  gen->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
+  gen->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
+  gen->add_option("--request-id", flags->request_id, "Request id for the server's logs");
+  gen->add_flag("--stream", flags->stream, "Print text as blocks commit (GenerateStream)");
+  gen->add_flag("--json", flags->json, "Print one JSON object: ids, text, forwards, ...");
+  gen->callback([common, flags, exit_code] {
+    absl::Status status = RunClientGenerate(*common, *flags);
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+
+  CLI::App* models = client->add_subcommand("models", "List the served models (JSON)");
+  add_common(models);
+  models->callback([common, exit_code] {
+    absl::Status status = RunClientModels(*common);
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+}
+
+}  // namespace dmoe::cli

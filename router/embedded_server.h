@@ -1,0 +1,92 @@
+// Every role in one process (`dmoe serve`, ARCHITECTURE.md "embedded default"): the checkpoint
+// runs in-process (scheduler::InProcessModel with model::LocalExpertExecutor) under a
+// Scheduler, and a GenerationServer exposes it over gRPC together with grpc.health.v1 and
+// server reflection.
+#ifndef DMOE_ROUTER_EMBEDDED_SERVER_H_
+#define DMOE_ROUTER_EMBEDDED_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/server.h"
+#include "model/tokenizer.h"
+#include "router/generation_server.h"
+#include "scheduler/in_process_model.h"
+#include "scheduler/scheduler.h"
+
+namespace dmoe::router {
+
+struct EmbeddedServerOptions {
+  std::string model_dir;
+  // host:port to listen on; port 0 picks a free one (see EmbeddedServer::address()).
+  std::string listen = "127.0.0.1:0";
+  // Served model name; empty: the model directory's last path component.
+  std::string model_name;
+  std::string model_version;
+  std::string kernels = "cpu";   // "cpu" or "reference"
+  int num_threads = 0;           // compute threads; <= 0: all hardware threads
+  int64_t kv_page_tokens = 32;
+  int64_t kv_pages = 8192;       // KV capacity in pages; bounds admission
+  // Batching and queueing; start_step_thread is forced on.
+  scheduler::SchedulerOptions scheduler;
+  // Overrides of the decoding ids the tokenizer defines. Without a tokenizer.json they are
+  // the only source: a diffusion model then needs mask_id.
+  std::optional<int32_t> mask_id = std::nullopt;
+  std::optional<std::vector<int32_t>> stop_ids = std::nullopt;
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+// Thread-safe. Owns the model, tokenizer, scheduler, service and gRPC server.
+class EmbeddedServer {
+ public:
+  // Loads the model and starts serving. Errors name the cause: NOT_FOUND / INVALID_ARGUMENT
+  // from the checkpoint, FAILED_PRECONDITION for a diffusion model without a mask token,
+  // UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<EmbeddedServer>> Start(const EmbeddedServerOptions& options);
+  // Drain(zero): requests still running end with UNAVAILABLE.
+  ~EmbeddedServer();
+
+  // The bound address with the real port, e.g. "127.0.0.1:41234".
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  const std::string& model_name() const { return model_name_; }
+  // A channel to this server that bypasses the network (tests, co-located callers).
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+  scheduler::Scheduler& scheduler() { return *scheduler_; }
+  model::KvCachePool& kv_pool() { return model_->kv_pool(); }
+  GenerationServer& service() { return *service_; }
+  // Null when the checkpoint has no tokenizer.json.
+  const model::Tokenizer* tokenizer() const { return tokenizer_.get(); }
+
+  // Graceful drain (Triton's GracefulStop): health turns NOT_SERVING, new generations get
+  // UNAVAILABLE, requests in flight get up to `timeout` to finish, the rest end with
+  // UNAVAILABLE, then the gRPC server shuts down. Blocks until done; idempotent.
+  void Drain(absl::Duration timeout);
+
+ private:
+  EmbeddedServer() = default;
+
+  std::string address_;
+  int port_ = 0;
+  std::string model_name_;
+  std::unique_ptr<scheduler::InProcessModel> model_;
+  std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::unique_ptr<GenerationServer> service_;
+  std::unique_ptr<grpc::Server> server_;  // destroyed first: it uses everything above
+  absl::Mutex drain_mu_;
+  bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;
+};
+
+}  // namespace dmoe::router
+
+#endif  // DMOE_ROUTER_EMBEDDED_SERVER_H_

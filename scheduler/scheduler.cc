@@ -1,0 +1,388 @@
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "engine/engine.h"
+
+namespace dmoe::scheduler {
+
+struct Scheduler::Entry {
+  explicit Entry(engine::Sequence s) : sequence(std::move(s)) {}
+
+  RequestHandle handle = 0;
+  std::string request_id;
+  engine::Sequence sequence;
+  int64_t pages = 0;                 // KV page estimate, reserved while admitted
+  absl::Time deadline = absl::InfiniteFuture();
+  RequestCallbacks callbacks;
+  absl::Time submitted;
+  absl::Time admitted;
+  absl::Time first_tokens = absl::InfinitePast();
+  std::unique_ptr<model::KvSequence> kv;  // non-null iff admitted
+  int64_t admission_seq = 0;
+  int64_t last_scheduled_step = -1;
+  int64_t emitted = 0;               // ids passed to on_tokens so far
+};
+
+absl::Status SchedulerOptions::Validate() const {
+  auto at_least_one = [](const char* field, int64_t value) {
+    return value >= 1 ? absl::OkStatus()
+                      : absl::InvalidArgumentError(
+                            absl::StrCat(field, " must be >= 1, got ", value));
+  };
+  // Each bound must let at least one request make progress.
+  DMOE_RETURN_IF_ERROR(at_least_one("max_batch_tokens", max_batch_tokens));
+  DMOE_RETURN_IF_ERROR(at_least_one("max_batch_sequences", max_batch_sequences));
+  DMOE_RETURN_IF_ERROR(at_least_one("max_running", max_running));
+  // Requests reach the batch through the queue (admission happens at step boundaries), so a
+  // zero-length queue would refuse everything.
+  DMOE_RETURN_IF_ERROR(at_least_one("max_queue", max_queue));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOptions& options,
+                                                             const model::Model& model,
+                                                             model::Kernels& kernels,
+                                                             model::ExpertExecutor& experts,
+                                                             model::KvCachePool& kv_pool) {
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  auto scheduler =
+      std::unique_ptr<Scheduler>(new Scheduler(options, model, kernels, experts, kv_pool));
+  if (options.start_step_thread) scheduler->thread_ = std::thread([s = scheduler.get()] { s->Loop(); });
+  return scheduler;
+}
+
+Scheduler::Scheduler(const SchedulerOptions& options, const model::Model& model,
+                     model::Kernels& kernels, model::ExpertExecutor& experts,
+                     model::KvCachePool& kv_pool)
+    : options_(options), model_(model), kernels_(kernels), experts_(experts), kv_pool_(kv_pool) {}
+
+Scheduler::~Scheduler() { Stop(); }
+
+absl::Time Scheduler::Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+
+int64_t Scheduler::PagesNeeded(const SchedulerRequest& request) const {
+  const int64_t page = kv_pool_.options().page_tokens;
+  const int64_t block =
+      request.params.mode == engine::DecodeMode::kDiffusion ? request.params.block_length : 0;
+  const int64_t tokens =
+      static_cast<int64_t>(request.prompt.size()) + request.params.max_new_tokens + block;
+  return (tokens + page - 1) / page;
+}
+
+absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
+  const model::ModelConfig& config = model_.config();
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
+  for (size_t i = 0; i < request.prompt.size(); ++i) {
+    const int32_t id = request.prompt[i];
+    if (id < 0 || id >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", id, " at index ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  DMOE_RETURN_IF_ERROR(request.params.Validate(config.vocab_size));
+  const int64_t prompt = static_cast<int64_t>(request.prompt.size());
+  if (prompt + request.params.max_new_tokens > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt is too long: ", prompt, " prompt tokens + max_new_tokens ",
+        request.params.max_new_tokens, " exceed the model's max_position_embeddings ",
+        config.max_position_embeddings));
+  }
+  const int64_t pages = PagesNeeded(request);
+  if (pages > kv_pool_.options().max_pages) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request needs ", pages, " KV pages of ", kv_pool_.options().page_tokens,
+        " tokens (prompt + max_new_tokens + block_length) but the KV cache holds ",
+        kv_pool_.options().max_pages));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RequestHandle> Scheduler::Submit(SchedulerRequest request) {
+  DMOE_RETURN_IF_ERROR(ValidateRequest(request));
+  const int64_t pages = PagesNeeded(request);
+  DMOE_ASSIGN_OR_RETURN(engine::Sequence sequence,
+                        engine::Sequence::Create(std::move(request.prompt), request.params));
+  auto entry = std::make_unique<Entry>(std::move(sequence));
+  entry->request_id = std::move(request.request_id);
+  entry->pages = pages;
+  entry->deadline = request.deadline;
+  entry->callbacks = std::move(request.callbacks);
+  entry->submitted = Now();
+
+  absl::MutexLock lock(&mu_);
+  if (draining_ || stopping_) {
+    return absl::UnavailableError("the scheduler is draining and accepts no new requests");
+  }
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the waiting queue is full (", options_.max_queue,
+        " requests wait for KV capacity); retry later"));
+  }
+  entry->handle = next_handle_++;
+  const RequestHandle handle = entry->handle;
+  waiting_.push_back(std::move(entry));
+  ++in_flight_;
+  return handle;
+}
+
+void Scheduler::Cancel(RequestHandle handle) {
+  absl::MutexLock lock(&mu_);
+  cancelled_.insert(handle);
+}
+
+void Scheduler::StartDrain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool Scheduler::WaitUntilIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](int64_t* in_flight) { return *in_flight == 0; },
+                                  &in_flight_),
+                              timeout);
+}
+
+SchedulerStats Scheduler::Stats() const {
+  absl::MutexLock lock(&mu_);
+  return {.running = running_count_,
+          .waiting = static_cast<int64_t>(waiting_.size()),
+          .steps = steps_,
+          .kv_pages_reserved = reserved_pages_,
+          .kv_pages_capacity = kv_pool_.options().max_pages,
+          .draining = draining_};
+}
+
+bool Scheduler::HasWork() const {
+  return stopping_ || !waiting_.empty() || !cancelled_.empty();
+}
+
+void Scheduler::Loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      // running_ belongs to this thread; with nothing running, sleep until there is news.
+      if (running_.empty()) mu_.Await(absl::Condition(this, &Scheduler::HasWork));
+      if (stopping_) return;
+    }
+    RunStep();
+  }
+}
+
+StepReport Scheduler::Step() {
+  DMOE_CHECK(!options_.start_step_thread) << "Step() is for schedulers without a step thread";
+  return RunStep();
+}
+
+void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result) {
+  if (entry->kv) {
+    entry->kv->Clear();
+    entry->kv.reset();
+    absl::MutexLock lock(&mu_);
+    reserved_pages_ -= entry->pages;
+  }
+  if (!result.ok()) {
+    DMOE_LOG(INFO) << "request " << entry->request_id << " ended: " << result.status();
+  }
+  if (entry->callbacks.on_done) entry->callbacks.on_done(std::move(result));
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
+}
+
+StepReport Scheduler::RunStep() {
+  StepReport report;
+  const absl::Time now = Now();
+  std::vector<std::pair<std::unique_ptr<Entry>, absl::Status>> ended;
+  auto end_reason = [&](const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled) {
+    if (cancelled.contains(e.handle)) return absl::CancelledError("the request was cancelled");
+    if (now >= e.deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the request's deadline passed after ", e.sequence.forwards(),
+                       " forwards and ", e.emitted, " generated tokens"));
+    }
+    return absl::OkStatus();
+  };
+
+  // 1. Cancellations and deadlines, queued and running.
+  absl::flat_hash_set<RequestHandle> cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    cancelled.swap(cancelled_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      absl::Status reason = end_reason(**it, cancelled);
+      if (reason.ok()) {
+        ++it;
+      } else {
+        ended.emplace_back(std::move(*it), std::move(reason));
+        it = waiting_.erase(it);
+      }
+    }
+  }
+  for (auto& e : running_) {
+    absl::Status reason = end_reason(*e, cancelled);
+    if (!reason.ok()) ended.emplace_back(std::move(e), std::move(reason));
+  }
+  std::erase(running_, nullptr);
+  report.finished += static_cast<int64_t>(ended.size());
+  // Freed KV goes back before admission, so it is reused in this very step.
+  for (auto& [e, status] : ended) Finish(std::move(e), std::move(status));
+  ended.clear();
+
+  // 2. Admission, FIFO while the head's KV estimate fits (no overtaking: a big request is
+  // never starved by a stream of small ones).
+  {
+    absl::MutexLock lock(&mu_);
+    const int64_t capacity = kv_pool_.options().max_pages;
+    while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running &&
+           reserved_pages_ + waiting_.front()->pages <= capacity) {
+      std::unique_ptr<Entry> e = std::move(waiting_.front());
+      waiting_.pop_front();
+      e->admitted = now;
+      e->admission_seq = admissions_++;
+      e->kv = std::make_unique<model::KvSequence>(&kv_pool_);
+      reserved_pages_ += e->pages;
+      running_.push_back(std::move(e));
+    }
+    running_count_ = static_cast<int64_t>(running_.size());
+    report.running = running_count_;
+    report.waiting = static_cast<int64_t>(waiting_.size());
+    report.step = steps_;
+  }
+
+  // 3. The batch: least recently scheduled first (admission order breaks ties), greedily
+  // under the token budget. Whatever is skipped goes first next step, so nothing starves; a
+  // plan over the whole budget runs when it is first, alone.
+  std::vector<Entry*> order;
+  for (auto& e : running_) order.push_back(e.get());
+  std::stable_sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+    if (a->last_scheduled_step != b->last_scheduled_step) {
+      return a->last_scheduled_step < b->last_scheduled_step;
+    }
+    return a->admission_seq < b->admission_seq;
+  });
+  std::vector<Entry*> batch;
+  std::vector<engine::StepPlan> plans;
+  std::vector<model::KvSequence*> caches;
+  for (Entry* e : order) {
+    if (static_cast<int64_t>(batch.size()) >= options_.max_batch_sequences) break;
+    engine::StepPlan plan = e->sequence.NextStep();
+    const int64_t tokens = static_cast<int64_t>(plan.tokens.size());
+    if (!batch.empty() && report.batch_tokens + tokens > options_.max_batch_tokens) continue;
+    report.batch_tokens += tokens;
+    report.scheduled.push_back(e->handle);
+    batch.push_back(e);
+    plans.push_back(std::move(plan));
+    caches.push_back(e->kv.get());
+  }
+  if (batch.empty()) return report;
+
+  // 4. One batched forward, then the denoising policy of each sequence.
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::vector<engine::Proposal>> proposals =
+      engine::ExecutePlans(model_, kernels_, experts_, plans, caches);
+  report.forward_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const absl::Time after = Now();
+  std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done;
+  if (!proposals.ok()) {
+    // The batch's caches may hold half-written rows: drop them. The requests fail with the
+    // forward's error (the cluster scheduler retries on another replica instead).
+    DMOE_LOG(ERROR) << "step " << report.step << " failed for " << batch.size()
+                    << " requests: " << proposals.status();
+    for (Entry* e : batch) {
+      e->kv->Clear();
+      e->sequence.ResetCache();
+      done.emplace_back(e, proposals.status());
+    }
+  } else {
+    for (size_t j = 0; j < batch.size(); ++j) {
+      Entry& e = *batch[j];
+      e.last_scheduled_step = report.step;
+      absl::Status applied = e.sequence.Apply(plans[j], (*proposals)[j]);
+      if (!applied.ok()) {
+        done.emplace_back(&e, absl::InternalError(absl::StrCat("applying step: ", applied.message())));
+        continue;
+      }
+      std::vector<int32_t> fresh = e.sequence.TakeNewTokens();
+      if (!fresh.empty()) {
+        if (e.first_tokens == absl::InfinitePast()) e.first_tokens = after;
+        if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
+        e.emitted += static_cast<int64_t>(fresh.size());
+      }
+      if (e.callbacks.on_step && !e.sequence.done() &&
+          e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
+        e.callbacks.on_step({.forward = e.sequence.forwards(),
+                             .block_start = e.sequence.block_start(),
+                             .block = e.sequence.block(),
+                             .mask_id = e.sequence.params().mask_id});
+      }
+      if (e.sequence.done()) {
+        RequestResult r;
+        r.ids = e.sequence.FinalTokens();
+        r.finish_reason = e.sequence.finish_reason();
+        r.forwards = e.sequence.forwards();
+        r.prompt_tokens = e.sequence.prompt_length();
+        r.queue_seconds = absl::ToDoubleSeconds(e.admitted - e.submitted);
+        r.first_block_seconds = absl::ToDoubleSeconds(e.first_tokens - e.submitted);
+        r.seconds = absl::ToDoubleSeconds(after - e.submitted);
+        done.emplace_back(&e, std::move(r));
+      }
+    }
+  }
+
+  // 5. Finished requests leave the batch and free their KV.
+  report.finished += static_cast<int64_t>(done.size());
+  for (auto& [ptr, result] : done) {
+    auto it = std::find_if(running_.begin(), running_.end(),
+                           [p = ptr](const std::unique_ptr<Entry>& e) { return e.get() == p; });
+    std::unique_ptr<Entry> e = std::move(*it);
+    running_.erase(it);
+    {
+      absl::MutexLock lock(&mu_);
+      running_count_ = static_cast<int64_t>(running_.size());
+    }
+    Finish(std::move(e), std::move(result));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++steps_;
+  }
+  if (options_.step_observer) options_.step_observer(report);
+  return report;
+}
+
+void Scheduler::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    draining_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  std::deque<std::unique_ptr<Entry>> waiting;
+  {
+    absl::MutexLock lock(&mu_);
+    waiting.swap(waiting_);
+    cancelled_.clear();
+  }
+  const absl::Status stopped =
+      absl::UnavailableError("the scheduler stopped before the request finished");
+  std::vector<std::unique_ptr<Entry>> running = std::move(running_);
+  running_.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    running_count_ = 0;
+  }
+  for (auto& e : running) Finish(std::move(e), stopped);
+  for (auto& e : waiting) Finish(std::move(e), stopped);
+}
+
+}  // namespace dmoe::scheduler

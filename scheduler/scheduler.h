@@ -1,0 +1,228 @@
+// The denoising scheduler's core (ARCHITECTURE.md "scheduler/"): the canonical state of every
+// request and the step loop that drives them, with no gRPC in sight.
+//
+// Continuous batching at step granularity: every step takes the next StepPlan of each
+// running sequence (engine::Sequence), packs as many as the token budget allows into one
+// engine::ExecutePlans call, and applies the proposals. Requests join at the next step after
+// they are admitted and leave as soon as they finish, so a short request never waits for a
+// long one. Kernels are batch-invariant, so a request's ids do not depend on what it was
+// batched with: the output equals `dmoe generate` (engine::Engine) for the same request.
+//
+// Admission is bounded by KV capacity: a request is admitted when its worst-case page count,
+// ceil((prompt + max_new_tokens + block_length) / page_tokens), fits next to the running
+// requests' estimates, so a forward never runs out of KV pages. Requests that do not fit yet
+// wait in a bounded FIFO queue; past its bound Submit is RESOURCE_EXHAUSTED.
+#ifndef DMOE_SCHEDULER_SCHEDULER_H_
+#define DMOE_SCHEDULER_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/sequence.h"
+#include "model/expert_executor.h"
+#include "model/kernels.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+
+namespace dmoe::scheduler {
+
+// Identifies a submitted request inside one Scheduler. Never reused.
+using RequestHandle = uint64_t;
+
+// What one step did; passed to SchedulerOptions::step_observer and returned by Step().
+struct StepReport {
+  int64_t step = 0;                       // 0-based count of forwards the scheduler ran
+  std::vector<RequestHandle> scheduled;   // requests in this step's batch, in batch order
+  int64_t batch_tokens = 0;               // sum of the scheduled plans' token counts
+  int64_t running = 0;                    // admitted requests when the batch was formed
+  int64_t waiting = 0;                    // queued requests when the batch was formed
+  int64_t finished = 0;                   // requests that ended at this step (any outcome)
+  double forward_seconds = 0;             // wall time of the batched forward
+};
+
+struct SchedulerOptions {
+  // Token budget of one step: the sum of the batched plans' token counts (a decoding step
+  // of a diffusion sequence is one block, a prefill is the prompt). Bounds step latency and
+  // activation memory. A single plan bigger than the budget (a long prefill) still runs, alone.
+  int64_t max_batch_tokens = 4096;
+  // Sequences per step (activation memory and per-step latency of the attention part).
+  int64_t max_batch_sequences = 64;
+  // Admitted, unfinished requests; admission is also bounded by KV capacity.
+  int64_t max_running = 256;
+  // Requests waiting for admission. Submit past it is RESOURCE_EXHAUSTED, which a client may
+  // retry elsewhere; an unbounded queue would only turn overload into timeouts.
+  int64_t max_queue = 256;
+  // true: Create starts the step-loop thread. false: nothing runs until the owner calls
+  // Step() (deterministic tests, or an owner that has its own loop).
+  bool start_step_thread = true;
+  // Time source for deadlines and timings; null means absl::Now. Tests inject a fake clock.
+  std::function<absl::Time()> clock = nullptr;
+  // Called on the step thread after every step (metrics, tracing). May be null. Must not
+  // block, and must not call Step() or Stop().
+  std::function<void(const StepReport&)> step_observer = nullptr;
+
+  // INVALID_ARGUMENT naming the field when a bound is < 1 (max_queue may be 0: no waiting).
+  absl::Status Validate() const;
+};
+
+// The block being denoised after a step (for visualisation, GenerateRequest.canvas_events).
+struct CanvasSnapshot {
+  int64_t forward = 0;              // the request's forwards so far (1 after its first step)
+  int64_t block_start = 0;          // absolute position of block[0]
+  std::vector<int32_t> block;       // still-masked positions hold mask_id
+  int32_t mask_id = -1;
+};
+
+// How a finished request went.
+struct RequestResult {
+  std::vector<int32_t> ids;         // generated ids, ending after the first stop token
+  engine::FinishReason finish_reason = engine::FinishReason::kNone;
+  int64_t forwards = 0;
+  int64_t prompt_tokens = 0;
+  double queue_seconds = 0;         // Submit -> admission
+  double first_block_seconds = 0;   // Submit -> first final tokens
+  double seconds = 0;               // Submit -> end
+  double tokens_per_forward() const {
+    return forwards ? static_cast<double>(ids.size()) / static_cast<double>(forwards) : 0.0;
+  }
+};
+
+// Per-request callbacks. All of them run on the scheduler's step thread (on the caller of
+// Step() / Stop() when there is no step thread), one request's calls in order and never
+// concurrently with each other. They must not block (a gRPC reactor only queues a write)
+// and must not call Step() or Stop(); Submit() and Cancel() are fine. Any may be null.
+struct RequestCallbacks {
+  // New final ids: whole committed blocks in diffusion mode, single tokens in AR mode.
+  // `offset` is the number of generated ids before ids[0]. Concatenated, the calls give
+  // RequestResult::ids.
+  std::function<void(int64_t offset, const std::vector<int32_t>& ids)> on_tokens;
+  // After every applied step while the request runs (diffusion mode only). Costs a copy of
+  // the block per step; leave null unless wanted.
+  std::function<void(const CanvasSnapshot& canvas)> on_step;
+  // Exactly once, after every other callback of the request: the result, or CANCELLED
+  // (Cancel), DEADLINE_EXCEEDED (deadline passed before the end), UNAVAILABLE (the scheduler
+  // stopped first) or the error of a failed forward. The request's KV pages are free by then.
+  std::function<void(absl::StatusOr<RequestResult> result)> on_done;
+};
+
+struct SchedulerRequest {
+  std::string request_id;           // for logs only
+  std::vector<int32_t> prompt;
+  // Complete parameters: mask_id and stop_ids already resolved by the caller.
+  engine::GenerationParams params;
+  absl::Time deadline = absl::InfiniteFuture();
+  RequestCallbacks callbacks = {};
+};
+
+// Counters for health, metrics and tests. A consistent snapshot.
+struct SchedulerStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t steps = 0;
+  int64_t kv_pages_reserved = 0;    // sum of the running requests' page estimates
+  int64_t kv_pages_capacity = 0;
+  bool draining = false;
+};
+
+// Thread-safe: Submit, Cancel, Stats, StartDrain and WaitUntilIdle may be called from any
+// thread. Step() is for the owner of a scheduler without a step thread and must not run
+// concurrently with itself or Stop(). The model, kernels, executor and KV pool are used only
+// by the step thread (or the Step() caller) and must outlive the scheduler.
+class Scheduler {
+ public:
+  // INVALID_ARGUMENT when options fail Validate(). `experts` may be any executor (in-process,
+  // or the sharded one that dispatches to expert services).
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerOptions& options,
+                                                           const model::Model& model,
+                                                           model::Kernels& kernels,
+                                                           model::ExpertExecutor& experts,
+                                                           model::KvCachePool& kv_pool);
+  // Stop()s.
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Validates and queues a request; it joins the batch at a later step. On error no callback
+  // is ever called and the request is dropped:
+  //   INVALID_ARGUMENT naming the field: empty prompt, prompt id outside the vocabulary,
+  //     prompt + max_new_tokens over max_position_embeddings, bad decoding/sampling values;
+  //   RESOURCE_EXHAUSTED: the waiting queue is full, or the request alone needs more KV pages
+  //     than the pool has;
+  //   UNAVAILABLE: the scheduler is draining or stopped.
+  absl::StatusOr<RequestHandle> Submit(SchedulerRequest request);
+
+  // Ends the request at the next step with CANCELLED and frees its KV. No-op for unknown or
+  // finished handles. Never blocks on a step.
+  void Cancel(RequestHandle handle);
+
+  // Manual mode (start_step_thread = false): admits, expires and cancels requests and runs
+  // one batched forward if any request is running. Returns what it did (an empty `scheduled`
+  // when nothing ran).
+  StepReport Step();
+
+  // Refuses new requests from now on (UNAVAILABLE); running and queued ones go on.
+  void StartDrain();
+  // Blocks until no request is running or waiting, or `timeout` passes. True when idle.
+  bool WaitUntilIdle(absl::Duration timeout);
+  // Stops the step thread and ends every remaining request with UNAVAILABLE (its on_done runs
+  // on the calling thread). Idempotent.
+  void Stop();
+
+  SchedulerStats Stats() const;
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  struct Entry;
+  Scheduler(const SchedulerOptions& options, const model::Model& model, model::Kernels& kernels,
+            model::ExpertExecutor& experts, model::KvCachePool& kv_pool);
+
+  absl::Time Now() const;
+  int64_t PagesNeeded(const SchedulerRequest& request) const;
+  absl::Status ValidateRequest(const SchedulerRequest& request) const;
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Loop();
+  // One step on the step thread's state (running_); takes mu_ itself where needed.
+  StepReport RunStep();
+  void Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result);
+
+  const SchedulerOptions options_;
+  const model::Model& model_;
+  model::Kernels& kernels_;
+  model::ExpertExecutor& experts_;
+  model::KvCachePool& kv_pool_;
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Entry>> waiting_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<RequestHandle> cancelled_ ABSL_GUARDED_BY(mu_);
+  RequestHandle next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Mirrors of the step thread's state, for Stats() and WaitUntilIdle().
+  int64_t running_count_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reserved_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  // Submitted requests whose on_done has not returned yet.
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Owned by the step thread (or the Step() caller).
+  std::vector<std::unique_ptr<Entry>> running_;
+  int64_t admissions_ = 0;
+  bool stopped_ = false;
+
+  std::thread thread_;
+};
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_SCHEDULER_H_

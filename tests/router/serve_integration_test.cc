@@ -1,0 +1,185 @@
+// Integration: the real `dmoe serve` binary on 127.0.0.1:0 and the real `dmoe client
+// generate --json` against it print the same result as `dmoe generate --json` on the same
+// tiny checkpoint (made with dmoe-make-checkpoint). Binaries come from $DMOE_BIN_DIR. Every
+// child process is killed on the way out, whatever the test's outcome.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/temp_dir.h"
+
+extern char** environ;
+
+namespace {
+
+std::string BinDir() {
+  const char* dir = std::getenv("DMOE_BIN_DIR");
+  return dir ? dir : "";
+}
+
+// A child process with its stdout on a pipe. SIGKILLed and reaped on destruction if alive.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& argv) {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    out_ = fds[0];
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_ >= 0) close(out_);
+  }
+  bool started() const { return pid_ > 0; }
+
+  // The next line of stdout, or "" on EOF / timeout.
+  std::string ReadLine(absl::Duration timeout) {
+    const absl::Time end = absl::Now() + timeout;
+    for (;;) {
+      if (size_t nl = buffer_.find('\n'); nl != std::string::npos) {
+        std::string line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        return line;
+      }
+      const int ms = static_cast<int>(absl::ToInt64Milliseconds(end - absl::Now()));
+      if (ms <= 0) return "";
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, ms) <= 0) return "";
+      char chunk[4096];
+      const ssize_t n = read(out_, chunk, sizeof(chunk));
+      if (n <= 0) return "";
+      buffer_.append(chunk, n);
+    }
+  }
+
+  // Sends `signal` and waits up to `timeout` for the exit; the exit code, or -1.
+  int SignalAndWait(int signal, absl::Duration timeout) {
+    if (pid_ <= 0) return -1;
+    kill(pid_, signal);
+    const absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int out_ = -1;
+  std::string buffer_;
+};
+
+// Runs a command to completion; its stdout and exit code.
+std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv) {
+  Child child(argv);
+  std::string out, line;
+  for (;;) {
+    line = child.ReadLine(absl::Seconds(60));
+    if (line.empty()) break;
+    out += line + "\n";
+  }
+  return {child.SignalAndWait(0, absl::Seconds(60)), out};
+}
+
+TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
+  const std::string bin = BinDir();
+  ASSERT_FALSE(bin.empty()) << "DMOE_BIN_DIR is not set";
+  const std::string dmoe = bin + "/dmoe";
+  dmoe_testing::TempDir tmp;
+  const std::string model = tmp.Join("tiny");
+  auto [make_code, make_out] =
+      RunCommand({bin + "/dmoe-make-checkpoint", "--preset", "tiny", "--out", model});
+  ASSERT_EQ(make_code, 0) << make_out;
+
+  // Without a tokenizer the decoding ids come from flags, the same for both commands.
+  const bool tokenizer = std::filesystem::exists(model + "/tokenizer.json");
+  std::vector<std::string> ids_flags;
+  if (!tokenizer) ids_flags = {"--mask-id", "4000", "--stop-ids", "4001"};
+
+  std::vector<std::string> serve = {dmoe, "serve", "--model", model, "--listen", "127.0.0.1:0",
+                                    "--threads", "1"};
+  serve.insert(serve.end(), ids_flags.begin(), ids_flags.end());
+  Child server(serve);
+  ASSERT_TRUE(server.started());
+  const std::string ready = server.ReadLine(absl::Seconds(60));
+  ASSERT_THAT(ready, ::testing::StartsWith("listening on 127.0.0.1:"));
+  const std::string address = ready.substr(std::string("listening on ").size());
+
+  struct Case {
+    std::vector<std::string> flags;
+  };
+  std::vector<Case> cases = {
+      {{"--prompt-ids", "11,22,33,44,55,66,77", "--max-new-tokens", "40"}},
+      {{"--prompt-ids", "5,6,7", "--max-new-tokens", "24", "--block-length", "8", "--threshold",
+        "0.5", "--temperature", "0.8", "--top-k", "20", "--seed", "7"}},
+  };
+  if (tokenizer) cases.push_back({{"--chat", "Hello there", "--max-new-tokens", "32"}});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrJoin(c.flags, " "));
+    std::vector<std::string> local = {dmoe, "generate", "--model", model, "--json", "--threads", "1"};
+    local.insert(local.end(), c.flags.begin(), c.flags.end());
+    if (!tokenizer) local.insert(local.end(), ids_flags.begin(), ids_flags.end());
+    auto [local_code, local_out] = RunCommand(local);
+    ASSERT_EQ(local_code, 0) << local_out;
+    const nlohmann::json expected = nlohmann::json::parse(local_out);
+
+    for (bool stream : {false, true}) {
+      std::vector<std::string> remote = {dmoe, "client", "generate", "--router", address, "--json"};
+      if (stream) remote.push_back("--stream");
+      remote.insert(remote.end(), c.flags.begin(), c.flags.end());
+      auto [remote_code, remote_out] = RunCommand(remote);
+      ASSERT_EQ(remote_code, 0) << remote_out;
+      const nlohmann::json got = nlohmann::json::parse(remote_out);
+      for (const char* field : {"ids", "text", "forwards", "tokens_per_forward", "finish_reason",
+                                "prompt_tokens"}) {
+        EXPECT_EQ(got.at(field), expected.at(field)) << field << (stream ? " (stream)" : "");
+      }
+      EXPECT_TRUE(got.contains("seconds"));
+    }
+  }
+
+  // A bad request is a clean error (exit 1), and the server lives on.
+  auto [bad_code, bad_out] =
+      RunCommand({dmoe, "client", "generate", "--router", address, "--prompt-ids", "1", "--top-p", "2"});
+  EXPECT_EQ(bad_code, 1);
+  auto [models_code, models_out] = RunCommand({dmoe, "client", "models", "--router", address});
+  EXPECT_EQ(models_code, 0);
+  EXPECT_THAT(models_out, ::testing::HasSubstr("\"name\": \"tiny\""));
+
+  EXPECT_EQ(server.SignalAndWait(SIGTERM, absl::Seconds(30)), 0) << "dmoe serve did not drain";
+}
+
+}  // namespace

@@ -1,0 +1,512 @@
+// Scheduler unit tests on a tiny random checkpoint (no gRPC). Most drive the scheduler by hand
+// (start_step_thread = false) so steps are exact: iteration tables in the style of
+// TensorRT-LLM's capacitySchedulerTest list, step by step, which requests join, run and leave.
+// Iteration tables use decoding whose length does not depend on the random model's outputs
+// (no stop tokens; autoregressive, or diffusion with threshold 1 = one token per forward).
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "scheduler/in_process_model.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/tiny_checkpoint.h"
+
+namespace dmoe::scheduler {
+namespace {
+
+using ::dmoe_testing::StatusIs;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+constexpr int32_t kMask = 4000;
+constexpr int32_t kStop = 4001;
+constexpr int64_t kMaxPositions = 1024;
+
+std::vector<int32_t> Prompt(int64_t length, int32_t salt) {
+  std::vector<int32_t> p;
+  for (int64_t i = 0; i < length; ++i) {
+    p.push_back(static_cast<int32_t>((i * 37 + salt * 101 + 5) % 3900));
+  }
+  return p;
+}
+
+engine::GenerationParams Ar(int64_t max_new) {
+  engine::GenerationParams p;
+  p.mode = engine::DecodeMode::kAutoregressive;
+  p.max_new_tokens = max_new;
+  p.mask_id = kMask;
+  return p;
+}
+
+// One token per forward: nothing is above threshold 1, so each step commits its quota of 1.
+engine::GenerationParams OnePerStep(int64_t block, int64_t max_new) {
+  engine::GenerationParams p;
+  p.threshold = 1.0f;
+  p.block_length = block;
+  p.steps = block;
+  p.max_new_tokens = max_new;
+  p.mask_id = kMask;
+  return p;
+}
+
+// What the callbacks of one request saw.
+struct Outcome {
+  std::vector<int32_t> streamed;
+  std::vector<int64_t> offsets;
+  int canvas_events = 0;
+  bool done = false;
+  absl::StatusOr<RequestResult> result = absl::UnknownError("not finished");
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
+    spec.tokenizer_dir = "";  // ids only
+    spec.seed = 11;
+    spec.lm_head_std = 0.6;   // confidences spread over (0, 1): thresholds matter
+    spec.max_position_embeddings = kMaxPositions;
+    checkpoint_ = new dmoe_testing::TinyCheckpointDir(spec);
+  }
+  static void TearDownTestSuite() {
+    delete checkpoint_;
+    checkpoint_ = nullptr;
+  }
+
+  // A fresh model with its own KV pool, and a scheduler over it.
+  void Init(SchedulerOptions options, int64_t page_tokens = 32, int64_t max_pages = 1024) {
+    ASSERT_TRUE(checkpoint_->ok()) << checkpoint_->status();
+    scheduler_.reset();
+    DMOE_ASSERT_OK_AND_ASSIGN(model_, InProcessModel::Create({.model_dir = checkpoint_->dir(),
+                                                              .num_threads = 2,
+                                                              .kv_page_tokens = page_tokens,
+                                                              .kv_max_pages = max_pages}));
+    if (!options.clock) options.clock = [this] { return now_; };
+    DMOE_ASSERT_OK_AND_ASSIGN(scheduler_,
+                              Scheduler::Create(options, model_->model(), model_->kernels(),
+                                                model_->experts(), model_->kv_pool()));
+  }
+
+  static SchedulerOptions Manual(int64_t max_batch_tokens = 4096) {
+    return {.max_batch_tokens = max_batch_tokens, .start_step_thread = false};
+  }
+
+  // Submits a request whose callbacks record into outcomes_[name].
+  absl::StatusOr<RequestHandle> Submit(const std::string& name, std::vector<int32_t> prompt,
+                                       const engine::GenerationParams& params,
+                                       absl::Time deadline = absl::InfiniteFuture(),
+                                       bool canvas = false) {
+    Outcome* o = &outcomes_[name];
+    SchedulerRequest request{.request_id = name,
+                             .prompt = std::move(prompt),
+                             .params = params,
+                             .deadline = deadline};
+    request.callbacks.on_tokens = [o](int64_t offset, const std::vector<int32_t>& ids) {
+      o->offsets.push_back(offset);
+      o->streamed.insert(o->streamed.end(), ids.begin(), ids.end());
+    };
+    if (canvas) request.callbacks.on_step = [o](const CanvasSnapshot&) { ++o->canvas_events; };
+    request.callbacks.on_done = [o](absl::StatusOr<RequestResult> r) {
+      EXPECT_FALSE(o->done) << "on_done called twice";
+      o->done = true;
+      o->result = std::move(r);
+    };
+    absl::StatusOr<RequestHandle> handle = scheduler_->Submit(std::move(request));
+    if (handle.ok()) names_[*handle] = name;
+    return handle;
+  }
+
+  std::vector<std::string> Names(const std::vector<RequestHandle>& handles) {
+    std::vector<std::string> out;
+    for (RequestHandle h : handles) out.push_back(names_[h]);
+    return out;
+  }
+
+  static dmoe_testing::TinyCheckpointDir* checkpoint_;
+  absl::Time now_ = absl::FromUnixSeconds(1000);
+  std::unique_ptr<InProcessModel> model_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::map<std::string, Outcome> outcomes_;
+  std::map<RequestHandle, std::string> names_;
+};
+
+dmoe_testing::TinyCheckpointDir* SchedulerTest::checkpoint_ = nullptr;
+
+TEST_F(SchedulerTest, OptionsValidateNamesTheField) {
+  EXPECT_THAT(SchedulerOptions{}.Validate(), dmoe_testing::IsOk());
+  EXPECT_THAT((SchedulerOptions{.max_batch_tokens = 0}.Validate()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_tokens")));
+  EXPECT_THAT((SchedulerOptions{.max_batch_sequences = 0}.Validate()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_sequences")));
+  EXPECT_THAT((SchedulerOptions{.max_running = -1}.Validate()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_running")));
+  EXPECT_THAT((SchedulerOptions{.max_queue = 0}.Validate()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_queue")));
+}
+
+TEST_F(SchedulerTest, InvalidRequestsNameTheField) {
+  Init(Manual(), /*page_tokens=*/32, /*max_pages=*/8);
+  auto bad = [&](std::vector<int32_t> prompt, engine::GenerationParams p) {
+    return Submit("bad", std::move(prompt), p);
+  };
+  engine::GenerationParams ok = OnePerStep(8, 8);
+  EXPECT_THAT(bad({}, ok), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
+  EXPECT_THAT(bad({1, 5000}, ok),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt: token id 5000")));
+  engine::GenerationParams p = ok;
+  p.threshold = 1.5f;
+  EXPECT_THAT(bad({1}, p), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("threshold")));
+  p = ok;
+  p.sampling.temperature = -1;
+  EXPECT_THAT(bad({1}, p), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
+  p = ok;
+  p.sampling.top_p = 0;
+  EXPECT_THAT(bad({1}, p), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_p")));
+  p = ok;
+  p.max_new_tokens = 0;
+  EXPECT_THAT(bad({1}, p), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_new_tokens")));
+  p = ok;
+  p.block_length = 0;
+  EXPECT_THAT(bad({1}, p), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_length")));
+  // Over-long: prompt + max_new_tokens > max_position_embeddings.
+  p = OnePerStep(8, 100);
+  EXPECT_THAT(bad(Prompt(kMaxPositions - 99, 1), p),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_position_embeddings")));
+  // Fits the model but never the KV cache (8 pages of 32 tokens).
+  p = OnePerStep(8, 300);
+  EXPECT_THAT(bad(Prompt(10, 1), p),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("KV pages")));
+  // Nothing of the above was queued; the scheduler still works.
+  EXPECT_EQ(scheduler_->Stats().waiting, 0);
+  ASSERT_THAT(Submit("good", Prompt(5, 2), OnePerStep(8, 4)), dmoe_testing::IsOk());
+  while (!outcomes_["good"].done) scheduler_->Step();
+  EXPECT_THAT(outcomes_["good"].result, dmoe_testing::IsOk());
+}
+
+// Token budget 16, autoregressive (a prefill is the prompt, then 1 token per step):
+// A, B (10-token prompts) and C (30) arrive together, D (4) before step 2. Least recently
+// scheduled go first; a plan that does not fit waits one step; C's 30-token prefill is over
+// the whole budget and runs alone; requests leave as soon as they finish.
+TEST_F(SchedulerTest, IterationTableTokenBudget) {
+  Init(Manual(/*max_batch_tokens=*/16));
+  struct Row {
+    int64_t step;
+    std::vector<std::string> submit_before;
+    std::vector<std::string> scheduled;
+    int64_t batch_tokens;
+    int64_t running;  // admitted when the batch was formed
+    std::vector<std::string> finished_after;
+  };
+  const std::map<std::string, std::pair<int64_t, int64_t>> spec = {
+      {"A", {10, 4}}, {"B", {10, 4}}, {"C", {30, 4}}, {"D", {4, 2}}};  // prompt, max_new
+  const std::vector<Row> table = {
+      {0, {"A", "B", "C"}, {"A"}, 10, 3, {}},
+      {1, {}, {"B", "A"}, 11, 3, {}},
+      {2, {"D"}, {"C"}, 30, 4, {}},
+      {3, {}, {"D", "A", "B", "C"}, 7, 4, {}},
+      {4, {}, {"A", "B", "C", "D"}, 4, 4, {"A", "D"}},
+      {5, {}, {"B", "C"}, 2, 2, {"B", "C"}},
+      {6, {}, {}, 0, 0, {}},
+  };
+  int32_t salt = 0;
+  for (const Row& row : table) {
+    SCOPED_TRACE(::testing::Message() << "step " << row.step);
+    for (const std::string& name : row.submit_before) {
+      auto [prompt, max_new] = spec.at(name);
+      ASSERT_THAT(Submit(name, Prompt(prompt, ++salt), Ar(max_new)), dmoe_testing::IsOk());
+    }
+    StepReport report = scheduler_->Step();
+    EXPECT_THAT(Names(report.scheduled), ElementsAreArray(row.scheduled));
+    EXPECT_EQ(report.batch_tokens, row.batch_tokens);
+    EXPECT_EQ(report.running, row.running);
+    std::vector<std::string> finished;
+    for (auto& [name, o] : outcomes_) {
+      if (o.done && std::find(row.finished_after.begin(), row.finished_after.end(), name) !=
+                        row.finished_after.end()) {
+        finished.push_back(name);
+      }
+    }
+    EXPECT_EQ(finished.size(), row.finished_after.size());
+    EXPECT_EQ(report.finished, static_cast<int64_t>(row.finished_after.size()));
+  }
+  for (auto& [name, o] : outcomes_) {
+    ASSERT_THAT(o.result, dmoe_testing::IsOk()) << name;
+    EXPECT_EQ(o.result->forwards, spec.at(name).second) << name;
+    EXPECT_EQ(o.result->ids.size(), static_cast<size_t>(spec.at(name).second)) << name;
+    EXPECT_EQ(o.result->finish_reason, engine::FinishReason::kLength);
+    EXPECT_EQ(o.streamed, o.result->ids) << name;  // AR streams every token
+  }
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+}
+
+// Diffusion, one token per forward, blocks of 4: E (prompt 4, 8 new = 2 blocks of 4 steps)
+// runs alone for 2 steps; F (prompt 2, 2 new: one forward commits both, the quota being
+// block / min(steps, max_new) = 2) joins at step 2, goes first as the least recently
+// scheduled, and leaves after it; E's blocks stream whole, at the step that completes them.
+TEST_F(SchedulerTest, IterationTableDiffusionJoinAndLeave) {
+  Init(Manual());
+  struct Row {
+    int64_t step;
+    std::vector<std::string> submit_before;
+    std::vector<std::string> scheduled;
+    int64_t batch_tokens;
+    size_t e_streamed;  // E's final tokens so far
+  };
+  // E: [prompt 4 | block of 4] = 8 tokens, then 4, 4, 4; the next block carries the clean
+  // previous block: 4 + 4 = 8, then 4, 4, 4. F: its block [p p m m], 4 tokens.
+  const std::vector<Row> table = {
+      {0, {"E"}, {"E"}, 8, 0},
+      {1, {}, {"E"}, 4, 0},
+      {2, {"F"}, {"F", "E"}, 8, 0},
+      {3, {}, {"E"}, 4, 4},
+      {4, {}, {"E"}, 8, 4},
+      {5, {}, {"E"}, 4, 4},
+      {6, {}, {"E"}, 4, 4},
+      {7, {}, {"E"}, 4, 8},
+      {8, {}, {}, 0, 8},
+  };
+  for (const Row& row : table) {
+    SCOPED_TRACE(::testing::Message() << "step " << row.step);
+    for (const std::string& name : row.submit_before) {
+      const bool e = name == "E";
+      ASSERT_THAT(Submit(name, Prompt(e ? 4 : 2, e ? 1 : 2), OnePerStep(4, e ? 8 : 2),
+                         absl::InfiniteFuture(), /*canvas=*/true),
+                  dmoe_testing::IsOk());
+    }
+    StepReport report = scheduler_->Step();
+    EXPECT_THAT(Names(report.scheduled), ElementsAreArray(row.scheduled));
+    EXPECT_EQ(report.batch_tokens, row.batch_tokens);
+    EXPECT_EQ(outcomes_["E"].streamed.size(), row.e_streamed);
+  }
+  ASSERT_THAT(outcomes_["E"].result, dmoe_testing::IsOk());
+  EXPECT_EQ(outcomes_["E"].offsets, (std::vector<int64_t>{0, 4}));
+  EXPECT_EQ(outcomes_["E"].streamed, outcomes_["E"].result->ids);
+  EXPECT_EQ(outcomes_["E"].result->forwards, 8);
+  EXPECT_EQ(outcomes_["E"].canvas_events, 7);  // every step but the last
+  ASSERT_THAT(outcomes_["F"].result, dmoe_testing::IsOk());
+  EXPECT_EQ(outcomes_["F"].result->ids.size(), 2u);
+  EXPECT_EQ(outcomes_["F"].result->forwards, 1);
+  EXPECT_EQ(outcomes_["F"].canvas_events, 0);
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+}
+
+// KV capacity 6 pages of 8 tokens; each request needs ceil((10 + 6 + 8) / 8) = 3 pages, so two
+// run at a time. The queue holds 2; past it Submit is RESOURCE_EXHAUSTED. Admission follows
+// KV, and the pool never exceeds its capacity.
+TEST_F(SchedulerTest, AdmissionBoundedByKvAndQueueBound) {
+  Init({.max_queue = 2, .start_step_thread = false}, /*page_tokens=*/8, /*max_pages=*/6);
+  const engine::GenerationParams p = OnePerStep(8, 6);
+  ASSERT_THAT(Submit("r0", Prompt(10, 0), p), dmoe_testing::IsOk());
+  ASSERT_THAT(Submit("r1", Prompt(10, 1), p), dmoe_testing::IsOk());
+  EXPECT_THAT(Submit("r2", Prompt(10, 2), p),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue is full")));
+  StepReport first = scheduler_->Step();
+  EXPECT_EQ(first.running, 2);
+  EXPECT_EQ(scheduler_->Stats().kv_pages_reserved, 6);
+  ASSERT_THAT(Submit("r3", Prompt(10, 3), p), dmoe_testing::IsOk());
+  ASSERT_THAT(Submit("r4", Prompt(10, 4), p), dmoe_testing::IsOk());
+  EXPECT_THAT(Submit("r5", Prompt(10, 5), p),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  // r3, r4 wait until r0, r1 finish and free their pages.
+  int64_t steps = 1;
+  while (!outcomes_["r4"].done && steps < 100) {
+    StepReport report = scheduler_->Step();
+    ++steps;
+    EXPECT_LE(report.running, 2);
+    EXPECT_LE(model_->kv_pool().pages_in_use(), 6);
+    if (!outcomes_["r0"].done) {
+      EXPECT_EQ(report.waiting, 2);
+    }
+  }
+  for (const char* name : {"r0", "r1", "r3", "r4"}) {
+    EXPECT_THAT(outcomes_[name].result, dmoe_testing::IsOk()) << name;
+  }
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+  EXPECT_EQ(scheduler_->Stats().kv_pages_reserved, 0);
+  EXPECT_EQ(scheduler_->Stats().running, 0);
+}
+
+TEST_F(SchedulerTest, CancellationFreesKvAtTheNextStep) {
+  Init(Manual(), /*page_tokens=*/8, /*max_pages=*/64);
+  DMOE_ASSERT_OK_AND_ASSIGN(RequestHandle running, Submit("running", Prompt(20, 1), OnePerStep(8, 64)));
+  scheduler_->Step();
+  scheduler_->Step();
+  EXPECT_GT(model_->kv_pool().pages_in_use(), 0);
+  // A queued request (the pool is big enough; it is queued because no step ran yet).
+  DMOE_ASSERT_OK_AND_ASSIGN(RequestHandle queued, Submit("queued", Prompt(5, 2), OnePerStep(8, 8)));
+  scheduler_->Cancel(running);
+  scheduler_->Cancel(queued);
+  scheduler_->Cancel(12345);  // unknown: ignored
+  StepReport report = scheduler_->Step();
+  EXPECT_TRUE(report.scheduled.empty());
+  EXPECT_EQ(report.finished, 2);
+  EXPECT_THAT(outcomes_["running"].result, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_THAT(outcomes_["queued"].result, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+  EXPECT_EQ(scheduler_->Stats().kv_pages_reserved, 0);
+  scheduler_->Cancel(running);  // already finished: no second on_done
+  scheduler_->Step();
+}
+
+TEST_F(SchedulerTest, DeadlinesEndRequestsWithDeadlineExceeded) {
+  Init(Manual(), /*page_tokens=*/8, /*max_pages=*/64);
+  ASSERT_THAT(Submit("slow", Prompt(20, 1), OnePerStep(8, 64), now_ + absl::Seconds(1)),
+              dmoe_testing::IsOk());
+  ASSERT_THAT(Submit("relaxed", Prompt(20, 2), OnePerStep(8, 8), now_ + absl::Hours(1)),
+              dmoe_testing::IsOk());
+  scheduler_->Step();
+  scheduler_->Step();
+  EXPECT_FALSE(outcomes_["slow"].done);
+  now_ += absl::Seconds(2);
+  // Queued past its deadline: never runs.
+  ASSERT_THAT(Submit("late", Prompt(5, 3), OnePerStep(8, 8), now_ - absl::Seconds(1)),
+              dmoe_testing::IsOk());
+  StepReport report = scheduler_->Step();
+  EXPECT_THAT(Names(report.scheduled), ElementsAreArray({"relaxed"}));
+  EXPECT_THAT(outcomes_["slow"].result,
+              StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("deadline")));
+  EXPECT_THAT(outcomes_["late"].result, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  while (!outcomes_["relaxed"].done) scheduler_->Step();
+  EXPECT_THAT(outcomes_["relaxed"].result, dmoe_testing::IsOk());
+  EXPECT_DOUBLE_EQ(outcomes_["relaxed"].result->seconds, 2.0);  // the fake clock's
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+}
+
+TEST_F(SchedulerTest, DrainRefusesNewRequestsAndStopEndsTheRest) {
+  Init(Manual());
+  ASSERT_THAT(Submit("a", Prompt(5, 1), OnePerStep(8, 32)), dmoe_testing::IsOk());
+  scheduler_->Step();
+  ASSERT_THAT(Submit("b", Prompt(5, 2), OnePerStep(8, 32)), dmoe_testing::IsOk());
+  scheduler_->StartDrain();
+  EXPECT_TRUE(scheduler_->Stats().draining);
+  EXPECT_THAT(Submit("c", Prompt(5, 3), OnePerStep(8, 8)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("draining")));
+  EXPECT_FALSE(scheduler_->WaitUntilIdle(absl::Milliseconds(1)));
+  scheduler_->Stop();
+  EXPECT_THAT(outcomes_["a"].result, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(outcomes_["b"].result, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(scheduler_->WaitUntilIdle(absl::ZeroDuration()));
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+}
+
+// Exactness with the real step thread: through the scheduler, batched with whatever else is
+// running, each request's ids equal a solo engine::Engine::Generate run.
+class SchedulerExactnessTest : public SchedulerTest {
+ protected:
+  struct Case {
+    std::vector<int32_t> prompt;
+    engine::GenerationParams params;
+  };
+
+  static std::vector<Case> MixedCases(int n) {
+    std::vector<Case> cases;
+    for (int i = 0; i < n; ++i) {
+      engine::GenerationParams p;
+      p.mask_id = kMask;
+      p.stop_ids = {kStop};
+      p.threshold = std::vector<float>{0.0f, 0.5f, 0.9f, 0.95f}[i % 4];
+      p.block_length = std::vector<int64_t>{32, 8, 4, 16}[i % 4];
+      p.max_new_tokens = 10 + 7 * (i % 5);
+      if (i % 5 == 3) p.mode = engine::DecodeMode::kAutoregressive;
+      if (i % 3 == 1) p.sampling = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 100u + i};
+      if (i % 7 == 6) p.stop_ids = {};
+      cases.push_back({Prompt(3 + (i * 11) % 40, i), p});
+    }
+    return cases;
+  }
+
+  std::vector<engine::GenerationResult> Solo(const std::vector<Case>& cases) {
+    auto engine = engine::Engine::Create({.model_dir = checkpoint_->dir(), .num_threads = 2});
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    std::vector<engine::GenerationResult> out;
+    for (const Case& c : cases) {
+      auto r = (*engine)->Generate({{c.prompt, c.params}});
+      EXPECT_TRUE(r.ok()) << r.status();
+      out.push_back((*r)[0]);
+    }
+    return out;
+  }
+
+  void RunConcurrently(const std::vector<Case>& cases, int64_t max_batch_tokens) {
+    std::atomic<size_t> widest_batch{0};
+    Init({.max_batch_tokens = max_batch_tokens,
+          .clock = [] { return absl::Now(); },
+          .step_observer = [&widest_batch](const StepReport& report) {
+            widest_batch = std::max(widest_batch.load(), report.scheduled.size());
+          }});
+    const std::vector<engine::GenerationResult> solo = Solo(cases);
+    absl::Mutex mu;
+    std::vector<absl::StatusOr<RequestResult>> results(cases.size(),
+                                                       absl::UnknownError("not finished"));
+    std::vector<std::vector<int32_t>> streamed(cases.size());
+    int remaining = static_cast<int>(cases.size());
+    // Four submitting threads with small gaps: requests join a batch that is already running.
+    std::vector<std::thread> submitters;
+    for (int t = 0; t < 4; ++t) {
+      submitters.emplace_back([&, t] {
+        for (size_t i = t; i < cases.size(); i += 4) {
+          SchedulerRequest request{.request_id = absl::StrCat("r", i),
+                                   .prompt = cases[i].prompt,
+                                   .params = cases[i].params};
+          request.callbacks.on_tokens = [&, i](int64_t, const std::vector<int32_t>& ids) {
+            streamed[i].insert(streamed[i].end(), ids.begin(), ids.end());
+          };
+          request.callbacks.on_done = [&, i](absl::StatusOr<RequestResult> r) {
+            absl::MutexLock lock(&mu);
+            results[i] = std::move(r);
+            --remaining;
+          };
+          EXPECT_THAT(scheduler_->Submit(std::move(request)), dmoe_testing::IsOk());
+          absl::SleepFor(absl::Milliseconds(1 + (i % 3)));
+        }
+      });
+    }
+    for (auto& t : submitters) t.join();
+    {
+      absl::MutexLock lock(&mu);
+      ASSERT_TRUE(mu.AwaitWithTimeout(
+          absl::Condition(+[](int* r) { return *r == 0; }, &remaining), absl::Seconds(60)));
+    }
+    for (size_t i = 0; i < cases.size(); ++i) {
+      ASSERT_THAT(results[i], dmoe_testing::IsOk()) << "request " << i;
+      EXPECT_EQ(results[i]->ids, solo[i].ids) << "request " << i;
+      EXPECT_EQ(results[i]->forwards, solo[i].forwards) << "request " << i;
+      EXPECT_EQ(results[i]->finish_reason, solo[i].finish_reason) << "request " << i;
+      EXPECT_EQ(streamed[i], results[i]->ids) << "request " << i;
+    }
+    EXPECT_TRUE(scheduler_->WaitUntilIdle(absl::Seconds(1)));
+    EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+    // Not vacuous: requests really shared steps.
+    if (cases.size() > 1) {
+      EXPECT_GT(widest_batch.load(), 1u);
+    }
+    scheduler_.reset();  // the observer refers to this frame
+  }
+};
+
+TEST_F(SchedulerExactnessTest, OneRequestEqualsEngine) {
+  RunConcurrently(MixedCases(1), 4096);
+}
+
+TEST_F(SchedulerExactnessTest, SixteenConcurrentMixedRequestsEqualSoloEngineRuns) {
+  RunConcurrently(MixedCases(16), 4096);
+}
+
+TEST_F(SchedulerExactnessTest, SixteenRequestsUnderATightTokenBudget) {
+  RunConcurrently(MixedCases(16), 48);
+}
+
+}  // namespace
+}  // namespace dmoe::scheduler
