@@ -40,6 +40,14 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   // From tokenizer_config.json (empty when absent).
   virtual const std::string& chat_template() const = 0;
+  // Token strings named by tokenizer_config.json `bos_token` / `eos_token` / `pad_token`
+  // (empty when absent). Informational: Encode never adds them by itself.
+  virtual const std::string& bos_token() const { return EmptyString(); }
+  virtual const std::string& eos_token() const { return EmptyString(); }
+  virtual const std::string& pad_token() const { return EmptyString(); }
+
+ protected:
+  static const std::string& EmptyString();
 };
 
 // Ids the decoder needs: the mask token and the tokens that end a generation.

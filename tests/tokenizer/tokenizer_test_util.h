@@ -1,0 +1,73 @@
+// Helpers shared by the tokenizer tests: source-tree paths and the variant patches of
+// tests/tokenizer/data/variants (applied exactly like tests/reference/encode_reference.js).
+#ifndef DMOE_TESTS_TOKENIZER_TOKENIZER_TEST_UTIL_H_
+#define DMOE_TESTS_TOKENIZER_TOKENIZER_TEST_UTIL_H_
+
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace dmoe::model::testing {
+
+inline std::string SourceDir() {
+  const char* dir = std::getenv("DMOE_SOURCE_DIR");
+  return dir != nullptr ? dir : DMOE_TEST_SOURCE_DIR;
+}
+
+inline std::string TinyTokenizerDir() { return SourceDir() + "/tools/data/tiny_tokenizer"; }
+
+inline std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << "cannot open " << path;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Mirrors applyVariant() in tests/reference/encode_reference.js.
+inline nlohmann::json ApplyVariant(nlohmann::json base, const nlohmann::json& variant) {
+  for (auto it = variant.begin(); it != variant.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "description") continue;
+    if (key == "merges_as_strings") {
+      if (it.value().get<bool>()) {
+        for (auto& m : base["model"]["merges"]) {
+          if (m.is_array()) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
+        }
+      }
+    } else if (key == "added_tokens_extra") {
+      for (const auto& t : it.value()) base["added_tokens"].push_back(t);
+    } else if (key == "model") {
+      for (auto m = it.value().begin(); m != it.value().end(); ++m)
+        base["model"][m.key()] = m.value();
+    } else {
+      base[key] = it.value();
+    }
+  }
+  return base;
+}
+
+// tokenizer.json text of the tiny tokenizer with variant `name` applied ("tiny" = unchanged).
+inline std::string VariantTokenizerJson(const std::string& name) {
+  const std::string base = ReadFileOrDie(TinyTokenizerDir() + "/tokenizer.json");
+  if (name == "tiny") return base;
+  const auto variant = nlohmann::json::parse(
+      ReadFileOrDie(SourceDir() + "/tests/tokenizer/data/variants/" + name + ".json"));
+  return ApplyVariant(nlohmann::json::parse(base), variant).dump();
+}
+
+inline std::unique_ptr<Tokenizer> LoadVariantOrDie(const std::string& name) {
+  auto tokenizer = Tokenizer::FromJson(VariantTokenizerJson(name), "", name);
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  return tokenizer.ok() ? std::move(*tokenizer) : nullptr;
+}
+
+}  // namespace dmoe::model::testing
+
+#endif  // DMOE_TESTS_TOKENIZER_TOKENIZER_TEST_UTIL_H_
