@@ -1,0 +1,165 @@
+// The expert shard's core (no gRPC headers): the routed experts [first, last) of every MoE
+// layer of one checkpoint, and the batched SwiGLU compute over rows routed to them. The gRPC
+// adapter (expert_server.h) and the in-process transport (transport/) both call it.
+#ifndef DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
+#define DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "expert_service/shard_info.h"
+#include "model/checkpoint.h"
+#include "model/kernels.h"
+#include "model/weights.h"
+
+namespace dmoe::expert {
+
+// Element type of a tensor on the wire; the values mirror dmoe.v1.DType.
+enum class WireDType { kUnspecified = 0, kF32 = 1, kF16 = 2, kBF16 = 3, kI32 = 4 };
+// "F32", "I32", ... ("UNSPECIFIED", or "DTYPE(<n>)" for a value outside the enum).
+std::string WireDTypeName(WireDType dtype);
+
+// A non-owning view of a wire tensor. The gRPC adapter points `data` at the request message's
+// bytes, which live until the call's OnDone(): no view may outlive its call. `data` may have
+// any alignment.
+struct TensorView {
+  WireDType dtype = WireDType::kUnspecified;
+  std::vector<int64_t> shape{};
+  const void* data = nullptr;
+  size_t size_bytes = 0;
+};
+
+// One RunExperts call in domain form (see proto/dmoe/v1/expert.proto for field semantics).
+struct ExpertRequest {
+  std::string request_id{};        // tracing only
+  int64_t step = 0;                // tracing only
+  int64_t layer = 0;               // absolute layer; must be a MoE layer
+  uint64_t placement_version = 0;  // echoed; never rejected on
+  TensorView hidden{};             // F32 [n, hidden_size]
+  TensorView expert_ids{};         // I32 [n], each in [expert_first, expert_last)
+};
+
+// A unit of asynchronous work handed to ExpertEngine::Submit. The engine calls OutputBuffer at
+// most once and then Done exactly once, either from Submit itself (rejected: invalid request,
+// queue full, engine stopping) or from a worker thread. After Done the engine no longer
+// touches the object (it destroys it right after Done returns).
+class ExpertWork {
+ public:
+  virtual ~ExpertWork() = default;
+  virtual const ExpertRequest& request() const = 0;
+  // Work not started by then finishes with DEADLINE_EXCEEDED.
+  virtual absl::Time deadline() const = 0;
+  // Polled before computing: true finishes the work with CANCELLED without computing.
+  virtual bool cancelled() const { return false; }
+  // Where the F32 [num_rows, hidden_size] output goes. Called only for valid requests, from
+  // the worker thread, before computing. Must stay valid until Done.
+  virtual float* OutputBuffer(int64_t num_rows, int64_t hidden_size) = 0;
+  // OK: the output buffer holds the result. compute_seconds: time spent in the kernels.
+  virtual void Done(const absl::Status& status, double compute_seconds) = 0;
+};
+using ExpertWorkPtr = std::unique_ptr<ExpertWork>;
+
+struct ExpertEngineOptions {
+  std::string model_dir{};
+  // Reported in ShardInfo; empty means the last component of model_dir.
+  std::string model_name{};
+  // Routed experts [expert_first, expert_last) of every MoE layer; expert_last < 0 means all.
+  int64_t expert_first = 0;
+  int64_t expert_last = -1;
+  // Compute backend: "cpu" (fast, batch-invariant) or "reference" (naive oracle).
+  std::string kernels = "cpu";
+  // Concurrent computations: one Kernels instance (and one worker thread for Submit) each.
+  // The kernels are thread-compatible only, so this is also the compute parallelism across
+  // calls.
+  int num_workers = 1;
+  // Threads inside each Kernels instance (parallel over experts within one call).
+  int threads_per_worker = 1;
+  // Submitted work waiting for a worker beyond this is rejected with RESOURCE_EXHAUSTED.
+  int max_queue = 1024;
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+// Thread-safe. Holds the memory-mapped expert weights (load_dense = false), `num_workers`
+// kernels instances and the worker threads that run submitted work.
+class ExpertEngine {
+ public:
+  // Loads the checkpoint's experts [expert_first, expert_last). Errors: INVALID_ARGUMENT for
+  // bad options or a range outside [0, num_experts); checkpoint errors pass through.
+  static absl::StatusOr<std::unique_ptr<ExpertEngine>> Create(const ExpertEngineOptions& options);
+  // Finishes queued work with UNAVAILABLE and joins the workers.
+  ~ExpertEngine();
+  ExpertEngine(const ExpertEngine&) = delete;
+  ExpertEngine& operator=(const ExpertEngine&) = delete;
+
+  const ShardInfo& info() const { return info_; }
+  const model::ModelConfig& config() const { return checkpoint_->config(); }
+
+  // Checks `request` against this shard without computing; never blocks. Returns the row
+  // count n. INVALID_ARGUMENT naming the field: "layer", "hidden.dtype", "hidden.shape",
+  // "hidden.data", "expert_ids.dtype", "expert_ids.shape", "expert_ids.data",
+  // "expert_ids[i]".
+  absl::StatusOr<int64_t> Validate(const ExpertRequest& request) const;
+
+  // Validates and computes on the calling thread: out[i] = expert_{ids[i]}(hidden[i]),
+  // F32 [n, hidden_size], unweighted. Waits for a free kernels instance until `deadline`
+  // (DEADLINE_EXCEEDED after it). `out` may be null when n == 0. `compute_seconds` may be null.
+  absl::Status Run(const ExpertRequest& request, absl::Time deadline, float* out,
+                   double* compute_seconds = nullptr);
+
+  // Queues `work` for a worker thread; always takes ownership (see ExpertWork). Rejections are
+  // finished from this call: INVALID_ARGUMENT (as Validate), RESOURCE_EXHAUSTED (queue full),
+  // UNAVAILABLE (engine shutting down). Never blocks on compute.
+  void Submit(ExpertWorkPtr&& work);
+
+  // Rows computed since creation (all calls), for tests and metrics.
+  int64_t rows_computed() const;
+
+ private:
+  struct QueuedWork {
+    ExpertWorkPtr work;
+    int64_t num_rows = 0;  // from Validate at Submit
+  };
+
+  explicit ExpertEngine(const ExpertEngineOptions& options) : options_(options) {}
+  absl::Status RunValidated(const ExpertRequest& request, int64_t num_rows, absl::Time deadline,
+                            float* out, double* compute_seconds);
+  // Computes `num_rows` validated rows with one kernels instance.
+  void Compute(model::Kernels& kernels, const ExpertRequest& request, int64_t num_rows,
+               float* out);
+  // Takes a free kernels instance, waiting until `deadline`; -1 on timeout.
+  int AcquireKernels(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseKernels(int index, int64_t rows) ABSL_LOCKS_EXCLUDED(mu_);
+  bool HasFreeKernels() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  ExpertEngineOptions options_;
+  std::unique_ptr<model::Checkpoint> checkpoint_;
+  model::ModelWeights weights_;
+  ShardInfo info_;
+  // kernels_[i] is used by whoever set kernels_busy_[i] (thread-compatible kernels).
+  std::vector<model::KernelsPtr> kernels_;
+
+  mutable absl::Mutex mu_;
+  std::vector<bool> kernels_busy_ ABSL_GUARDED_BY(mu_);
+  std::deque<QueuedWork> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t rows_computed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace dmoe::expert
+
+#endif  // DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_

@@ -1,0 +1,81 @@
+// The expert shard's gRPC adapter: dmoe.v1.ExpertService over an ExpertEngine (callback API),
+// plus grpc.health.v1 and server reflection. Converts proto <-> domain structs and
+// absl::Status -> grpc::Status; all compute runs on the engine's worker threads, never in a
+// reaction.
+#ifndef DMOE_EXPERT_SERVICE_EXPERT_SERVER_H_
+#define DMOE_EXPERT_SERVICE_EXPERT_SERVER_H_
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "expert_service/expert_engine.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/server.h"
+
+namespace dmoe::expert {
+
+// The service name registered with grpc.health.v1 (besides the overall "" status).
+inline constexpr char kExpertServiceName[] = "dmoe.v1.ExpertService";
+
+struct ExpertServerOptions {
+  // host:port to listen on; port 0 picks a free port (read it back with port()).
+  std::string listen_address = "127.0.0.1:0";
+  // Largest message accepted and sent, in bytes. One layer's dispatch carries
+  // rows * hidden_size * 4 bytes (e.g. 64 blocks x 32 tokens x 8 slots x 2048 x 4 = 128 MiB
+  // for a flash-sized batch on one shard), far above gRPC's 4 MiB default.
+  int max_message_bytes = 1 << 30;
+  // Registers grpc.reflection (grpcurl, debugging).
+  bool enable_reflection = true;
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+namespace internal {
+class ExpertServiceImpl;
+}  // namespace internal
+
+// Thread-safe. Serves until Shutdown (or destruction).
+class ExpertServer {
+ public:
+  // Starts serving `engine`, which must outlive the server. UNAVAILABLE when the address
+  // cannot be bound.
+  static absl::StatusOr<std::unique_ptr<ExpertServer>> Create(const ExpertServerOptions& options,
+                                                              ExpertEngine& engine);
+  // Shutdown(absl::Now()): in-flight calls are cancelled.
+  ~ExpertServer();
+  ExpertServer(const ExpertServer&) = delete;
+  ExpertServer& operator=(const ExpertServer&) = delete;
+
+  // The bound port and "host:port" with it.
+  int port() const { return port_; }
+  const std::string& address() const { return address_; }
+
+  // A channel to this server that bypasses the network (tests, embedded mode). Carries the
+  // same message size limits as the listening port.
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+  // Graceful drain: health turns NOT_SERVING, new calls get UNAVAILABLE, in-flight and queued
+  // calls run to completion until `deadline`, after which the rest are cancelled. Returns
+  // when every call has finished. Idempotent; later calls return at once.
+  void Shutdown(absl::Time deadline);
+
+ private:
+  ExpertServer() = default;
+
+  ExpertServerOptions options_;
+  int port_ = 0;
+  std::string address_;
+  std::unique_ptr<internal::ExpertServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::once_flag shutdown_once_;
+};
+
+}  // namespace dmoe::expert
+
+#endif  // DMOE_EXPERT_SERVICE_EXPERT_SERVER_H_

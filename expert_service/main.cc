@@ -1,0 +1,111 @@
+// dmoe-expert: one expert shard as a gRPC server.
+//
+//   dmoe-expert --model /models/tiny --experts 0:8 --listen 127.0.0.1:0 --threads 2
+//
+// Logs "listening on HOST:PORT" once it serves (port 0 picks a free port), and drains on
+// SIGTERM / SIGINT: health NOT_SERVING, in-flight calls finish (up to --drain-timeout-s),
+// exit code 0. Startup errors exit with code 2.
+#include <pthread.h>
+#include <signal.h>
+
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "expert_service/expert_engine.h"
+#include "expert_service/expert_server.h"
+
+namespace {
+
+constexpr int kErrorExit = 2;
+
+int Fail(const std::string& message) {
+  std::cerr << "dmoe-expert: " << message << "\n";
+  return kErrorExit;
+}
+
+// "FIRST:LAST" -> [first, last); "all" -> every expert.
+bool ParseExpertRange(const std::string& text, int64_t* first, int64_t* last) {
+  if (text == "all") {
+    *first = 0;
+    *last = -1;
+    return true;
+  }
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  return parts.size() == 2 && absl::SimpleAtoi(parts[0], first) &&
+         absl::SimpleAtoi(parts[1], last);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Serves the routed experts [FIRST, LAST) of every MoE layer over gRPC "
+               "(dmoe.v1.ExpertService)."};
+  std::string model_dir;
+  std::string model_name;
+  std::string experts = "all";
+  std::string listen = "127.0.0.1:0";
+  std::string kernels = "cpu";
+  int threads = 1;
+  int workers = 1;
+  int max_queue = 1024;
+  double drain_timeout_s = 10;
+  app.add_option("--model", model_dir, "Checkpoint directory (config.json + safetensors)")
+      ->required();
+  app.add_option("--experts", experts, "Expert range FIRST:LAST (half-open) or 'all'")
+      ->capture_default_str();
+  app.add_option("--listen", listen, "host:port to listen on; port 0 picks a free port")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "Compute threads per worker")->capture_default_str();
+  app.add_option("--workers", workers, "Calls computed concurrently (one kernels instance each)")
+      ->capture_default_str();
+  app.add_option("--model-name", model_name, "Name reported by GetShardInfo (default: directory name)");
+  app.add_option("--kernels", kernels, "cpu | reference")->capture_default_str();
+  app.add_option("--max-queue", max_queue, "Queued calls before RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  app.add_option("--drain-timeout-s", drain_timeout_s, "Seconds in-flight calls get on SIGTERM")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
+                                                   .model_name = model_name,
+                                                   .kernels = kernels,
+                                                   .num_workers = workers,
+                                                   .threads_per_worker = threads,
+                                                   .max_queue = max_queue};
+  if (!ParseExpertRange(experts, &engine_options.expert_first, &engine_options.expert_last)) {
+    return Fail("--experts: expected FIRST:LAST or 'all', got '" + experts + "'");
+  }
+
+  // Signals are taken synchronously by sigwait below; block them before any thread starts so
+  // every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  DMOE_LOG(INFO) << "dmoe-expert: model " << model_dir << ", experts " << experts << ", listen "
+                 << listen << ", kernels " << kernels << ", workers " << workers << " x "
+                 << threads << " thread(s), max queue " << max_queue << ", drain timeout "
+                 << drain_timeout_s << " s";
+  auto engine = dmoe::expert::ExpertEngine::Create(engine_options);
+  if (!engine.ok()) return Fail(std::string(engine.status().ToString()));
+  auto server = dmoe::expert::ExpertServer::Create({.listen_address = listen}, **engine);
+  if (!server.ok()) return Fail(std::string(server.status().ToString()));
+  DMOE_LOG(INFO) << "listening on " << (*server)->address();
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  DMOE_LOG(INFO) << "signal " << signal_number << ": draining (up to " << drain_timeout_s << " s)";
+  (*server)->Shutdown(absl::Now() + absl::Seconds(drain_timeout_s));
+  server->reset();
+  engine->reset();
+  DMOE_LOG(INFO) << "drained; exiting";
+  return 0;
+}
