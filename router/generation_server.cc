@@ -2,12 +2,13 @@
 
 #include <chrono>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -207,7 +208,7 @@ class GenerationServer::StreamCall final
 
   void OnWriteDone(bool ok) override {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       writing_ = false;
       if (!ok) {
         // The client is gone: drop what is queued, keep waiting for the scheduler's on_done.
@@ -233,7 +234,7 @@ class GenerationServer::StreamCall final
   void Enqueue(std::optional<dmoe::v1::GenerateStreamResponse> msg,
                std::optional<grpc::Status> status) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (msg && !broken_) queue_.push_back(*std::move(msg));
       if (status) status_ = std::move(status);
     }
@@ -246,7 +247,7 @@ class GenerationServer::StreamCall final
     bool write = false;
     std::optional<grpc::Status> finish;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (writing_ || finished_) return;
       if (!broken_ && !queue_.empty()) {
         current_ = std::move(queue_.front());
@@ -270,13 +271,13 @@ class GenerationServer::StreamCall final
   std::unique_ptr<model::StreamingDetokenizer> detokenizer_;  // step thread only
   std::atomic<uint64_t> handle_{0};
 
-  std::mutex mu_;
-  std::deque<dmoe::v1::GenerateStreamResponse> queue_;  // guarded by mu_
-  dmoe::v1::GenerateStreamResponse current_;            // the write in flight
-  bool writing_ = false;                                // guarded by mu_
-  bool broken_ = false;                                 // guarded by mu_
-  bool finished_ = false;                               // guarded by mu_
-  std::optional<grpc::Status> status_;                  // guarded by mu_
+  absl::Mutex mu_;
+  std::deque<dmoe::v1::GenerateStreamResponse> queue_ ABSL_GUARDED_BY(mu_);
+  dmoe::v1::GenerateStreamResponse current_;  // the write in flight (owned by it)
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed: the client is gone
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> status_ ABSL_GUARDED_BY(mu_);  // set by on_done
 };
 
 absl::StatusOr<std::unique_ptr<GenerationServer>> GenerationServer::Create(
