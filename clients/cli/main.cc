@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   dmoe::cli::RegisterGenerateCommand(app, &exit_code);
   dmoe::cli::RegisterTokenizeCommand(app, &exit_code);
   dmoe::cli::RegisterInspectCommand(app, &exit_code);
+  dmoe::cli::RegisterEvalCommand(app, &exit_code);
   dmoe::cli::RegisterServeCommand(app, &exit_code);
   dmoe::cli::RegisterClientCommand(app, &exit_code);
   try {
