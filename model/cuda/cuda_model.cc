@@ -1,0 +1,851 @@
+#include "model/cuda/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "model/cpu/reference_kernels.h"
+#include "model/cuda/attention.h"
+#include "model/cuda/cuda_status.h"
+#include "model/cuda/embedding.h"
+#include "model/cuda/grouped_experts.h"
+#include "model/cuda/kv_cache_write.h"
+#include "model/cuda/lm_head.h"
+#include "model/cuda/matmul.h"
+#include "model/cuda/moe_combine.h"
+#include "model/cuda/moe_group.h"
+#include "model/cuda/moe_router.h"
+#include "model/cuda/qk_norm_rope.h"
+#include "model/cuda/random_fill.h"
+#include "model/cuda/rms_norm.h"
+#include "model/cuda/swiglu.h"
+
+namespace dmoe::gpu {
+namespace {
+
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+bool IsMoeLayer(const model::ModelConfig& c, int64_t l) {
+  return c.IsMoeLayer(l) && c.num_experts > 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// CudaWeights
+
+absl::StatusOr<void*> CudaWeights::Alloc(size_t bytes) {
+  DMOE_ASSIGN_OR_RETURN(DeviceBuffer buffer, DeviceBuffer::Allocate(bytes));
+  void* p = buffer.data();
+  buffers_.push_back(std::move(buffer));
+  return p;
+}
+
+absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::ModelConfig& config,
+                                                                 const model::ModelWeights& host) {
+  std::unique_ptr<CudaWeights> w(new CudaWeights(config));
+  auto matrix = [&](const model::WeightMatrix& m) -> absl::StatusOr<CudaMatrix> {
+    if (m.empty()) return CudaMatrix{};
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(m.nbytes()));
+    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(p, m.data, m.nbytes(), cudaMemcpyHostToDevice));
+    return CudaMatrix{p, m.dtype, m.rows, m.cols};
+  };
+  auto vector = [&](const std::vector<float>& v) -> absl::StatusOr<const float*> {
+    if (v.empty()) return nullptr;
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(v.size() * sizeof(float)));
+    DMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return static_cast<const float*>(p);
+  };
+  auto ffn = [&](const model::FfnWeights& f) -> absl::StatusOr<CudaFfn> {
+    CudaFfn out;
+    DMOE_ASSIGN_OR_RETURN(out.gate, matrix(f.gate));
+    DMOE_ASSIGN_OR_RETURN(out.up, matrix(f.up));
+    DMOE_ASSIGN_OR_RETURN(out.down, matrix(f.down));
+    return out;
+  };
+
+  if (static_cast<int64_t>(host.layers.size()) != config.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaWeights::Upload: ", host.layers.size(),
+                                                   " layers, config has ",
+                                                   config.num_hidden_layers));
+  }
+  DMOE_ASSIGN_OR_RETURN(w->embed_, matrix(host.embed));
+  DMOE_ASSIGN_OR_RETURN(w->lm_head_, matrix(host.lm_head));
+  DMOE_ASSIGN_OR_RETURN(w->final_norm_, vector(host.final_norm));
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const model::LayerWeights& hl = host.layers[l];
+    CudaLayer dl;
+    DMOE_ASSIGN_OR_RETURN(dl.input_norm, vector(hl.input_norm));
+    DMOE_ASSIGN_OR_RETURN(dl.qkv, matrix(hl.qkv));
+    DMOE_ASSIGN_OR_RETURN(dl.q_norm, vector(hl.q_norm));
+    DMOE_ASSIGN_OR_RETURN(dl.k_norm, vector(hl.k_norm));
+    DMOE_ASSIGN_OR_RETURN(dl.o_proj, matrix(hl.o_proj));
+    DMOE_ASSIGN_OR_RETURN(dl.post_norm, vector(hl.post_norm));
+    DMOE_ASSIGN_OR_RETURN(dl.dense, ffn(hl.dense));
+    DMOE_ASSIGN_OR_RETURN(dl.router, matrix(hl.router));
+    DMOE_ASSIGN_OR_RETURN(dl.expert_bias, vector(hl.expert_bias));
+    DMOE_ASSIGN_OR_RETURN(dl.shared, ffn(hl.shared));
+    if (!hl.experts.empty()) {
+      // One allocation per layer for the held experts, 256-byte aligned matrices.
+      const int64_t e_count = static_cast<int64_t>(hl.experts.size());
+      size_t bytes = 0;
+      for (const model::FfnWeights& e : hl.experts) {
+        if (e.empty()) continue;
+        bytes += AlignUp(e.gate.nbytes()) + AlignUp(e.up.nbytes()) + AlignUp(e.down.nbytes());
+        dl.expert_dtype = e.gate.dtype;
+      }
+      char* base = nullptr;
+      if (bytes > 0) {
+        DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(bytes));
+        base = static_cast<char*>(p);
+      }
+      std::vector<const void*> ptrs(3 * e_count, nullptr);
+      size_t offset = 0;
+      for (int64_t e = 0; e < e_count; ++e) {
+        const model::FfnWeights& f = hl.experts[e];
+        if (f.empty()) continue;
+        const model::WeightMatrix* parts[3] = {&f.gate, &f.up, &f.down};
+        for (int i = 0; i < 3; ++i) {
+          DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(base + offset, parts[i]->data, parts[i]->nbytes(),
+                                               cudaMemcpyHostToDevice));
+          ptrs[i * e_count + e] = base + offset;
+          offset += AlignUp(parts[i]->nbytes());
+        }
+        ++dl.experts_held;
+      }
+      DMOE_ASSIGN_OR_RETURN(void* table, w->Alloc(ptrs.size() * sizeof(void*)));
+      DMOE_CUDA_RETURN_IF_ERROR(
+          cudaMemcpy(table, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
+      const void* const* t = static_cast<const void* const*>(table);
+      dl.expert_gate = t;
+      dl.expert_up = t + e_count;
+      dl.expert_down = t + 2 * e_count;
+    }
+    w->layers_.push_back(dl);
+  }
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Random(const model::ModelConfig& c,
+                                                                 DType dtype, uint64_t seed,
+                                                                 cudaStream_t stream) {
+  std::unique_ptr<CudaWeights> w(new CudaWeights(c));
+  uint64_t tensor = 0;
+  auto fill = [&](void* p, DType dt, int64_t count, float mean, float std) {
+    RandomFillArgs args;
+    args.data = p;
+    args.dtype = dt;
+    args.count = count;
+    args.seed = seed * 1000003ull + tensor++;
+    args.mean = mean;
+    args.std = std;
+    return LaunchRandomFill(args, stream);
+  };
+  auto matrix = [&](int64_t rows, int64_t cols, DType dt, float std) -> absl::StatusOr<CudaMatrix> {
+    const CudaMatrix m{nullptr, dt, rows, cols};
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(m.nbytes()));
+    DMOE_RETURN_IF_ERROR(fill(p, dt, rows * cols, 0.0f, std));
+    return CudaMatrix{p, dt, rows, cols};
+  };
+  auto linear = [&](int64_t rows, int64_t cols) {
+    return matrix(rows, cols, dtype, 1.0f / std::sqrt(static_cast<float>(cols)));
+  };
+  auto vector = [&](int64_t n, float mean, float std) -> absl::StatusOr<const float*> {
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(n * sizeof(float)));
+    DMOE_RETURN_IF_ERROR(fill(p, DType::kF32, n, mean, std));
+    return static_cast<const float*>(p);
+  };
+  auto ffn = [&](int64_t width) -> absl::StatusOr<CudaFfn> {
+    CudaFfn f;
+    DMOE_ASSIGN_OR_RETURN(f.gate, linear(width, c.hidden_size));
+    DMOE_ASSIGN_OR_RETURN(f.up, linear(width, c.hidden_size));
+    DMOE_ASSIGN_OR_RETURN(f.down, linear(c.hidden_size, width));
+    return f;
+  };
+
+  const int64_t h = c.hidden_size;
+  DMOE_ASSIGN_OR_RETURN(w->embed_, matrix(c.vocab_size, h, dtype, 1.0f));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    CudaLayer dl;
+    DMOE_ASSIGN_OR_RETURN(dl.input_norm, vector(h, 1.0f, 0.05f));
+    DMOE_ASSIGN_OR_RETURN(dl.qkv, linear(c.qkv_width(), h));
+    if (c.use_qk_norm) {
+      DMOE_ASSIGN_OR_RETURN(dl.q_norm, vector(c.head_dim, 1.0f, 0.05f));
+      DMOE_ASSIGN_OR_RETURN(dl.k_norm, vector(c.head_dim, 1.0f, 0.05f));
+    }
+    DMOE_ASSIGN_OR_RETURN(dl.o_proj, linear(h, c.q_width()));
+    DMOE_ASSIGN_OR_RETURN(dl.post_norm, vector(h, 1.0f, 0.05f));
+    if (!IsMoeLayer(c, l)) {
+      DMOE_ASSIGN_OR_RETURN(dl.dense, ffn(c.intermediate_size));
+    } else {
+      const int64_t e_count = c.num_experts, width = c.moe_intermediate_size;
+      DMOE_ASSIGN_OR_RETURN(
+          dl.router, matrix(e_count, h, DType::kF32, 1.0f / std::sqrt(static_cast<float>(h))));
+      if (c.moe_router_enable_expert_bias) {
+        DMOE_ASSIGN_OR_RETURN(dl.expert_bias, vector(e_count, 0.0f, 0.1f));
+      }
+      if (c.num_shared_experts > 0) {
+        DMOE_ASSIGN_OR_RETURN(dl.shared, ffn(c.num_shared_experts * width));
+      }
+      const size_t matrix_bytes = AlignUp(static_cast<size_t>(width * h) * DTypeSize(dtype));
+      DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(matrix_bytes * 3 * e_count));
+      char* base = static_cast<char*>(p);
+      std::vector<const void*> ptrs(3 * e_count);
+      for (int64_t e = 0; e < e_count; ++e) {
+        for (int i = 0; i < 3; ++i) {
+          char* m = base + (3 * e + i) * matrix_bytes;
+          // gate/up are [I, H] (fan-in H), down is [H, I] (fan-in I).
+          const float std = 1.0f / std::sqrt(static_cast<float>(i < 2 ? h : width));
+          DMOE_RETURN_IF_ERROR(fill(m, dtype, width * h, 0.0f, std));
+          ptrs[i * e_count + e] = m;
+        }
+      }
+      DMOE_ASSIGN_OR_RETURN(void* table, w->Alloc(ptrs.size() * sizeof(void*)));
+      DMOE_CUDA_RETURN_IF_ERROR(
+          cudaMemcpy(table, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
+      const void* const* t = static_cast<const void* const*>(table);
+      dl.expert_gate = t;
+      dl.expert_up = t + e_count;
+      dl.expert_down = t + 2 * e_count;
+      dl.expert_dtype = dtype;
+      dl.experts_held = e_count;
+    }
+    w->layers_.push_back(dl);
+  }
+  DMOE_ASSIGN_OR_RETURN(w->final_norm_, vector(h, 1.0f, 0.05f));
+  DMOE_ASSIGN_OR_RETURN(w->lm_head_, linear(c.vocab_size, h));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return w;
+}
+
+uint64_t CudaWeights::NonExpertBytes() const {
+  const uint64_t h = static_cast<uint64_t>(config_.hidden_size);
+  uint64_t bytes = lm_head_.nbytes() + h * sizeof(float);
+  for (const CudaLayer& l : layers_) {
+    bytes += 2 * h * sizeof(float) + l.qkv.nbytes() + l.o_proj.nbytes() + l.dense.nbytes() +
+             l.router.nbytes() + l.shared.nbytes();
+    if (l.q_norm) bytes += 2 * config_.head_dim * sizeof(float);
+    if (l.expert_bias) bytes += config_.num_experts * sizeof(float);
+  }
+  return bytes;
+}
+
+uint64_t CudaWeights::ExpertBytes(int64_t l) const {
+  if (layers_[l].expert_gate == nullptr) return 0;
+  return 3ull * static_cast<uint64_t>(config_.moe_intermediate_size * config_.hidden_size) *
+         DTypeSize(layers_[l].expert_dtype);
+}
+
+uint64_t CudaWeights::AllocatedBytes() const {
+  uint64_t bytes = 0;
+  for (const DeviceBuffer& b : buffers_) bytes += b.size();
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+
+absl::StatusOr<std::unique_ptr<CudaKvPool>> CudaKvPool::Create(const KvPoolLayout& layout,
+                                                               int64_t max_pages) {
+  if (layout.num_layers <= 0 || layout.kv_width <= 0 || layout.page_tokens <= 0 || max_pages <= 0 ||
+      max_pages > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("CudaKvPool: sizes must be positive");
+  }
+  std::unique_ptr<CudaKvPool> pool(new CudaKvPool());
+  pool->layout_ = layout;
+  pool->max_pages_ = max_pages;
+  DMOE_ASSIGN_OR_RETURN(
+      pool->storage_, DeviceBuffer::Allocate(static_cast<size_t>(max_pages) * layout.page_floats() *
+                                             sizeof(float)));
+  pool->free_.reserve(max_pages);
+  for (int64_t p = max_pages - 1; p >= 0; --p) pool->free_.push_back(static_cast<int32_t>(p));
+  return pool;
+}
+
+absl::Status CudaKvPool::Allocate(int64_t count, std::vector<int32_t>* pages) {
+  if (count > static_cast<int64_t>(free_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "device KV pool full: ", count, " pages wanted, ", free_.size(), " free of ", max_pages_));
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    pages->push_back(free_.back());
+    free_.pop_back();
+  }
+  return absl::OkStatus();
+}
+
+void CudaKvPool::Release(const std::vector<int32_t>& pages) {
+  free_.insert(free_.end(), pages.rbegin(), pages.rend());
+}
+
+absl::Status CudaKvSequence::Reserve(int64_t new_length) {
+  const int64_t pt = pool_->layout().page_tokens;
+  const int64_t needed = (new_length + pt - 1) / pt - static_cast<int64_t>(pages_.size());
+  if (needed <= 0) return absl::OkStatus();
+  return pool_->Allocate(needed, &pages_);
+}
+
+void CudaKvSequence::Clear() {
+  if (!pages_.empty()) pool_->Release(pages_);
+  pages_.clear();
+  length_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CudaModel
+
+absl::Status CudaModelOptions::Validate() const {
+  auto positive = [](const char* name, int64_t v) -> absl::Status {
+    if (v <= 0) return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", v));
+    return absl::OkStatus();
+  };
+  DMOE_RETURN_IF_ERROR(positive("max_rows", max_rows));
+  DMOE_RETURN_IF_ERROR(positive("max_segments", max_segments));
+  DMOE_RETURN_IF_ERROR(positive("max_pages_per_segment", max_pages_per_segment));
+  DMOE_RETURN_IF_ERROR(positive("lm_head_chunk_rows", lm_head_chunk_rows));
+  // Grid dimensions and int32 metadata.
+  if (max_rows > 65535) return absl::InvalidArgumentError("max_rows must be at most 65535");
+  if (max_segments > 65535) return absl::InvalidArgumentError("max_segments must be at most 65535");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const CudaWeights& weights,
+                                                             CudaKvPool* kv_pool,
+                                                             const CudaModelOptions& options,
+                                                             const DeviceContext& ctx) {
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  const model::ModelConfig& c = weights.config();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (IsMoeLayer(c, l) && weights.layer(l).experts_held != c.num_experts) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("CudaModel runs every routed expert locally; layer ", l, " holds ",
+                       weights.layer(l).experts_held, " of ", c.num_experts));
+    }
+  }
+  if (weights.lm_head().empty() || weights.embed().empty()) {
+    return absl::FailedPreconditionError("CudaModel needs the embedding and lm_head weights");
+  }
+  if (kv_pool != nullptr && (kv_pool->layout().num_layers != c.num_hidden_layers ||
+                             kv_pool->layout().kv_width != c.kv_width())) {
+    return absl::InvalidArgumentError("CudaModel: KV pool geometry does not match the model");
+  }
+  std::unique_ptr<CudaModel> m(new CudaModel(weights, kv_pool, options, ctx));
+  DMOE_RETURN_IF_ERROR(m->Allocate());
+  return m;
+}
+
+CudaModel::~CudaModel() {
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+}
+
+absl::Status CudaModel::Allocate() {
+  const model::ModelConfig& c = weights_.config();
+  const size_t r = static_cast<size_t>(options_.max_rows);
+  const size_t h = c.hidden_size;
+  const size_t k = c.num_experts > 0 ? c.num_experts_per_tok : 0;
+  const size_t e = c.num_experts;
+  const size_t ffn_width =
+      std::max<size_t>(c.intermediate_size, c.num_shared_experts * c.moe_intermediate_size);
+  const size_t widest_input = std::max<size_t>({h, static_cast<size_t>(c.q_width()), ffn_width});
+  auto alloc = [](DeviceBuffer* b, size_t bytes) -> absl::Status {
+    DMOE_ASSIGN_OR_RETURN(*b, DeviceBuffer::Allocate(bytes));
+    return absl::OkStatus();
+  };
+  DMOE_RETURN_IF_ERROR(alloc(&x_, r * h * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&h_, r * h * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&x16_, r * widest_input * 2));
+  DMOE_RETURN_IF_ERROR(alloc(&qkv_, r * c.qkv_width() * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&attn_, r * c.q_width() * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&gate_, r * ffn_width * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&up_, r * ffn_width * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&act16_, r * ffn_width * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&router_logits_, r * e * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&slot_experts_, r * k * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&slot_weights_, r * k * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&expert_counts_, e * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&expert_offsets_, (e + 1) * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&sorted_slots_, r * k * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&expert_act_, r * k * c.moe_intermediate_size * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&slot_out_, r * k * h * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&shared_out_, r * h * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&head_x_, r * h * 4));
+  DMOE_RETURN_IF_ERROR(
+      alloc(&logits_, std::min<size_t>(r, options_.lm_head_chunk_rows) * c.vocab_size * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&ids_, r * 4));
+  DMOE_RETURN_IF_ERROR(alloc(&confidence_, r * 4));
+
+  const std::vector<float> inv_freq = model::RopeInverseFrequencies(c.rotary_dim, c.rope_theta);
+  DMOE_RETURN_IF_ERROR(alloc(&inv_freq_, std::max<size_t>(inv_freq.size(), 1) * 4));
+  if (!inv_freq.empty()) {
+    DMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(inv_freq_.data(), inv_freq.data(), inv_freq.size() * 4, cudaMemcpyHostToDevice));
+  }
+  // Metadata: ids, positions, 3 x KV-write lists (rows), segment arrays, page table.
+  const size_t s = options_.max_segments;
+  const size_t meta_ints = 5 * r + (s + 1) + 2 * s + s * options_.max_pages_per_segment;
+  DMOE_RETURN_IF_ERROR(alloc(&meta_, meta_ints * 4));
+  DMOE_ASSIGN_OR_RETURN(meta_host_, PinnedBuffer::Allocate(meta_ints * 4));
+  DMOE_ASSIGN_OR_RETURN(result_host_,
+                        PinnedBuffer::Allocate(r * 8 + c.num_hidden_layers * e * 4 + 64));
+  if (options_.time_phases) {
+    events_.resize(4 * c.num_hidden_layers + 3, nullptr);
+    for (cudaEvent_t& ev : events_) DMOE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Validate(const std::vector<CudaForwardSegment>& segments) const {
+  const model::ModelConfig& c = weights_.config();
+  int64_t rows = 0;
+  if (segments.empty()) return absl::InvalidArgumentError("forward: no segments");
+  if (static_cast<int64_t>(segments.size()) > options_.max_segments) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "forward: ", segments.size(), " segments, max_segments is ", options_.max_segments));
+  }
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const CudaForwardSegment& s = segments[i];
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    auto bad = [&](const std::string& what) {
+      return absl::InvalidArgumentError(absl::StrCat("forward segment ", i, ": ", what));
+    };
+    if (n == 0) return bad("no tokens");
+    if (s.attention_block <= 0) return bad("attention_block must be positive");
+    if (s.persist < 0 || s.persist > n) return bad("persist outside [0, tokens]");
+    if (s.logits_from < 0 || s.logits_from > n) return bad("logits_from outside [0, tokens]");
+    if (s.kv == nullptr && (s.start != 0 || s.persist != 0)) {
+      return bad("a segment without a KV cache must start at 0 and persist nothing");
+    }
+    if (s.kv != nullptr && kv_pool_ == nullptr)
+      return bad("the model was created without a KV pool");
+    if (s.kv != nullptr && s.kv->length() != s.start) {
+      return bad(absl::StrCat("start ", s.start, " != cached length ", s.kv->length()));
+    }
+    if (s.start + n > c.max_position_embeddings) {
+      return bad(absl::StrCat("positions up to ", s.start + n, " exceed max_position_embeddings ",
+                              c.max_position_embeddings));
+    }
+    if (s.kv != nullptr && (s.start + s.persist + kv_pool_->layout().page_tokens - 1) /
+                                   kv_pool_->layout().page_tokens >
+                               options_.max_pages_per_segment) {
+      return bad("prefix longer than max_pages_per_segment pages");
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return bad(absl::StrCat("token id ", t, " outside [0, ", c.vocab_size, ")"));
+      }
+    }
+    rows += n;
+  }
+  if (rows > options_.max_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("forward: ", rows, " rows, max_rows is ", options_.max_rows));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Ffn(const CudaFfn& ffn, const float* x, int64_t rows, float* y,
+                            bool accumulate) {
+  const int64_t width = ffn.gate.rows, h = ffn.gate.cols;
+  cudaStream_t stream = ctx_.stream;
+  // Round x once for both gate and up when the weights are 16-bit.
+  const void* x_in = x;
+  DType x_dtype = DType::kF32;
+  if (ffn.gate.dtype != DType::kF32) {
+    DMOE_RETURN_IF_ERROR(LaunchConvertFromF32(x, rows * h, ffn.gate.dtype, x16_.data(), stream));
+    x_in = x16_.data();
+    x_dtype = ffn.gate.dtype;
+  }
+  MatMulArgs mm;
+  mm.cublas = ctx_.cublas;
+  mm.x = x_in;
+  mm.x_dtype = x_dtype;
+  mm.m = rows;
+  mm.k = h;
+  mm.n = width;
+  mm.w = ffn.gate.data;
+  mm.w_dtype = ffn.gate.dtype;
+  mm.y = gate_.as<float>();
+  DMOE_RETURN_IF_ERROR(LaunchMatMul(mm, stream));
+  mm.w = ffn.up.data;
+  mm.w_dtype = ffn.up.dtype;
+  mm.y = up_.as<float>();
+  DMOE_RETURN_IF_ERROR(LaunchMatMul(mm, stream));
+  SwiGluArgs sw;
+  sw.gate = gate_.as<float>();
+  sw.up = up_.as<float>();
+  sw.count = rows * width;
+  sw.out = act16_.data();
+  sw.out_dtype = ffn.down.dtype;
+  DMOE_RETURN_IF_ERROR(LaunchSwiGlu(sw, stream));
+  MatMulArgs down;
+  down.cublas = ctx_.cublas;
+  down.x = act16_.data();
+  down.x_dtype = ffn.down.dtype;
+  down.m = rows;
+  down.k = width;
+  down.n = ffn.down.rows;
+  down.w = ffn.down.data;
+  down.w_dtype = ffn.down.dtype;
+  down.y = y;
+  down.accumulate = accumulate;
+  return LaunchMatMul(down, stream);
+}
+
+absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
+    std::vector<CudaForwardSegment>& segments, CudaForwardTimings* timings) {
+  DMOE_RETURN_IF_ERROR(Validate(segments));
+  const model::ModelConfig& c = weights_.config();
+  const int64_t h = c.hidden_size, d = c.head_dim;
+  const int64_t q_width = c.q_width(), kv_width = c.kv_width(), qkv_width = c.qkv_width();
+  const int64_t top_k = c.num_experts_per_tok;
+  cudaStream_t stream = ctx_.stream;
+  const bool timed = timings != nullptr && options_.time_phases;
+
+  // Host-side layout of the batch.
+  const int64_t num_segments = static_cast<int64_t>(segments.size());
+  std::vector<int32_t> row_begin(num_segments + 1, 0), out_begin(num_segments + 1, 0);
+  int64_t max_rows_in_segment = 0, max_prefix_pages = 1;
+  const int64_t page_tokens = kv_pool_ != nullptr ? kv_pool_->layout().page_tokens : 1;
+  for (int64_t i = 0; i < num_segments; ++i) {
+    CudaForwardSegment& s = segments[i];
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    row_begin[i + 1] = row_begin[i] + static_cast<int32_t>(n);
+    out_begin[i + 1] = out_begin[i] + static_cast<int32_t>(n - s.logits_from);
+    max_rows_in_segment = std::max(max_rows_in_segment, n);
+    if (s.kv != nullptr) {
+      DMOE_RETURN_IF_ERROR(s.kv->Reserve(s.start + s.persist));
+      max_prefix_pages = std::max(max_prefix_pages, (s.start + page_tokens - 1) / page_tokens);
+    }
+  }
+  const int64_t rows = row_begin.back(), out_rows = out_begin.back();
+
+  // Pack the metadata into pinned memory, one copy to the device.
+  int32_t* host = meta_host_.as<int32_t>();
+  int64_t cursor = 0;
+  auto region = [&](int64_t count) {
+    const int64_t at = cursor;
+    cursor += count;
+    return at;
+  };
+  const int64_t ids_at = region(rows), pos_at = region(rows);
+  const int64_t row_begin_at = region(num_segments + 1), start_at = region(num_segments),
+                block_at = region(num_segments);
+  const int64_t pages_at = region(num_segments * max_prefix_pages);
+  int64_t num_writes = 0;
+  for (const CudaForwardSegment& s : segments) num_writes += s.persist;
+  const int64_t write_rows_at = region(num_writes), write_pages_at = region(num_writes),
+                write_slots_at = region(num_writes);
+  int64_t w = 0;
+  for (int64_t i = 0; i < num_segments; ++i) {
+    const CudaForwardSegment& s = segments[i];
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    for (int64_t j = 0; j < n; ++j) {
+      host[ids_at + row_begin[i] + j] = s.tokens[j];
+      host[pos_at + row_begin[i] + j] = static_cast<int32_t>(s.start + j);
+    }
+    host[start_at + i] = static_cast<int32_t>(s.start);
+    host[block_at + i] = static_cast<int32_t>(std::min<int64_t>(s.attention_block, 1 << 30));
+    for (int64_t p = 0; p < max_prefix_pages; ++p) {
+      const bool held = s.kv != nullptr && p < static_cast<int64_t>(s.kv->pages().size());
+      host[pages_at + i * max_prefix_pages + p] = held ? s.kv->pages()[p] : 0;
+    }
+    for (int64_t j = 0; j < s.persist; ++j) {
+      const int64_t pos = s.start + j;
+      host[write_rows_at + w] = row_begin[i] + static_cast<int32_t>(j);
+      host[write_pages_at + w] = s.kv->pages()[pos / page_tokens];
+      host[write_slots_at + w] = static_cast<int32_t>(pos % page_tokens);
+      ++w;
+    }
+  }
+  for (int64_t i = 0; i <= num_segments; ++i) host[row_begin_at + i] = row_begin[i];
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.data(), host, cursor * sizeof(int32_t),
+                                            cudaMemcpyHostToDevice, stream));
+  const int32_t* meta = meta_.as<int32_t>();
+
+  auto record = [&](size_t index) -> absl::Status {
+    if (timed) DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[index], stream));
+    return absl::OkStatus();
+  };
+  const size_t ev_start = 4 * c.num_hidden_layers, ev_head = ev_start + 1, ev_end = ev_start + 2;
+  DMOE_RETURN_IF_ERROR(record(ev_start));
+
+  float* x = x_.as<float>();
+  float* hn = h_.as<float>();
+  float* qkv = qkv_.as<float>();
+  {
+    EmbeddingArgs emb;
+    emb.ids = meta + ids_at;
+    emb.num_tokens = rows;
+    emb.table = weights_.embed().data;
+    emb.table_dtype = weights_.embed().dtype;
+    emb.vocab_size = c.vocab_size;
+    emb.hidden = h;
+    emb.out = x;
+    DMOE_RETURN_IF_ERROR(LaunchEmbedding(emb, stream));
+  }
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  int32_t* counts_host = reinterpret_cast<int32_t*>(result_host_.as<char>() + rows * 8);
+  const KvPoolLayout kv_layout = kv_pool_ != nullptr ? kv_pool_->layout() : KvPoolLayout{};
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const CudaLayer& lw = weights_.layer(l);
+    DMOE_RETURN_IF_ERROR(record(4 * l));
+    RmsNormArgs norm;
+    norm.x = x;
+    norm.rows = rows;
+    norm.n = h;
+    norm.weight = lw.input_norm;
+    norm.eps = eps;
+    norm.y = hn;
+    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(norm, stream));
+
+    MatMulArgs mm;
+    mm.cublas = ctx_.cublas;
+    mm.x = hn;
+    mm.m = rows;
+    mm.k = h;
+    mm.w = lw.qkv.data;
+    mm.w_dtype = lw.qkv.dtype;
+    mm.n = qkv_width;
+    mm.y = qkv;
+    mm.x_scratch = x16_.data();
+    DMOE_RETURN_IF_ERROR(LaunchMatMul(mm, stream));
+
+    QkNormRopeArgs rope;
+    rope.qkv = qkv;
+    rope.m = rows;
+    rope.row_stride = qkv_width;
+    rope.positions = meta + pos_at;
+    rope.num_heads = c.num_attention_heads;
+    rope.num_kv_heads = c.num_key_value_heads;
+    rope.head_dim = d;
+    rope.rotary_dim = c.rotary_dim;
+    rope.q_norm = lw.q_norm;
+    rope.k_norm = lw.k_norm;
+    rope.eps = eps;
+    rope.inv_freq = inv_freq_.as<float>();
+    DMOE_RETURN_IF_ERROR(LaunchQkNormRope(rope, stream));
+
+    AttentionArgs att;
+    att.qkv = qkv;
+    att.qkv_stride = qkv_width;
+    att.out = attn_.as<float>();
+    att.out_stride = q_width;
+    att.num_segments = static_cast<int32_t>(num_segments);
+    att.seg_row_begin = meta + row_begin_at;
+    att.seg_start = meta + start_at;
+    att.seg_block = meta + block_at;
+    att.page_table = meta + pages_at;
+    att.max_pages_per_segment = static_cast<int32_t>(max_prefix_pages);
+    att.kv_pool = kv_pool_ != nullptr ? kv_pool_->data() : nullptr;
+    att.kv = kv_layout;
+    att.layer = l;
+    att.max_segment_rows = static_cast<int32_t>(max_rows_in_segment);
+    att.num_heads = static_cast<int32_t>(c.num_attention_heads);
+    att.num_kv_heads = static_cast<int32_t>(c.num_key_value_heads);
+    att.head_dim = static_cast<int32_t>(d);
+    att.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    DMOE_RETURN_IF_ERROR(LaunchAttention(att, stream));
+
+    if (num_writes > 0) {
+      // After the attention has read this layer's in-flight rows (stream order).
+      KvCacheWriteArgs kw;
+      kw.qkv = qkv;
+      kw.qkv_stride = qkv_width;
+      kw.k_offset = q_width;
+      kw.v_offset = q_width + kv_width;
+      kw.kv_pool = kv_pool_->data();
+      kw.kv = kv_layout;
+      kw.layer = l;
+      kw.num_rows = static_cast<int32_t>(num_writes);
+      kw.rows = meta + write_rows_at;
+      kw.pages = meta + write_pages_at;
+      kw.slots = meta + write_slots_at;
+      DMOE_RETURN_IF_ERROR(LaunchKvCacheWrite(kw, stream));
+    }
+
+    MatMulArgs o;
+    o.cublas = ctx_.cublas;
+    o.x = attn_.data();
+    o.m = rows;
+    o.k = q_width;
+    o.w = lw.o_proj.data;
+    o.w_dtype = lw.o_proj.dtype;
+    o.n = h;
+    o.y = x;
+    o.accumulate = true;  // x += attn @ Wo^T
+    o.x_scratch = x16_.data();
+    DMOE_RETURN_IF_ERROR(LaunchMatMul(o, stream));
+
+    norm.weight = lw.post_norm;
+    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(norm, stream));
+    DMOE_RETURN_IF_ERROR(record(4 * l + 1));
+
+    if (!IsMoeLayer(c, l)) {
+      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
+      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
+      DMOE_RETURN_IF_ERROR(Ffn(lw.dense, hn, rows, x, /*accumulate=*/true));
+      continue;
+    }
+    MatMulArgs router;
+    router.cublas = ctx_.cublas;
+    router.x = hn;
+    router.m = rows;
+    router.k = h;
+    router.w = lw.router.data;
+    router.w_dtype = lw.router.dtype;
+    router.n = c.num_experts;
+    router.y = router_logits_.as<float>();
+    router.x_scratch = x16_.data();
+    DMOE_RETURN_IF_ERROR(LaunchMatMul(router, stream));
+
+    MoeRouterArgs route;
+    route.logits = router_logits_.as<float>();
+    route.num_tokens = rows;
+    route.bias = lw.expert_bias;
+    route.num_experts = static_cast<int32_t>(c.num_experts);
+    route.top_k = static_cast<int32_t>(top_k);
+    route.n_group = static_cast<int32_t>(c.n_group);
+    route.topk_group = static_cast<int32_t>(c.topk_group);
+    route.norm_topk_prob = c.norm_topk_prob;
+    route.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
+    route.experts = slot_experts_.as<int32_t>();
+    route.weights = slot_weights_.as<float>();
+    DMOE_RETURN_IF_ERROR(LaunchMoeRouter(route, stream));
+
+    MoeGroupArgs group;
+    group.experts = slot_experts_.as<int32_t>();
+    group.num_slots = rows * top_k;
+    group.num_experts = static_cast<int32_t>(c.num_experts);
+    group.counts = expert_counts_.as<int32_t>();
+    group.offsets = expert_offsets_.as<int32_t>();
+    group.sorted_slots = sorted_slots_.as<int32_t>();
+    DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, stream));
+    if (timed) {
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host + l * c.num_experts,
+                                                expert_counts_.data(), c.num_experts * 4,
+                                                cudaMemcpyDeviceToHost, stream));
+    }
+
+    DMOE_RETURN_IF_ERROR(record(4 * l + 2));
+    GroupedExpertsArgs ex;
+    ex.hidden = hn;
+    ex.hidden_size = h;
+    ex.intermediate_size = c.moe_intermediate_size;
+    ex.top_k = static_cast<int32_t>(top_k);
+    ex.num_slots = rows * top_k;
+    ex.num_experts = static_cast<int32_t>(c.num_experts);
+    ex.offsets = expert_offsets_.as<int32_t>();
+    ex.sorted_slots = sorted_slots_.as<int32_t>();
+    ex.gate = lw.expert_gate;
+    ex.up = lw.expert_up;
+    ex.down = lw.expert_down;
+    ex.weight_dtype = lw.expert_dtype;
+    ex.act = expert_act_.as<float>();
+    ex.slot_out = slot_out_.as<float>();
+    DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, stream));
+    DMOE_RETURN_IF_ERROR(record(4 * l + 3));
+
+    const bool has_shared = !lw.shared.empty();
+    if (has_shared) {
+      DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
+    }
+    MoeCombineArgs combine;
+    combine.x = x;
+    combine.slot_out = slot_out_.as<float>();
+    combine.weights = slot_weights_.as<float>();
+    combine.shared = has_shared ? shared_out_.as<float>() : nullptr;
+    combine.num_tokens = rows;
+    combine.hidden = h;
+    combine.top_k = static_cast<int32_t>(top_k);
+    DMOE_RETURN_IF_ERROR(LaunchMoeCombine(combine, stream));
+  }
+
+  // Final norm + lm_head over every segment's output rows.
+  DMOE_RETURN_IF_ERROR(record(ev_head));
+  float* head_x = head_x_.as<float>();
+  for (int64_t i = 0; i < num_segments; ++i) {
+    const int64_t n_out = out_begin[i + 1] - out_begin[i];
+    if (n_out == 0) continue;
+    DMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(head_x + static_cast<int64_t>(out_begin[i]) * h,
+                        x + (static_cast<int64_t>(row_begin[i]) + segments[i].logits_from) * h,
+                        n_out * h * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  }
+  if (out_rows > 0) {
+    RmsNormArgs fnorm;
+    fnorm.x = head_x;
+    fnorm.rows = out_rows;
+    fnorm.n = h;
+    fnorm.weight = weights_.final_norm();
+    fnorm.eps = eps;
+    fnorm.y = head_x;
+    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(fnorm, stream));
+    LmHeadTop1Args head;
+    head.cublas = ctx_.cublas;
+    head.x = head_x;
+    head.m = out_rows;
+    head.hidden = h;
+    head.w = weights_.lm_head().data;
+    head.w_dtype = weights_.lm_head().dtype;
+    head.vocab = c.vocab_size;
+    head.logits_scratch = logits_.as<float>();
+    head.scratch_rows = options_.lm_head_chunk_rows;
+    head.x_scratch = x16_.data();
+    head.ids = ids_.as<int32_t>();
+    head.confidence = confidence_.as<float>();
+    DMOE_RETURN_IF_ERROR(LaunchLmHeadTop1(head, stream));
+    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.data(), ids_.data(), out_rows * 4,
+                                              cudaMemcpyDeviceToHost, stream));
+    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.as<char>() + out_rows * 4,
+                                              confidence_.data(), out_rows * 4,
+                                              cudaMemcpyDeviceToHost, stream));
+  }
+  DMOE_RETURN_IF_ERROR(record(ev_end));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+
+  std::vector<CudaProposals> proposals(num_segments);
+  const int32_t* ids = result_host_.as<int32_t>();
+  const float* conf = reinterpret_cast<const float*>(result_host_.as<char>() + out_rows * 4);
+  for (int64_t i = 0; i < num_segments; ++i) {
+    CudaForwardSegment& s = segments[i];
+    if (s.kv != nullptr) s.kv->Commit(s.start + s.persist);
+    proposals[i].ids.assign(ids + out_begin[i], ids + out_begin[i + 1]);
+    proposals[i].confidence.assign(conf + out_begin[i], conf + out_begin[i + 1]);
+  }
+  if (timed) {
+    auto elapsed = [&](size_t a, size_t b) -> absl::StatusOr<double> {
+      float ms = 0;
+      DMOE_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[a], events_[b]));
+      return static_cast<double>(ms);
+    };
+    CudaForwardTimings t;
+    DMOE_ASSIGN_OR_RETURN(t.total_ms, elapsed(ev_start, ev_end));
+    DMOE_ASSIGN_OR_RETURN(t.head_ms, elapsed(ev_head, ev_end));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      DMOE_ASSIGN_OR_RETURN(const double attention, elapsed(4 * l, 4 * l + 1));
+      DMOE_ASSIGN_OR_RETURN(const double routing, elapsed(4 * l + 1, 4 * l + 2));
+      DMOE_ASSIGN_OR_RETURN(const double experts, elapsed(4 * l + 2, 4 * l + 3));
+      const size_t next = l + 1 < c.num_hidden_layers ? 4 * (l + 1) : ev_head;
+      DMOE_ASSIGN_OR_RETURN(const double rest, elapsed(4 * l + 3, next));
+      t.attention_ms += attention;
+      t.experts_ms += experts;
+      t.other_moe_ms += routing + rest;
+      if (IsMoeLayer(c, l)) {
+        int64_t touched = 0;
+        for (int64_t e = 0; e < c.num_experts; ++e)
+          touched += counts_host[l * c.num_experts + e] > 0;
+        t.touched_experts.push_back(touched);
+      }
+    }
+    *timings = std::move(t);
+  }
+  return proposals;
+}
+
+}  // namespace dmoe::gpu

@@ -1,0 +1,234 @@
+// The LLaDA2.0 / Ling 2.0 forward pass on one GPU (MODEL-SPEC.md §1.2-1.3): the device form of
+// model::Model::Forward over the same segments, with weights, activations and the paged KV
+// cache resident on the device. What comes back is per output row the greedy proposal (top-1
+// id and its softmax probability, LaunchLmHeadTop1): logits never leave the GPU.
+//
+// Everything here is owned by the DeviceWorker thread of its device (STYLE.md §8): create,
+// use and destroy these objects inside DeviceWorker::Run.
+//
+// Differences from the CPU backends, all documented in docs/cuda.md: dense GEMM inputs are
+// rounded to the weight dtype (matmul.h); cuBLAS may pick a different reduction split for a
+// different batch size, so unlike the CPU backends a forward is not bit-identical across batch
+// compositions (the custom kernels are); only greedy (temperature 0) proposals are computed on
+// the device.
+#ifndef DMOE_MODEL_CUDA_CUDA_MODEL_H_
+#define DMOE_MODEL_CUDA_CUDA_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/dtype.h"
+#include "model/config.h"
+#include "model/cuda/device_buffer.h"
+#include "model/cuda/device_worker.h"
+#include "model/cuda/kv_layout.h"
+#include "model/weights.h"
+
+namespace dmoe::gpu {
+
+// A matrix in device memory, PyTorch [out, in] layout. Not owned.
+struct CudaMatrix {
+  const void* data = nullptr;
+  DType dtype = DType::kBF16;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  bool empty() const { return data == nullptr; }
+  uint64_t nbytes() const { return static_cast<uint64_t>(rows * cols) * DTypeSize(dtype); }
+};
+
+struct CudaFfn {
+  CudaMatrix gate;  // [I, H]
+  CudaMatrix up;    // [I, H]
+  CudaMatrix down;  // [H, I]
+  bool empty() const { return gate.empty(); }
+  uint64_t nbytes() const { return gate.nbytes() + up.nbytes() + down.nbytes(); }
+};
+
+struct CudaLayer {
+  const float* input_norm = nullptr;   // F32 [H]
+  CudaMatrix qkv;                      // [(Nq + 2 Nkv) D, H]
+  const float* q_norm = nullptr;       // F32 [D] or null
+  const float* k_norm = nullptr;       // F32 [D] or null
+  CudaMatrix o_proj;                   // [H, Nq D]
+  const float* post_norm = nullptr;    // F32 [H]
+  CudaFfn dense;                       // dense layers only
+  CudaMatrix router;                   // MoE layers: [E, H] (F32 in LLaDA2 checkpoints)
+  const float* expert_bias = nullptr;  // F32 [E] or null
+  CudaFfn shared;                      // may be empty
+  // Device arrays [E] of device pointers to each routed expert's matrices (null: not held).
+  const void* const* expert_gate = nullptr;
+  const void* const* expert_up = nullptr;
+  const void* const* expert_down = nullptr;
+  DType expert_dtype = DType::kBF16;
+  int64_t experts_held = 0;  // experts with weights on this device
+};
+
+// Device-resident weights of one model. Owned by the DeviceWorker thread.
+class CudaWeights {
+ public:
+  // Copies `host` (every tensor it holds; experts it does not hold stay null) to the current
+  // device. `config` must be the one the weights were loaded for.
+  static absl::StatusOr<std::unique_ptr<CudaWeights>> Upload(const model::ModelConfig& config,
+                                                             const model::ModelWeights& host);
+  // Random weights generated on the device (LaunchRandomFill), the same initialisation scales
+  // as tools/checkpoint_gen (linear N(0, 1/fan_in)-like, norms 1 +- 0.05, embeddings unit,
+  // router F32): no host copy of the model exists. All experts are held. For benchmarks.
+  static absl::StatusOr<std::unique_ptr<CudaWeights>> Random(const model::ModelConfig& config,
+                                                             DType dtype, uint64_t seed,
+                                                             cudaStream_t stream);
+
+  const model::ModelConfig& config() const { return config_; }
+  const CudaMatrix& embed() const { return embed_; }
+  const CudaLayer& layer(int64_t l) const { return layers_[l]; }
+  const float* final_norm() const { return final_norm_; }
+  const CudaMatrix& lm_head() const { return lm_head_; }
+
+  // Bytes of every weight a forward reads regardless of routing: attention, norms, routers,
+  // shared experts, dense FFNs, lm_head (embedding rows are gathered, so not counted).
+  uint64_t NonExpertBytes() const;
+  // Bytes of one routed expert of layer `l` (gate + up + down).
+  uint64_t ExpertBytes(int64_t l) const;
+  // Device memory held.
+  uint64_t AllocatedBytes() const;
+
+ private:
+  explicit CudaWeights(const model::ModelConfig& config) : config_(config) {}
+  // Allocates `bytes` and keeps the buffer.
+  absl::StatusOr<void*> Alloc(size_t bytes);
+
+  model::ModelConfig config_;
+  std::vector<DeviceBuffer> buffers_;
+  CudaMatrix embed_;
+  std::vector<CudaLayer> layers_;
+  const float* final_norm_ = nullptr;
+  CudaMatrix lm_head_;
+};
+
+// The device KV pool (KvPoolLayout): all pages allocated up front. Owned by the DeviceWorker
+// thread (so page bookkeeping needs no lock).
+class CudaKvPool {
+ public:
+  // INVALID_ARGUMENT for non-positive sizes; RESOURCE_EXHAUSTED when the pool does not fit.
+  static absl::StatusOr<std::unique_ptr<CudaKvPool>> Create(const KvPoolLayout& layout,
+                                                            int64_t max_pages);
+  const KvPoolLayout& layout() const { return layout_; }
+  float* data() const { return storage_.as<float>(); }
+  int64_t max_pages() const { return max_pages_; }
+  int64_t pages_in_use() const { return max_pages_ - static_cast<int64_t>(free_.size()); }
+  // Appends `count` page ids to `pages`; RESOURCE_EXHAUSTED (nothing taken) when too few are
+  // free.
+  absl::Status Allocate(int64_t count, std::vector<int32_t>* pages);
+  void Release(const std::vector<int32_t>& pages);
+
+ private:
+  CudaKvPool() = default;
+  KvPoolLayout layout_;
+  int64_t max_pages_ = 0;
+  DeviceBuffer storage_;
+  std::vector<int32_t> free_;
+};
+
+// One sequence's cached prefix [0, length) in a CudaKvPool. Thread-compatible (device thread).
+class CudaKvSequence {
+ public:
+  explicit CudaKvSequence(CudaKvPool* pool) : pool_(pool) {}
+  ~CudaKvSequence() { Clear(); }
+  CudaKvSequence(const CudaKvSequence&) = delete;
+  CudaKvSequence& operator=(const CudaKvSequence&) = delete;
+
+  int64_t length() const { return length_; }
+  const std::vector<int32_t>& pages() const { return pages_; }
+  // Makes room for positions [0, new_length); RESOURCE_EXHAUSTED when the pool is full.
+  absl::Status Reserve(int64_t new_length);
+  void Commit(int64_t new_length) { length_ = new_length; }
+  void Clear();
+
+ private:
+  CudaKvPool* pool_;
+  std::vector<int32_t> pages_;
+  int64_t length_ = 0;
+};
+
+// Same meaning as model::ForwardSegment, with a device KV cache.
+struct CudaForwardSegment {
+  CudaKvSequence* kv = nullptr;  // null: start 0, persist 0
+  int64_t start = 0;
+  std::vector<int32_t> tokens;
+  int64_t persist = 0;
+  int64_t attention_block = 32;
+  int64_t logits_from = 0;
+};
+
+// Greedy proposals of one segment's rows [logits_from, tokens.size()).
+struct CudaProposals {
+  std::vector<int32_t> ids;
+  std::vector<float> confidence;
+};
+
+// Device time of one forward, measured with CUDA events (CudaModelOptions::time_phases).
+struct CudaForwardTimings {
+  double total_ms = 0;
+  double attention_ms = 0;  // norms, QKV GEMM, QK-norm/RoPE, attention, KV write, o_proj
+  double experts_ms = 0;    // the grouped routed-expert GEMMs only
+  double other_moe_ms = 0;  // router GEMM + routing + grouping, shared expert, combine, dense FFN
+  double head_ms = 0;       // final norm + lm_head + top-1
+  // Per MoE layer: experts that received at least one row (the roofline's expert bytes).
+  std::vector<int64_t> touched_experts;
+};
+
+struct CudaModelOptions {
+  int64_t max_rows = 1024;  // tokens per forward (all segments)
+  int64_t max_segments = 256;
+  int64_t max_pages_per_segment = 1024;  // prefix capacity per segment: pages x page_tokens
+  int64_t lm_head_chunk_rows = 64;       // rows of F32 logits held on the device at once
+  bool time_phases = false;              // record events per phase (small overhead)
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+// Owned by the DeviceWorker thread; one Forward at a time (scratch is reused).
+class CudaModel {
+ public:
+  // Allocates scratch for options.max_rows rows. `weights` and `kv_pool` (may be null when no
+  // segment will use a cache) must outlive the model, and belong to the same device.
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const CudaWeights& weights,
+                                                           CudaKvPool* kv_pool,
+                                                           const CudaModelOptions& options,
+                                                           const DeviceContext& ctx);
+  ~CudaModel();
+
+  // Runs all segments as one batch on ctx.stream and waits for it. Per segment, the greedy
+  // proposals of rows [logits_from, n). Errors: INVALID_ARGUMENT as Model::Forward (and for
+  // more rows / segments / prefix pages than the options allow); RESOURCE_EXHAUSTED when the
+  // KV pool cannot hold the persisted tokens; CUDA / cuBLAS errors.
+  absl::StatusOr<std::vector<CudaProposals>> Forward(std::vector<CudaForwardSegment>& segments,
+                                                     CudaForwardTimings* timings = nullptr);
+
+ private:
+  CudaModel(const CudaWeights& weights, CudaKvPool* kv_pool, const CudaModelOptions& options,
+            const DeviceContext& ctx)
+      : weights_(weights), kv_pool_(kv_pool), options_(options), ctx_(ctx) {}
+  absl::Status Allocate();
+  absl::Status Validate(const std::vector<CudaForwardSegment>& segments) const;
+  absl::Status Ffn(const CudaFfn& ffn, const float* x, int64_t rows, float* y, bool accumulate);
+
+  const CudaWeights& weights_;
+  CudaKvPool* kv_pool_;
+  CudaModelOptions options_;
+  DeviceContext ctx_;
+
+  // Scratch (sizes for options_.max_rows rows).
+  DeviceBuffer x_, h_, x16_, qkv_, attn_, gate_, up_, act16_, router_logits_, slot_experts_,
+      slot_weights_, expert_counts_, expert_offsets_, sorted_slots_, expert_act_, slot_out_,
+      shared_out_, head_x_, logits_, ids_, confidence_, inv_freq_, meta_;
+  PinnedBuffer meta_host_, result_host_;
+  std::vector<cudaEvent_t> events_;
+};
+
+}  // namespace dmoe::gpu
+
+#endif  // DMOE_MODEL_CUDA_CUDA_MODEL_H_
