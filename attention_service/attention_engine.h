@@ -76,6 +76,8 @@ class AttentionEngine {
   AttentionInfo Info() const;
   const model::Model& model() const { return model_; }
   const AttentionEngineOptions& options() const { return options_; }
+  // The KV pages of this replica (for tests and metrics: pages_in_use()).
+  const model::KvCachePool& kv_pool() const { return pool_; }
 
  private:
   struct Lane;

@@ -9,6 +9,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
+#include "expert_service/shard_info.h"
 #include "grpcpp/server_builder.h"
 
 namespace dmoe::router {
@@ -36,13 +37,33 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
     const EmbeddedServerOptions& options) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   auto s = std::unique_ptr<EmbeddedServer>(new EmbeddedServer());
-  DMOE_ASSIGN_OR_RETURN(s->model_, scheduler::InProcessModel::Create(
-                                       {.model_dir = options.model_dir,
-                                        .kernels = options.kernels,
-                                        .num_threads = options.num_threads,
-                                        .kv_page_tokens = options.kv_page_tokens,
-                                        .kv_max_pages = options.kv_pages}));
-  const model::ModelConfig& config = s->model_->config();
+  scheduler::StepExecutor* executor = nullptr;
+  if (options.compute == ComputeMode::kInProcess) {
+    DMOE_ASSIGN_OR_RETURN(s->model_, scheduler::InProcessModel::Create(
+                                         {.model_dir = options.model_dir,
+                                          .kernels = options.kernels,
+                                          .num_threads = options.num_threads,
+                                          .kv_page_tokens = options.kv_page_tokens,
+                                          .kv_max_pages = options.kv_pages}));
+    executor = &s->model_->step_executor();
+  } else {
+    DMOE_ASSIGN_OR_RETURN(model::ModelConfig cluster_config,
+                          model::LoadModelConfig(options.model_dir));
+    s->cluster_config_ = std::make_unique<model::ModelConfig>(std::move(cluster_config));
+    DMOE_ASSIGN_OR_RETURN(std::string fingerprint,
+                          expert::ConfigFingerprintOfDir(options.model_dir));
+    s->membership_ = std::make_unique<scheduler::Membership>(
+        scheduler::MembershipOptions{.num_experts = s->cluster_config_->num_experts,
+                                     .heartbeat_period = options.heartbeat_period,
+                                     .lease = options.lease});
+    s->cluster_service_ =
+        std::make_unique<scheduler::ClusterServer>(*s->membership_, fingerprint);
+    s->remote_ = std::make_unique<scheduler::RemoteAttentionExecutor>(
+        scheduler::RemoteAttentionExecutorOptions{.default_kv_pages = options.kv_pages},
+        *s->membership_);
+    executor = s->remote_.get();
+  }
+  const model::ModelConfig& config = s->model_ ? s->model_->config() : *s->cluster_config_;
 
   GenerationServerOptions service_options{
       .model_name = options.model_name.empty() ? DirName(options.model_dir) : options.model_name,
@@ -75,10 +96,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
 
   scheduler::SchedulerOptions scheduler_options = options.scheduler;
   scheduler_options.start_step_thread = true;
+  scheduler_options.kv_page_tokens = options.kv_page_tokens;
   DMOE_ASSIGN_OR_RETURN(s->scheduler_,
-                        scheduler::Scheduler::Create(scheduler_options, s->model_->model(),
-                                                     s->model_->kernels(), s->model_->experts(),
-                                                     s->model_->kv_pool()));
+                        scheduler::Scheduler::Create(scheduler_options, config, *executor));
   DMOE_ASSIGN_OR_RETURN(s->service_, GenerationServer::Create(service_options, *s->scheduler_,
                                                               config, s->tokenizer_.get()));
 
@@ -89,6 +109,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
   builder.RegisterService(s->service_.get());
+  if (s->cluster_service_) builder.RegisterService(s->cluster_service_.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));

@@ -1,7 +1,10 @@
-// Every role in one process (`dmoe serve`, ARCHITECTURE.md "embedded default"): the checkpoint
-// runs in-process (scheduler::InProcessModel with model::LocalExpertExecutor) under a
-// Scheduler, and a GenerationServer exposes it over gRPC together with grpc.health.v1 and
-// server reflection.
+// One model version served over gRPC: a Scheduler behind a GenerationServer, with
+// grpc.health.v1 and server reflection. Two ways to compute:
+//  - in process (`dmoe serve`, ARCHITECTURE.md "embedded default"): the checkpoint runs here
+//    (scheduler::InProcessModel with model::LocalExpertExecutor);
+//  - cluster (`dmoe-scheduler`): forwards run on the attention replicas that register with
+//    the Cluster service this server also exposes (scheduler::RemoteAttentionExecutor), and
+//    those reach the expert shards that register here too.
 #ifndef DMOE_ROUTER_EMBEDDED_SERVER_H_
 #define DMOE_ROUTER_EMBEDDED_SERVER_H_
 
@@ -17,13 +20,25 @@
 #include "grpcpp/server.h"
 #include "model/tokenizer.h"
 #include "router/generation_server.h"
+#include "scheduler/cluster_server.h"
 #include "scheduler/in_process_model.h"
+#include "scheduler/membership.h"
+#include "scheduler/remote_attention_executor.h"
 #include "scheduler/scheduler.h"
 
 namespace dmoe::router {
 
+enum class ComputeMode {
+  kInProcess,  // all roles here
+  kCluster,    // attention replicas and expert shards register with this server
+};
+
 struct EmbeddedServerOptions {
   std::string model_dir;
+  ComputeMode compute = ComputeMode::kInProcess;
+  // Cluster mode: pods heartbeat this often and drop out after `lease` without one.
+  absl::Duration heartbeat_period = absl::Milliseconds(500);
+  absl::Duration lease = absl::Seconds(3);
   // host:port to listen on; port 0 picks a free one (see EmbeddedServer::address()).
   std::string listen = "127.0.0.1:0";
   // Served model name; empty: the model directory's last path component.
@@ -62,7 +77,10 @@ class EmbeddedServer {
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
   scheduler::Scheduler& scheduler() { return *scheduler_; }
-  model::KvCachePool& kv_pool() { return model_->kv_pool(); }
+  // In-process mode only.
+  const model::KvCachePool& kv_pool() const { return model_->kv_pool(); }
+  // Cluster mode only (null otherwise).
+  scheduler::Membership* membership() { return membership_.get(); }
   GenerationServer& service() { return *service_; }
   // Null when the checkpoint has no tokenizer.json.
   const model::Tokenizer* tokenizer() const { return tokenizer_.get(); }
@@ -78,7 +96,11 @@ class EmbeddedServer {
   std::string address_;
   int port_ = 0;
   std::string model_name_;
-  std::unique_ptr<scheduler::InProcessModel> model_;
+  std::unique_ptr<scheduler::InProcessModel> model_;      // in-process mode
+  std::unique_ptr<model::ModelConfig> cluster_config_;    // cluster mode
+  std::unique_ptr<scheduler::Membership> membership_;
+  std::unique_ptr<scheduler::ClusterServer> cluster_service_;
+  std::unique_ptr<scheduler::RemoteAttentionExecutor> remote_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::unique_ptr<GenerationServer> service_;

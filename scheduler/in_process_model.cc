@@ -2,7 +2,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/engine.h"
 
 namespace dmoe::scheduler {
 
@@ -24,10 +23,19 @@ absl::StatusOr<std::unique_ptr<InProcessModel>> InProcessModel::Create(
   DMOE_ASSIGN_OR_RETURN(m->checkpoint_, model::Checkpoint::Open(options.model_dir));
   DMOE_ASSIGN_OR_RETURN(m->weights_, model::LoadModelWeights(*m->checkpoint_, {}));
   m->model_ = std::make_unique<model::Model>(m->checkpoint_->config(), m->weights_);
-  DMOE_ASSIGN_OR_RETURN(m->kernels_, engine::MakeKernels(options.kernels, options.num_threads));
-  m->experts_ = std::make_unique<model::LocalExpertExecutor>(m->weights_, *m->kernels_);
-  m->kv_pool_ = std::make_unique<model::KvCachePool>(
-      m->model_->KvOptions(options.kv_page_tokens, options.kv_max_pages));
+  const model::ModelWeights& weights = m->weights_;
+  DMOE_ASSIGN_OR_RETURN(
+      m->attention_,
+      attention::AttentionEngine::Create({.kernels = options.kernels,
+                                          .num_threads = options.num_threads,
+                                          .kv_page_tokens = options.kv_page_tokens,
+                                          .kv_max_pages = options.kv_max_pages,
+                                          .micro_batches = 1},
+                                         *m->model_, [&weights](model::Kernels& kernels) {
+                                           return std::make_unique<model::LocalExpertExecutor>(
+                                               weights, kernels);
+                                         }));
+  m->executor_ = std::make_unique<LocalStepExecutor>(*m->attention_);
   return m;
 }
 

@@ -1,7 +1,7 @@
-// Everything engine::ExecutePlans needs to run a checkpoint inside this process: the mapped
-// checkpoint, its weights, the forward pass, a compute backend, model::LocalExpertExecutor and
-// a KV cache pool. The embedded deployment (`dmoe serve`) and the tests hand these to a
-// Scheduler; the cluster replaces the executor with the sharded one.
+// A whole model inside this process, as a Scheduler's StepExecutor: the mapped checkpoint, its
+// weights, and an attention engine (KV cache, compute backend) whose experts run in-process
+// (model::LocalExpertExecutor). The embedded deployment (`dmoe serve`) and the tests use it;
+// the cluster uses RemoteAttentionExecutor instead.
 #ifndef DMOE_SCHEDULER_IN_PROCESS_MODEL_H_
 #define DMOE_SCHEDULER_IN_PROCESS_MODEL_H_
 
@@ -12,11 +12,11 @@
 #include "absl/status/statusor.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
-#include "model/expert_executor.h"
-#include "model/kernels.h"
+#include "attention_service/attention_engine.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "scheduler/local_step_executor.h"
 
 namespace dmoe::scheduler {
 
@@ -31,8 +31,7 @@ struct InProcessModelOptions {
   absl::Status Validate() const;
 };
 
-// Thread-compatible. The accessors hand out references that live as long as this object;
-// kernels() and experts() must be used by one thread at a time (the scheduler's step thread).
+// Thread-safe (the attention engine serialises steps). References live as long as this object.
 class InProcessModel {
  public:
   // Opens and loads the checkpoint. NOT_FOUND / INVALID_ARGUMENT from the checkpoint loader,
@@ -42,18 +41,16 @@ class InProcessModel {
 
   const model::ModelConfig& config() const { return checkpoint_->config(); }
   const model::Model& model() const { return *model_; }
-  model::Kernels& kernels() { return *kernels_; }
-  model::ExpertExecutor& experts() { return *experts_; }
-  model::KvCachePool& kv_pool() { return *kv_pool_; }
+  StepExecutor& step_executor() { return *executor_; }
+  const model::KvCachePool& kv_pool() const { return attention_->kv_pool(); }
 
  private:
   InProcessModel() = default;
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights weights_;
   std::unique_ptr<model::Model> model_;
-  model::KernelsPtr kernels_;
-  std::unique_ptr<model::LocalExpertExecutor> experts_;
-  std::unique_ptr<model::KvCachePool> kv_pool_;
+  std::unique_ptr<attention::AttentionEngine> attention_;
+  std::unique_ptr<LocalStepExecutor> executor_;
 };
 
 }  // namespace dmoe::scheduler

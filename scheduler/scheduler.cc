@@ -7,9 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "engine/engine.h"
 
 namespace dmoe::scheduler {
+namespace {
+// The executor's key for a request's sequence.
+std::string SequenceId(RequestHandle handle) { return absl::StrCat("r", handle); }
+}  // namespace
 
 struct Scheduler::Entry {
   explicit Entry(engine::Sequence s) : sequence(std::move(s)) {}
@@ -23,7 +26,8 @@ struct Scheduler::Entry {
   absl::Time submitted;
   absl::Time admitted;
   absl::Time first_tokens = absl::InfinitePast();
-  std::unique_ptr<model::KvSequence> kv;  // non-null iff admitted
+  bool admitted_flag = false;        // holds a KV reservation
+  bool reset_cache = false;          // the next plan re-prefills (the executor lost the cache)
   int64_t admission_seq = 0;
   int64_t last_scheduled_step = -1;
   int64_t emitted = 0;               // ids passed to on_tokens so far
@@ -46,28 +50,24 @@ absl::Status SchedulerOptions::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOptions& options,
-                                                             const model::Model& model,
-                                                             model::Kernels& kernels,
-                                                             model::ExpertExecutor& experts,
-                                                             model::KvCachePool& kv_pool) {
+                                                             const model::ModelConfig& config,
+                                                             StepExecutor& executor) {
   DMOE_RETURN_IF_ERROR(options.Validate());
-  auto scheduler =
-      std::unique_ptr<Scheduler>(new Scheduler(options, model, kernels, experts, kv_pool));
+  auto scheduler = std::unique_ptr<Scheduler>(new Scheduler(options, config, executor));
   if (options.start_step_thread) scheduler->thread_ = std::thread([s = scheduler.get()] { s->Loop(); });
   return scheduler;
 }
 
-Scheduler::Scheduler(const SchedulerOptions& options, const model::Model& model,
-                     model::Kernels& kernels, model::ExpertExecutor& experts,
-                     model::KvCachePool& kv_pool)
-    : options_(options), model_(model), kernels_(kernels), experts_(experts), kv_pool_(kv_pool) {}
+Scheduler::Scheduler(const SchedulerOptions& options, const model::ModelConfig& config,
+                     StepExecutor& executor)
+    : options_(options), config_(config), executor_(executor) {}
 
 Scheduler::~Scheduler() { Stop(); }
 
 absl::Time Scheduler::Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
 int64_t Scheduler::PagesNeeded(const SchedulerRequest& request) const {
-  const int64_t page = kv_pool_.options().page_tokens;
+  const int64_t page = options_.kv_page_tokens;
   const int64_t block =
       request.params.mode == engine::DecodeMode::kDiffusion ? request.params.block_length : 0;
   const int64_t tokens =
@@ -76,7 +76,7 @@ int64_t Scheduler::PagesNeeded(const SchedulerRequest& request) const {
 }
 
 absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
-  const model::ModelConfig& config = model_.config();
+  const model::ModelConfig& config = config_;
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
   for (size_t i = 0; i < request.prompt.size(); ++i) {
     const int32_t id = request.prompt[i];
@@ -95,11 +95,11 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
         config.max_position_embeddings));
   }
   const int64_t pages = PagesNeeded(request);
-  if (pages > kv_pool_.options().max_pages) {
+  const int64_t capacity = executor_.KvPagesCapacity();
+  if (pages > capacity) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the request needs ", pages, " KV pages of ", kv_pool_.options().page_tokens,
-        " tokens (prompt + max_new_tokens + block_length) but the KV cache holds ",
-        kv_pool_.options().max_pages));
+        "the request needs ", pages, " KV pages of ", options_.kv_page_tokens,
+        " tokens (prompt + max_new_tokens + block_length) but the KV cache holds ", capacity));
   }
   return absl::OkStatus();
 }
@@ -156,7 +156,7 @@ SchedulerStats Scheduler::Stats() const {
           .waiting = static_cast<int64_t>(waiting_.size()),
           .steps = steps_,
           .kv_pages_reserved = reserved_pages_,
-          .kv_pages_capacity = kv_pool_.options().max_pages,
+          .kv_pages_capacity = executor_.KvPagesCapacity(),
           .draining = draining_};
 }
 
@@ -182,9 +182,9 @@ StepReport Scheduler::Step() {
 }
 
 void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result) {
-  if (entry->kv) {
-    entry->kv->Clear();
-    entry->kv.reset();
+  if (entry->admitted_flag) {
+    executor_.Release({SequenceId(entry->handle)});
+    entry->admitted_flag = false;
     absl::MutexLock lock(&mu_);
     reserved_pages_ -= entry->pages;
   }
@@ -239,14 +239,14 @@ StepReport Scheduler::RunStep() {
   // never starved by a stream of small ones).
   {
     absl::MutexLock lock(&mu_);
-    const int64_t capacity = kv_pool_.options().max_pages;
+    const int64_t capacity = executor_.KvPagesCapacity();
     while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running &&
            reserved_pages_ + waiting_.front()->pages <= capacity) {
       std::unique_ptr<Entry> e = std::move(waiting_.front());
       waiting_.pop_front();
       e->admitted = now;
       e->admission_seq = admissions_++;
-      e->kv = std::make_unique<model::KvSequence>(&kv_pool_);
+      e->admitted_flag = true;
       reserved_pages_ += e->pages;
       running_.push_back(std::move(e));
     }
@@ -268,8 +268,7 @@ StepReport Scheduler::RunStep() {
     return a->admission_seq < b->admission_seq;
   });
   std::vector<Entry*> batch;
-  std::vector<engine::StepPlan> plans;
-  std::vector<model::KvSequence*> caches;
+  std::vector<SequenceStep> steps;
   for (Entry* e : order) {
     if (static_cast<int64_t>(batch.size()) >= options_.max_batch_sequences) break;
     engine::StepPlan plan = e->sequence.NextStep();
@@ -278,15 +277,29 @@ StepReport Scheduler::RunStep() {
     report.batch_tokens += tokens;
     report.scheduled.push_back(e->handle);
     batch.push_back(e);
-    plans.push_back(std::move(plan));
-    caches.push_back(e->kv.get());
+    steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache});
   }
   if (batch.empty()) return report;
 
-  // 4. One batched forward, then the denoising policy of each sequence.
+  // 4. One batched forward, then the denoising policy of each sequence. When the executor
+  // lost caches (ABORTED: an attention replica died or restarted), the batch re-prefills from
+  // the committed tokens this scheduler holds and the step is retried: output is unchanged.
   const auto t0 = std::chrono::steady_clock::now();
-  absl::StatusOr<std::vector<engine::Proposal>> proposals =
-      engine::ExecutePlans(model_, kernels_, experts_, plans, caches);
+  absl::StatusOr<std::vector<engine::Proposal>> proposals = executor_.Execute(steps);
+  for (int retry = 0; !proposals.ok() &&
+                      proposals.status().code() == absl::StatusCode::kAborted &&
+                      retry < options_.max_step_retries;
+       ++retry) {
+    DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
+                      << "; re-prefilling " << batch.size() << " sequence(s)";
+    for (size_t j = 0; j < batch.size(); ++j) {
+      batch[j]->sequence.ResetCache();
+      steps[j].plan = batch[j]->sequence.NextStep();
+      steps[j].reset_cache = true;
+    }
+    proposals = executor_.Execute(steps);
+  }
+  for (Entry* e : batch) e->reset_cache = false;
   report.forward_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const absl::Time after = Now();
@@ -297,15 +310,15 @@ StepReport Scheduler::RunStep() {
     DMOE_LOG(ERROR) << "step " << report.step << " failed for " << batch.size()
                     << " requests: " << proposals.status();
     for (Entry* e : batch) {
-      e->kv->Clear();
       e->sequence.ResetCache();
+      e->reset_cache = true;
       done.emplace_back(e, proposals.status());
     }
   } else {
     for (size_t j = 0; j < batch.size(); ++j) {
       Entry& e = *batch[j];
       e.last_scheduled_step = report.step;
-      absl::Status applied = e.sequence.Apply(plans[j], (*proposals)[j]);
+      absl::Status applied = e.sequence.Apply(steps[j].plan, (*proposals)[j]);
       if (!applied.ok()) {
         done.emplace_back(&e, absl::InternalError(absl::StrCat("applying step: ", applied.message())));
         continue;

@@ -30,10 +30,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/sequence.h"
-#include "model/expert_executor.h"
-#include "model/kernels.h"
-#include "model/kv_cache.h"
-#include "model/model.h"
+#include "model/config.h"
+#include "scheduler/step_executor.h"
 
 namespace dmoe::scheduler {
 
@@ -71,6 +69,11 @@ struct SchedulerOptions {
   // Called on the step thread after every step (metrics, tracing). May be null. Must not
   // block, and must not call Step() or Stop().
   std::function<void(const StepReport&)> step_observer = nullptr;
+  // Tokens per KV page of the executor (the diffusion block length); admission counts pages.
+  int64_t kv_page_tokens = 32;
+  // A step whose executor lost caches (ABORTED: a replica died) is re-planned from the
+  // committed tokens and retried this many times before its requests fail.
+  int max_step_retries = 3;
 
   // INVALID_ARGUMENT naming the field when a bound is < 1 (max_queue may be 0: no waiting).
   absl::Status Validate() const;
@@ -137,17 +140,17 @@ struct SchedulerStats {
 
 // Thread-safe: Submit, Cancel, Stats, StartDrain and WaitUntilIdle may be called from any
 // thread. Step() is for the owner of a scheduler without a step thread and must not run
-// concurrently with itself or Stop(). The model, kernels, executor and KV pool are used only
-// by the step thread (or the Step() caller) and must outlive the scheduler.
+// concurrently with itself or Stop(). The executor is used only by the step thread (or the
+// Step() caller) and must outlive the scheduler.
 class Scheduler {
  public:
-  // INVALID_ARGUMENT when options fail Validate(). `experts` may be any executor (in-process,
-  // or the sharded one that dispatches to expert services).
+  // INVALID_ARGUMENT when options fail Validate(). `config` validates requests; `executor`
+  // runs the forwards: in this process (LocalStepExecutor) or on attention replicas
+  // (RemoteAttentionExecutor). The scheduler keeps every request's committed tokens, so an
+  // executor that loses caches (ABORTED) costs a re-prefill, never a request.
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerOptions& options,
-                                                           const model::Model& model,
-                                                           model::Kernels& kernels,
-                                                           model::ExpertExecutor& experts,
-                                                           model::KvCachePool& kv_pool);
+                                                           const model::ModelConfig& config,
+                                                           StepExecutor& executor);
   // Stop()s.
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
@@ -184,8 +187,8 @@ class Scheduler {
 
  private:
   struct Entry;
-  Scheduler(const SchedulerOptions& options, const model::Model& model, model::Kernels& kernels,
-            model::ExpertExecutor& experts, model::KvCachePool& kv_pool);
+  Scheduler(const SchedulerOptions& options, const model::ModelConfig& config,
+            StepExecutor& executor);
 
   absl::Time Now() const;
   int64_t PagesNeeded(const SchedulerRequest& request) const;
@@ -197,10 +200,8 @@ class Scheduler {
   void Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result);
 
   const SchedulerOptions options_;
-  const model::Model& model_;
-  model::Kernels& kernels_;
-  model::ExpertExecutor& experts_;
-  model::KvCachePool& kv_pool_;
+  const model::ModelConfig config_;
+  StepExecutor& executor_;
 
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Entry>> waiting_ ABSL_GUARDED_BY(mu_);

@@ -8,6 +8,9 @@
 
 namespace dmoe::cli {
 
+// Parses argv as the `dmoe` command line and runs the chosen subcommand; returns the exit code.
+int RunCli(int argc, char** argv);
+
 void RegisterGenerateCommand(CLI::App& app, int* exit_code);
 void RegisterTokenizeCommand(CLI::App& app, int* exit_code);
 void RegisterInspectCommand(CLI::App& app, int* exit_code);

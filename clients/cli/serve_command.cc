@@ -33,6 +33,8 @@ struct ServeFlags {
   int32_t mask_id = -1;
   std::string stop_ids;
   double drain_seconds = 30;
+  bool cluster = false;
+  double lease_seconds = 3;
 };
 
 absl::Status RunServe(const ServeFlags& f) {
@@ -46,6 +48,8 @@ absl::Status RunServe(const ServeFlags& f) {
 
   router::EmbeddedServerOptions options{
       .model_dir = f.model_dir,
+      .compute = f.cluster ? router::ComputeMode::kCluster : router::ComputeMode::kInProcess,
+      .lease = absl::Seconds(f.lease_seconds),
       .listen = f.listen,
       .model_name = f.model_name,
       .model_version = f.model_version,
@@ -105,6 +109,12 @@ void RegisterServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
   cmd->add_option("--drain-seconds", flags->drain_seconds,
                   "On SIGTERM/SIGINT, how long requests in flight may take to finish")
+      ->capture_default_str();
+  cmd->add_flag("--cluster", flags->cluster,
+                "Act as a cluster's scheduler (what dmoe-scheduler runs): forwards run on the "
+                "attention replicas and expert shards that register here, not in this process");
+  cmd->add_option("--lease-seconds", flags->lease_seconds,
+                  "Cluster mode: a pod without a heartbeat for this long drops out")
       ->capture_default_str();
   cmd->callback([flags, exit_code] {
     absl::Status status = RunServe(*flags);

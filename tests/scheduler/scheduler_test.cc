@@ -94,9 +94,9 @@ class SchedulerTest : public ::testing::Test {
                                                               .kv_page_tokens = page_tokens,
                                                               .kv_max_pages = max_pages}));
     if (!options.clock) options.clock = [this] { return now_; };
+    options.kv_page_tokens = page_tokens;
     DMOE_ASSERT_OK_AND_ASSIGN(scheduler_,
-                              Scheduler::Create(options, model_->model(), model_->kernels(),
-                                                model_->experts(), model_->kv_pool()));
+                              Scheduler::Create(options, model_->config(), model_->step_executor()));
   }
 
   static SchedulerOptions Manual(int64_t max_batch_tokens = 4096) {

@@ -1,0 +1,42 @@
+// The attention replica's view of the cluster's expert placement: the latest placement from
+// the scheduler (set by the membership agent's thread) turned into ShardedExpertExecutors,
+// one per micro-batch lane, over gRPC transports shared by address.
+#ifndef DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
+#define DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "model/expert_executor.h"
+#include "scheduler/membership.h"
+#include "transport/sharded_expert_executor.h"
+
+namespace dmoe::attention {
+
+// Thread-safe.
+class ClusterExperts {
+ public:
+  explicit ClusterExperts(int64_t num_experts) : num_experts_(num_experts) {}
+
+  // Called with every new placement version (the membership agent's callback).
+  void Update(const scheduler::Placement& placement);
+  // The placement to use now; version 0 and no shards until a complete one arrived.
+  transport::ExpertPlacement Current();
+  uint64_t version();
+
+  // An executor for one lane: before each layer it switches to the newest placement.
+  std::unique_ptr<model::ExpertExecutor> NewExecutor();
+  int64_t num_experts() const { return num_experts_; }
+
+ private:
+  int64_t num_experts_;
+  std::mutex mu_;
+  transport::ExpertPlacement current_;
+  std::map<std::string, transport::ExpertTransportSharedPtr> transports_;  // by address
+};
+
+}  // namespace dmoe::attention
+
+#endif  // DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_

@@ -1,0 +1,114 @@
+// dmoe-attention: one attention replica as a gRPC server.
+//
+//   dmoe-attention --model DIR --scheduler 127.0.0.1:7000 --listen 127.0.0.1:0
+//
+// Loads every non-expert tensor, registers with the scheduler (which pushes the expert
+// placement) and serves dmoe.v1.AttentionService with grpc.health.v1 and reflection. Logs
+// "listening on HOST:PORT" once it serves; drains on SIGTERM / SIGINT. Startup errors exit 2.
+#include <pthread.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/time/clock.h"
+#include "attention_service/attention_engine.h"
+#include "attention_service/attention_server.h"
+#include "attention_service/cluster_experts.h"
+#include "common/logging.h"
+#include "expert_service/shard_info.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
+#include "scheduler/membership_agent.h"
+
+namespace {
+int Fail(const std::string& message) {
+  std::cerr << "dmoe-attention: " << message << "\n";
+  return 2;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Attention replica: attention, dense layers, routers, shared experts, lm_head and "
+               "the KV cache (dmoe.v1.AttentionService)."};
+  std::string model_dir, model_name, listen = "127.0.0.1:0", scheduler, kernels = "cpu";
+  int threads = 0, micro_batches = 2;
+  int64_t kv_pages = 8192;
+  double drain_timeout_s = 10;
+  app.add_option("--model", model_dir, "Checkpoint directory")->required();
+  app.add_option("--scheduler", scheduler, "Scheduler address to register with")->required();
+  app.add_option("--listen", listen, "host:port; port 0 picks a free port")->capture_default_str();
+  app.add_option("--model-name", model_name, "Reported name (default: directory name)");
+  app.add_option("--threads", threads, "Compute threads (0 = all cores)")->capture_default_str();
+  app.add_option("--micro-batches", micro_batches,
+                 "Micro-batches in flight per step (overlap attention with expert calls)")
+      ->capture_default_str();
+  app.add_option("--kv-pages", kv_pages, "KV cache capacity in 32-token pages")->capture_default_str();
+  app.add_option("--kernels", kernels, "cpu | reference")->capture_default_str();
+  app.add_option("--drain-timeout-s", drain_timeout_s, "Seconds queued steps get on SIGTERM")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto checkpoint = dmoe::model::Checkpoint::Open(model_dir);
+  if (!checkpoint.ok()) return Fail(checkpoint.status().ToString());
+  auto weights = dmoe::model::LoadModelWeights(**checkpoint, {.load_dense = true, .load_experts = false});
+  if (!weights.ok()) return Fail(weights.status().ToString());
+  dmoe::model::Model model((*checkpoint)->config(), *weights);
+  auto fingerprint = dmoe::expert::ConfigFingerprintOfDir(model_dir);
+  if (!fingerprint.ok()) return Fail(fingerprint.status().ToString());
+
+  dmoe::attention::ClusterExperts experts(model.config().num_experts);
+  auto engine = dmoe::attention::AttentionEngine::Create(
+      {.kernels = kernels, .num_threads = threads, .kv_max_pages = kv_pages,
+       .micro_batches = micro_batches},
+      model, [&](dmoe::model::Kernels&) { return experts.NewExecutor(); });
+  if (!engine.ok()) return Fail(engine.status().ToString());
+  dmoe::attention::AttentionServer service({.model_name = model_name}, **engine);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(1 << 30);
+  builder.SetMaxSendMessageSize(1 << 30);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail("cannot listen on " + listen);
+  const std::string address = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(port);
+
+  dmoe::v1::RegisterRequest registration;
+  registration.set_role(dmoe::v1::POD_ROLE_ATTENTION);
+  registration.set_address(address);
+  registration.set_config_fingerprint(*fingerprint);
+  dmoe::scheduler::MembershipAgent agent(
+      {.scheduler_address = scheduler,
+       .registration = registration,
+       .on_placement = [&](const dmoe::scheduler::Placement& p) { experts.Update(p); }});
+  DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", " << micro_batches
+                 << " micro-batch(es), KV " << kv_pages << " pages, scheduler " << scheduler;
+  DMOE_LOG(INFO) << "listening on " << address;
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  DMOE_LOG(INFO) << "signal " << signal_number << ": draining";
+  server->GetHealthCheckService()->SetServingStatus(false);
+  service.StartDraining();
+  agent.Stop();
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s * 1000)));
+  DMOE_LOG(INFO) << "drained; exiting";
+  return 0;
+}

@@ -1,0 +1,43 @@
+// gRPC adapter of Membership: the Cluster service pods register and heartbeat with.
+#ifndef DMOE_SCHEDULER_CLUSTER_SERVER_H_
+#define DMOE_SCHEDULER_CLUSTER_SERVER_H_
+
+#include <string>
+
+#include "proto/dmoe/v1/cluster.grpc.pb.h"
+#include "scheduler/membership.h"
+
+namespace dmoe::scheduler {
+
+// Thread-safe (Membership is; every handler finishes inline without blocking).
+class ClusterServer final : public dmoe::v1::Cluster::CallbackService {
+ public:
+  // Pods must present this config fingerprint (empty: accept any).
+  ClusterServer(Membership& membership, std::string config_fingerprint)
+      : membership_(membership), fingerprint_(std::move(config_fingerprint)) {}
+
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
+                                     const dmoe::v1::RegisterRequest* request,
+                                     dmoe::v1::RegisterResponse* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const dmoe::v1::HeartbeatRequest* request,
+                                      dmoe::v1::HeartbeatResponse* response) override;
+  grpc::ServerUnaryReactor* GetPlacement(grpc::CallbackServerContext* context,
+                                         const dmoe::v1::GetPlacementRequest* request,
+                                         dmoe::v1::Placement* response) override;
+  grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* context,
+                                        const dmoe::v1::ListMembersRequest* request,
+                                        dmoe::v1::ListMembersResponse* response) override;
+
+ private:
+  Membership& membership_;
+  std::string fingerprint_;
+};
+
+// Fills a proto placement.
+void PlacementToProto(const Placement& placement, dmoe::v1::Placement* proto);
+Placement PlacementFromProto(const dmoe::v1::Placement& proto);
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_CLUSTER_SERVER_H_

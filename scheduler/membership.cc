@@ -1,0 +1,141 @@
+#include "scheduler/membership.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace dmoe::scheduler {
+
+Membership::Membership(const MembershipOptions& options) : options_(options) {}
+
+absl::StatusOr<uint64_t> Membership::Register(const PodInfo& pod) {
+  if (pod.address.empty()) return absl::InvalidArgumentError("address is empty");
+  if (pod.role == PodRole::kExpert &&
+      (pod.expert_first < 0 || pod.expert_first >= pod.expert_last ||
+       pod.expert_last > options_.num_experts)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expert range [", pod.expert_first, ", ", pod.expert_last,
+                     ") is not inside [0, ", options_.num_experts, ")"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  for (auto& [id, m] : members_) {
+    if (m.pod.role == pod.role && m.pod.address == pod.address) {
+      m.pod = pod;
+      m.last_heartbeat = Now();
+      BumpIfPlacementChangedLocked();
+      return id;
+    }
+    if (pod.role == PodRole::kExpert && m.pod.role == PodRole::kExpert) {
+      const bool same = m.pod.expert_first == pod.expert_first && m.pod.expert_last == pod.expert_last;
+      const bool overlap = pod.expert_first < m.pod.expert_last && m.pod.expert_first < pod.expert_last;
+      if (overlap && !same) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "expert range [", pod.expert_first, ", ", pod.expert_last, ") of ", pod.address,
+            " overlaps [", m.pod.expert_first, ", ", m.pod.expert_last, ") of ", m.pod.address));
+      }
+    }
+  }
+  const uint64_t id = next_id_++;
+  members_[id] = {pod, Now()};
+  BumpIfPlacementChangedLocked();
+  return id;
+}
+
+absl::Status Membership::Heartbeat(uint64_t member_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  auto it = members_.find(member_id);
+  if (it == members_.end()) {
+    return absl::NotFoundError(absl::StrCat("member ", member_id, " is unknown or its lease expired"));
+  }
+  it->second.last_heartbeat = Now();
+  return absl::OkStatus();
+}
+
+void Membership::Remove(uint64_t member_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  members_.erase(member_id);
+  BumpIfPlacementChangedLocked();
+}
+
+void Membership::ReportFailure(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = members_.begin(); it != members_.end();) {
+    it = it->second.pod.address == address ? members_.erase(it) : std::next(it);
+  }
+  BumpIfPlacementChangedLocked();
+}
+
+void Membership::ExpireLocked() {
+  const absl::Time now = Now();
+  for (auto it = members_.begin(); it != members_.end();) {
+    it = now - it->second.last_heartbeat > options_.lease ? members_.erase(it) : std::next(it);
+  }
+  BumpIfPlacementChangedLocked();
+}
+
+void Membership::BumpIfPlacementChangedLocked() {
+  std::set<std::string> entries;
+  for (const auto& [id, m] : members_) {
+    entries.insert(m.pod.role == PodRole::kExpert
+                       ? absl::StrCat("E", m.pod.expert_first, ":", m.pod.expert_last, "@", m.pod.address)
+                       : absl::StrCat("A@", m.pod.address));
+  }
+  std::string signature;
+  for (const std::string& e : entries) absl::StrAppend(&signature, e, ";");
+  if (signature != placement_signature_) {
+    placement_signature_ = signature;
+    ++version_;
+  }
+}
+
+Placement Membership::CurrentPlacement() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::string>> by_range;
+  for (const auto& [id, m] : members_) {
+    if (m.pod.role != PodRole::kExpert) continue;
+    by_range[{m.pod.expert_first, m.pod.expert_last}].push_back(m.pod.address);
+  }
+  Placement p;
+  p.version = version_;
+  p.num_experts = options_.num_experts;
+  int64_t covered_to = 0;
+  bool contiguous = true;
+  for (auto& [range, replicas] : by_range) {
+    std::sort(replicas.begin(), replicas.end());
+    p.shards.push_back({range.first, range.second, replicas});
+    contiguous = contiguous && range.first == covered_to;
+    covered_to = range.second;
+  }
+  p.complete = contiguous && covered_to == options_.num_experts && options_.num_experts > 0;
+  return p;
+}
+
+std::vector<std::string> Membership::AttentionAddresses() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  std::vector<std::string> out;
+  for (const auto& [id, m] : members_)
+    if (m.pod.role == PodRole::kAttention) out.push_back(m.pod.address);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<MemberView> Membership::Members() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  std::vector<MemberView> out;
+  for (const auto& [id, m] : members_) out.push_back({id, m.pod, Now() - m.last_heartbeat});
+  return out;
+}
+
+uint64_t Membership::placement_version() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  return version_;
+}
+
+}  // namespace dmoe::scheduler

@@ -1,0 +1,97 @@
+// Cluster membership and expert placement (the scheduler's; no gRPC). Pods register with
+// their role and address (expert pods with their expert range) and heartbeat; a pod whose
+// lease lapses drops out. The placement is derived from the live expert pods: one shard per
+// distinct range, its replicas the pods serving exactly that range; every change bumps the
+// version.
+#ifndef DMOE_SCHEDULER_MEMBERSHIP_H_
+#define DMOE_SCHEDULER_MEMBERSHIP_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace dmoe::scheduler {
+
+enum class PodRole { kAttention, kExpert };
+
+struct PodInfo {
+  PodRole role = PodRole::kAttention;
+  std::string address;
+  int64_t expert_first = 0;  // expert pods: [expert_first, expert_last)
+  int64_t expert_last = 0;
+};
+
+struct ShardPlacement {
+  int64_t expert_first = 0;
+  int64_t expert_last = 0;
+  std::vector<std::string> replicas;  // sorted addresses
+};
+
+struct Placement {
+  uint64_t version = 0;
+  std::vector<ShardPlacement> shards;  // sorted by expert_first, non-overlapping
+  bool complete = false;               // shards cover [0, num_experts)
+  int64_t num_experts = 0;
+};
+
+struct MemberView {
+  uint64_t member_id = 0;
+  PodInfo pod;
+  absl::Duration since_heartbeat;
+};
+
+struct MembershipOptions {
+  int64_t num_experts = 0;
+  absl::Duration heartbeat_period = absl::Milliseconds(500);
+  absl::Duration lease = absl::Seconds(2);  // missed heartbeats for this long: dropped
+  std::function<absl::Time()> clock;        // null: absl::Now
+};
+
+// Thread-safe.
+class Membership {
+ public:
+  explicit Membership(const MembershipOptions& options);
+
+  // Adds the pod (or re-adds one with the same role and address, keeping its id).
+  // INVALID_ARGUMENT for an empty address or a bad range; FAILED_PRECONDITION when an expert
+  // range overlaps a different live range.
+  absl::StatusOr<uint64_t> Register(const PodInfo& pod);
+  // NOT_FOUND when the member is unknown or its lease expired (it must register again).
+  absl::Status Heartbeat(uint64_t member_id);
+  // Drops the member now (graceful shutdown, or a caller that saw it fail).
+  void Remove(uint64_t member_id);
+  // Marks the pod at `address` dead until it registers again (a failed call to it).
+  void ReportFailure(const std::string& address);
+
+  Placement CurrentPlacement();
+  std::vector<std::string> AttentionAddresses();
+  std::vector<MemberView> Members();
+  uint64_t placement_version();
+  const MembershipOptions& options() const { return options_; }
+
+ private:
+  struct Member {
+    PodInfo pod;
+    absl::Time last_heartbeat;
+  };
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  void ExpireLocked();  // requires mu_
+  void BumpIfPlacementChangedLocked();
+
+  MembershipOptions options_;
+  std::mutex mu_;
+  uint64_t next_id_ = 1;
+  std::map<uint64_t, Member> members_;
+  uint64_t version_ = 0;
+  std::string placement_signature_;
+};
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_MEMBERSHIP_H_

@@ -1,0 +1,52 @@
+// StepExecutor over the attention replicas of a cluster (gRPC AttentionService). Each
+// sequence is placed on one live replica (least loaded at first use) and stays there; the
+// step's sequences are sent to their replicas concurrently. A replica that fails a call is
+// reported to the membership and its sequences are re-placed: the step returns ABORTED so the
+// scheduler re-prefills them from the committed tokens it holds (nothing is lost).
+#ifndef DMOE_SCHEDULER_REMOTE_ATTENTION_EXECUTOR_H_
+#define DMOE_SCHEDULER_REMOTE_ATTENTION_EXECUTOR_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "proto/dmoe/v1/attention.grpc.pb.h"
+#include "scheduler/membership.h"
+#include "scheduler/step_executor.h"
+
+namespace dmoe::scheduler {
+
+struct RemoteAttentionExecutorOptions {
+  absl::Duration step_timeout = absl::Seconds(60);  // one Step RPC
+  int64_t default_kv_pages = 8192;                  // per replica, until GetInfo answers
+};
+
+// Thread-compatible for Execute (the scheduler's step thread); Release may be called from it too.
+class RemoteAttentionExecutor : public StepExecutor {
+ public:
+  RemoteAttentionExecutor(const RemoteAttentionExecutorOptions& options, Membership& membership);
+
+  absl::StatusOr<std::vector<engine::Proposal>> Execute(
+      const std::vector<SequenceStep>& steps) override;
+  void Release(const std::vector<std::string>& sequence_ids) override;
+  int64_t KvPagesCapacity() override;
+
+ private:
+  dmoe::v1::AttentionService::Stub* StubFor(const std::string& address);
+  // Picks a live replica for a new sequence: the one holding the fewest sequences.
+  absl::StatusOr<std::string> PlaceNew(const std::vector<std::string>& live);
+
+  RemoteAttentionExecutorOptions options_;
+  Membership& membership_;
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<dmoe::v1::AttentionService::Stub>> stubs_;
+  std::map<std::string, std::string> placement_;  // sequence id -> replica address
+  std::map<std::string, int64_t> replica_kv_pages_;
+};
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_REMOTE_ATTENTION_EXECUTOR_H_

@@ -1,0 +1,43 @@
+// Where the scheduler's batched forwards run: in this process (an AttentionEngine with local
+// or sharded experts) or on remote attention replicas over gRPC. The scheduler owns the
+// sequences (the canonical state); an executor only holds their KV caches, which it may lose.
+#ifndef DMOE_SCHEDULER_STEP_EXECUTOR_H_
+#define DMOE_SCHEDULER_STEP_EXECUTOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/sampling.h"
+#include "engine/sequence.h"
+
+namespace dmoe::scheduler {
+
+struct SequenceStep {
+  std::string sequence_id;
+  engine::StepPlan plan;
+  bool reset_cache = false;  // the plan re-prefills from position 0
+};
+
+class StepExecutor {
+ public:
+  virtual ~StepExecutor() = default;
+  // One batched forward; proposals in request order. ABORTED means some sequence's cache was
+  // lost (a replica died or restarted): the caller resets every sequence of the batch
+  // (Sequence::ResetCache), re-plans with reset_cache and retries. UNAVAILABLE: no replica /
+  // expert can serve now. Other codes are the request's fault or internal.
+  virtual absl::StatusOr<std::vector<engine::Proposal>> Execute(
+      const std::vector<SequenceStep>& steps) = 0;
+  // Frees finished or cancelled sequences' caches (best effort).
+  virtual void Release(const std::vector<std::string>& sequence_ids) = 0;
+  // KV capacity in pages of `page_tokens` tokens, for admission.
+  virtual int64_t KvPagesCapacity() = 0;
+};
+
+using StepExecutorPtr = std::unique_ptr<StepExecutor>;
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_STEP_EXECUTOR_H_
