@@ -12,6 +12,7 @@ int RunCli(int argc, char** argv) {
   RegisterEvalCommand(app, &exit_code);
   RegisterServeCommand(app, &exit_code);
   RegisterClientCommand(app, &exit_code);
+  RegisterBenchCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
