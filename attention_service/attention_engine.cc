@@ -24,9 +24,11 @@ class TimedExecutor : public model::ExpertExecutor {
     auto t0 = std::chrono::steady_clock::now();
     absl::Status s = inner_->RunExperts(layer, hidden, n, h, routing, out);
     seconds += Seconds(t0);
+    if (!s.ok()) failed = true;
     return s;
   }
   double seconds = 0;
+  bool failed = false;
 
  private:
   std::unique_ptr<model::ExpertExecutor> inner_;
@@ -125,7 +127,10 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
     Lane& lane = *lanes_[g];
     results[g] = engine::ExecutePlans(model_, *lane.kernels, *lane.experts, plans, kv);
   };
-  for (auto& lane : lanes_) lane->experts->seconds = 0;
+  for (auto& lane : lanes_) {
+    lane->experts->seconds = 0;
+    lane->experts->failed = false;
+  }
   if (lanes == 1) {
     run_group(0);
   } else {
@@ -142,6 +147,9 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
         if (caches[i]->length() != segments[i].plan.start) {
           caches[i]->Clear();  // the next plan gets FAILED_PRECONDITION and re-prefills
         }
+      }
+      if (timings) {
+        for (auto& lane : lanes_) timings->expert_failure |= lane->experts->failed;
       }
       return results[g].status();
     }

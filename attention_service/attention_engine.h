@@ -48,6 +48,8 @@ struct SegmentRequest {
 struct StepTimings {
   double forward_seconds = 0;
   double expert_seconds = 0;
+  // The step failed because an expert dispatch failed (not because of this replica).
+  bool expert_failure = false;
 };
 
 struct AttentionInfo {

@@ -104,6 +104,8 @@ grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* con
     StepTimings timings;
     auto proposals = engine_.Step(*segments, &timings);
     if (!proposals.ok()) {
+      // Tells the scheduler the fault is an expert shard's, not this replica's.
+      if (timings.expert_failure) context->AddTrailingMetadata("dmoe-fault", "experts");
       reactor->Finish(ToGrpcStatus(proposals.status()));
       return;
     }

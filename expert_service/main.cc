@@ -19,6 +19,7 @@
 #include "common/logging.h"
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
+#include "scheduler/membership_agent.h"
 
 namespace {
 
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   int workers = 1;
   int max_queue = 1024;
   double drain_timeout_s = 10;
+  std::string scheduler;
   app.add_option("--model", model_dir, "Checkpoint directory (config.json + safetensors)")
       ->required();
   app.add_option("--experts", experts, "Expert range FIRST:LAST (half-open) or 'all'")
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--drain-timeout-s", drain_timeout_s, "Seconds in-flight calls get on SIGTERM")
       ->capture_default_str();
+  app.add_option("--scheduler", scheduler,
+                 "Scheduler address to register with (cluster mode); empty: standalone");
   CLI11_PARSE(app, argc, argv);
 
   dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
@@ -99,10 +103,24 @@ int main(int argc, char** argv) {
   auto server = dmoe::expert::ExpertServer::Create({.listen_address = listen}, **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
   DMOE_LOG(INFO) << "listening on " << (*server)->address();
+  std::unique_ptr<dmoe::scheduler::MembershipAgent> agent;
+  if (!scheduler.empty()) {
+    const dmoe::expert::ShardInfo& info = (*engine)->info();
+    dmoe::v1::RegisterRequest registration;
+    registration.set_role(dmoe::v1::POD_ROLE_EXPERT);
+    registration.set_address((*server)->address());
+    registration.set_expert_first(info.expert_first);
+    registration.set_expert_last(info.expert_last);
+    registration.set_config_fingerprint(info.config_fingerprint);
+    agent = std::make_unique<dmoe::scheduler::MembershipAgent>(
+        dmoe::scheduler::MembershipAgentOptions{.scheduler_address = scheduler,
+                                                .registration = registration});
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   DMOE_LOG(INFO) << "signal " << signal_number << ": draining (up to " << drain_timeout_s << " s)";
+  if (agent) agent->Stop();  // leave the placement first, so no new calls arrive
   (*server)->Shutdown(absl::Now() + absl::Seconds(drain_timeout_s));
   server->reset();
   engine->reset();

@@ -85,6 +85,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
     std::string address;
     dmoe::v1::StepResponse response;
     grpc::Status status;
+    bool expert_fault = false;  // the replica is fine; an expert shard failed
   };
   std::vector<Call> calls;
   for (const auto& [address, indices] : by_replica) calls.push_back({address, {}, {}});
@@ -102,6 +103,9 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
       grpc::ClientContext context;
       context.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
       calls[c].status = stub->Step(&context, request, &calls[c].response);
+      const auto& trailers = context.GetServerTrailingMetadata();
+      auto fault = trailers.find("dmoe-fault");
+      calls[c].expert_fault = fault != trailers.end() && fault->second == "experts";
     });
     ++c;
   }
@@ -115,7 +119,11 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
     const Call& call = calls[c++];
     absl::Status status = FromGrpcStatus(call.status);
     if (!status.ok()) {
-      if (ReplicaFault(status.code())) {
+      if (call.expert_fault) {
+        if (first_error.ok()) {
+          first_error = absl::Status(status.code(), absl::StrCat(address, ": ", status.message()));
+        }
+      } else if (ReplicaFault(status.code())) {
         DMOE_LOG(WARNING) << "attention replica " << address << " failed a step: " << status
                           << "; re-placing its sequences";
         membership_.ReportFailure(address);

@@ -11,6 +11,7 @@ int RunCli(int argc, char** argv) {
   RegisterInspectCommand(app, &exit_code);
   RegisterEvalCommand(app, &exit_code);
   RegisterServeCommand(app, &exit_code);
+  RegisterClusterCommand(app, &exit_code);
   RegisterClientCommand(app, &exit_code);
   RegisterBenchCommand(app, &exit_code);
   try {

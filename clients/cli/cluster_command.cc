@@ -1,0 +1,107 @@
+// dmoe cluster up|down|status: a cluster of real processes on loopback.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "clients/cli/cli_common.h"
+#include "clients/cli/commands.h"
+#include "clients/cli/local_cluster.h"
+#include "common/status_macros.h"
+
+namespace dmoe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string DefaultRunDir() {
+  const char* tmp = std::getenv("TMPDIR");
+  return (fs::path(tmp ? tmp : "/tmp") / absl::StrCat("dmoe-cluster-", getuid())).string();
+}
+
+bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+absl::Status RunUp(LocalClusterOptions options, const std::string& state_file) {
+  if (auto existing = ReadClusterState(state_file); existing.ok()) {
+    for (const ClusterProcess& p : existing->processes) {
+      if (Alive(p.pid)) {
+        return absl::AlreadyExistsError(absl::StrCat("a cluster is already up (router ",
+                                                     existing->router, "); run `dmoe cluster down`"));
+      }
+    }
+  }
+  options.model_dir = fs::absolute(options.model_dir).string();
+  std::fprintf(stderr, "starting scheduler, %d expert shard(s) x %d replica(s), %d attention "
+               "replica(s) for %s ...\n", options.expert_shards, options.expert_replicas,
+               options.attention, options.model_dir.c_str());
+  DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, StartLocalCluster(options));
+  DMOE_RETURN_IF_ERROR(WriteClusterState(cluster, state_file));
+  for (const ClusterProcess& p : cluster.processes) {
+    std::fprintf(stderr, "  %-14s pid %-7d %s\n", p.name.c_str(), p.pid, p.address.c_str());
+  }
+  std::fprintf(stderr, "logs and state in %s\n", options.run_dir.c_str());
+  std::printf("%s\n", cluster.router.c_str());  // the router address, alone on stdout
+  return absl::OkStatus();
+}
+
+absl::Status RunDown(const std::string& state_file) {
+  DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, ReadClusterState(state_file));
+  StopLocalCluster(cluster);
+  fs::remove(state_file);
+  std::fprintf(stderr, "stopped %zu process(es)\n", cluster.processes.size());
+  return absl::OkStatus();
+}
+
+absl::Status RunStatus(const std::string& state_file) {
+  DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, ReadClusterState(state_file));
+  std::printf("router %s\n", cluster.router.c_str());
+  for (const ClusterProcess& p : cluster.processes) {
+    std::printf("  %-14s pid %-7d %-22s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
+                Alive(p.pid) ? "running" : "exited");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void RegisterClusterCommand(CLI::App& app, int* exit_code) {
+  auto options = std::make_shared<LocalClusterOptions>();
+  auto run_dir = std::make_shared<std::string>(DefaultRunDir());
+  CLI::App* cmd = app.add_subcommand("cluster", "Run a dmoe cluster of real processes on loopback");
+  cmd->require_subcommand(1);
+  cmd->add_option("--run-dir", *run_dir, "Logs and state file")->capture_default_str();
+  auto state_file = [run_dir] { return (fs::path(*run_dir) / "state.json").string(); };
+
+  CLI::App* up = cmd->add_subcommand("up", "Start scheduler, attention replicas and expert shards");
+  up->add_option("--model", options->model_dir, "Checkpoint directory")->required();
+  up->add_option("--attention", options->attention, "Attention replicas")->capture_default_str();
+  up->add_option("--expert-shards", options->expert_shards, "Expert ranges")->capture_default_str();
+  up->add_option("--expert-replicas", options->expert_replicas, "Pods per expert range")
+      ->capture_default_str();
+  up->add_option("--port", options->port, "The router's port (0 = a free one)")->capture_default_str();
+  up->add_option("--threads", options->threads, "Compute threads per pod")->capture_default_str();
+  up->callback([options, run_dir, state_file, exit_code] {
+    options->run_dir = *run_dir;
+    options->bin_dir = SelfBinDir();
+    absl::Status status = RunUp(*options, state_file());
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+
+  CLI::App* down = cmd->add_subcommand("down", "Stop the cluster started by `dmoe cluster up`");
+  down->callback([state_file, exit_code] {
+    absl::Status status = RunDown(state_file());
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+  CLI::App* status_cmd = cmd->add_subcommand("status", "List the cluster's processes");
+  status_cmd->callback([state_file, exit_code] {
+    absl::Status status = RunStatus(state_file());
+    *exit_code = status.ok() ? 0 : ReportError(status);
+  });
+}
+
+}  // namespace dmoe::cli

@@ -1,0 +1,247 @@
+#include "clients/cli/local_cluster.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "grpcpp/grpcpp.h"
+#include "model/config.h"
+#include "nlohmann/json.hpp"
+#include "proto/dmoe/v1/cluster.grpc.pb.h"
+
+namespace dmoe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Tail(const std::string& path, int lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);) all.push_back(line);
+  std::string out;
+  for (size_t i = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0; i < all.size(); ++i) {
+    absl::StrAppend(&out, "\n  | ", all[i]);
+  }
+  return out;
+}
+
+// fork + setsid + exec with stdout/stderr to `log`.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+  if (pid == 0) {
+    setsid();
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for "listening on ADDR" in the log; fails if the process exits first.
+absl::StatusOr<std::string> WaitListening(pid_t pid, const std::string& name, const std::string& log,
+                                          absl::Time deadline) {
+  static const std::regex kListening("listening on ([0-9.]+:[0-9]+)");
+  while (absl::Now() < deadline) {
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::smatch m;
+    std::string s = text.str();
+    if (std::regex_search(s, m, kListening)) return m[1].str();
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return absl::UnavailableError(
+          absl::StrCat(name, " (pid ", pid, ") exited before listening; log ", log, Tail(log, 8)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat(name, " did not report 'listening on' in time; log ", log, Tail(log, 8)));
+}
+
+void Kill(pid_t pid, int sig) {
+  if (pid > 0) kill(pid, sig);
+}
+
+}  // namespace
+
+absl::Status LocalClusterOptions::Validate() const {
+  if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
+  if (attention < 1) return absl::InvalidArgumentError("--attention must be >= 1");
+  if (expert_shards < 1) return absl::InvalidArgumentError("--expert-shards must be >= 1");
+  if (expert_replicas < 1) return absl::InvalidArgumentError("--expert-replicas must be >= 1");
+  for (const char* bin : {"dmoe-scheduler", "dmoe-attention", "dmoe-expert"}) {
+    if (!fs::exists(fs::path(bin_dir) / bin)) {
+      return absl::FailedPreconditionError(absl::StrCat(bin, " not found in ", bin_dir));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string SelfBinDir() {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? "." : self.parent_path().string();
+}
+
+absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalCluster& cluster,
+                                        const std::string& role, int first, int last,
+                                        const std::string& name) {
+  ClusterProcess p{.role = role, .name = name, .expert_first = first, .expert_last = last};
+  p.log = (fs::path(o.run_dir) / (name + ".log")).string();
+  std::vector<std::string> argv;
+  const std::string threads = std::to_string(o.threads);
+  if (role == "attention") {
+    argv = {(fs::path(o.bin_dir) / "dmoe-attention").string(), "--model", o.model_dir,
+            "--scheduler", cluster.router, "--listen", "127.0.0.1:0", "--threads", threads};
+  } else {
+    argv = {(fs::path(o.bin_dir) / "dmoe-expert").string(), "--model", o.model_dir,
+            "--scheduler", cluster.router, "--listen", "127.0.0.1:0", "--threads", threads,
+            "--experts", absl::StrCat(first, ":", last)};
+  }
+  DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
+  cluster.processes.push_back(p);
+  DMOE_ASSIGN_OR_RETURN(p.address,
+                        WaitListening(p.pid, name, p.log, absl::Now() + o.startup_timeout));
+  cluster.processes.back().address = p.address;
+  return p;
+}
+
+absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
+  DMOE_RETURN_IF_ERROR(o.Validate());
+  DMOE_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(o.model_dir));
+  fs::create_directories(o.run_dir);
+  LocalCluster cluster;
+  auto fail = [&](absl::Status status) {
+    StopLocalCluster(cluster, absl::Seconds(2));
+    return status;
+  };
+  const absl::Time deadline = absl::Now() + o.startup_timeout;
+
+  ClusterProcess scheduler{.role = "scheduler", .name = "scheduler"};
+  scheduler.log = (fs::path(o.run_dir) / "scheduler.log").string();
+  std::vector<std::string> argv = {(fs::path(o.bin_dir) / "dmoe-scheduler").string(), "--model",
+                                   o.model_dir, "--listen",
+                                   absl::StrCat("127.0.0.1:", o.port)};
+  argv.insert(argv.end(), o.scheduler_args.begin(), o.scheduler_args.end());
+  auto pid = Spawn(argv, scheduler.log);
+  if (!pid.ok()) return pid.status();
+  scheduler.pid = *pid;
+  cluster.processes.push_back(scheduler);
+  auto address = WaitListening(scheduler.pid, "scheduler", scheduler.log, deadline);
+  if (!address.ok()) return fail(address.status());
+  cluster.router = *address;
+  cluster.processes.back().address = *address;
+
+  const int64_t experts = config.num_experts;
+  for (int s = 0; s < o.expert_shards; ++s) {
+    const int first = static_cast<int>(experts * s / o.expert_shards);
+    const int last = static_cast<int>(experts * (s + 1) / o.expert_shards);
+    for (int r = 0; r < o.expert_replicas; ++r) {
+      auto pod = StartPod(o, cluster, "expert", first, last, absl::StrCat("expert-", s, "-r", r));
+      if (!pod.ok()) return fail(pod.status());
+    }
+  }
+  for (int a = 0; a < o.attention; ++a) {
+    auto pod = StartPod(o, cluster, "attention", 0, 0, absl::StrCat("attention-", a));
+    if (!pod.ok()) return fail(pod.status());
+  }
+
+  // Ready when the scheduler lists every pod and its placement covers all experts.
+  auto stub = dmoe::v1::Cluster::NewStub(
+      grpc::CreateChannel(cluster.router, grpc::InsecureChannelCredentials()));
+  const size_t pods = static_cast<size_t>(o.attention + o.expert_shards * o.expert_replicas);
+  std::string last_state = "no answer";
+  while (absl::Now() < deadline) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    dmoe::v1::ListMembersResponse members;
+    grpc::Status s = stub->ListMembers(&context, {}, &members);
+    if (s.ok()) {
+      grpc::ClientContext placement_context;
+      dmoe::v1::Placement placement;
+      if (stub->GetPlacement(&placement_context, {}, &placement).ok() && placement.complete() &&
+          static_cast<size_t>(members.members_size()) >= pods) {
+        // Attention pods adopt the placement on their next heartbeat.
+        std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+        return cluster;
+      }
+      last_state = absl::StrCat(members.members_size(), " of ", pods, " pods registered");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return fail(absl::DeadlineExceededError(
+      absl::StrCat("cluster not ready after ", absl::FormatDuration(o.startup_timeout), ": ",
+                   last_state, "; logs in ", o.run_dir)));
+}
+
+void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace) {
+  // Pods first, the scheduler last (it finishes requests still in flight).
+  for (auto it = cluster.processes.rbegin(); it != cluster.processes.rend(); ++it) Kill(it->pid, SIGTERM);
+  const absl::Time deadline = absl::Now() + grace;
+  for (const ClusterProcess& p : cluster.processes) {
+    for (;;) {
+      int status;
+      pid_t r = waitpid(p.pid, &status, WNOHANG);
+      if (r == p.pid || (r < 0 && kill(p.pid, 0) != 0)) break;  // reaped, or not our child and gone
+      if (absl::Now() > deadline) {
+        Kill(p.pid, SIGKILL);
+        waitpid(p.pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& path) {
+  nlohmann::json j;
+  j["router"] = cluster.router;
+  for (const ClusterProcess& p : cluster.processes) {
+    j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
+                              {"address", p.address}, {"log", p.log},
+                              {"expert_first", p.expert_first}, {"expert_last", p.expert_last}});
+  }
+  std::ofstream out(path);
+  out << j.dump(2) << "\n";
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("no cluster state at ", path, " (is a cluster up?)"));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.contains("router")) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a dmoe cluster state file"));
+  }
+  LocalCluster c;
+  c.router = j["router"].get<std::string>();
+  for (const auto& p : j.value("processes", nlohmann::json::array())) {
+    c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),
+                           .pid = p.value("pid", 0), .address = p.value("address", ""),
+                           .log = p.value("log", ""), .expert_first = p.value("expert_first", 0),
+                           .expert_last = p.value("expert_last", 0)});
+  }
+  return c;
+}
+
+}  // namespace dmoe::cli

@@ -1,0 +1,70 @@
+// A dmoe cluster of real processes on loopback (`dmoe cluster up`, the integration tests):
+// one dmoe-scheduler (which serves the Generation API), N dmoe-attention replicas and the
+// expert shards (dmoe-expert) with their replicas, each on a free port, registered with the
+// scheduler. Processes run in their own session, so they outlive `dmoe cluster up`.
+#ifndef DMOE_CLIENTS_CLI_LOCAL_CLUSTER_H_
+#define DMOE_CLIENTS_CLI_LOCAL_CLUSTER_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace dmoe::cli {
+
+struct LocalClusterOptions {
+  std::string model_dir;
+  std::string bin_dir;            // where dmoe-scheduler / -attention / -expert live
+  std::string run_dir;            // logs (and the state file of `dmoe cluster up`)
+  int attention = 1;              // attention replicas
+  int expert_shards = 2;          // expert ranges of equal size
+  int expert_replicas = 1;        // pods per range
+  int port = 0;                   // the scheduler's (public) port; 0 = free
+  int threads = 1;                // compute threads per pod
+  std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
+  absl::Duration startup_timeout = absl::Seconds(60);
+
+  absl::Status Validate() const;
+};
+
+struct ClusterProcess {
+  std::string role;      // "scheduler", "attention", "expert"
+  std::string name;      // e.g. "expert-1-r0"
+  pid_t pid = 0;
+  std::string address;   // host:port it listens on
+  std::string log;       // its log file
+  int expert_first = 0;  // expert pods
+  int expert_last = 0;
+};
+
+struct LocalCluster {
+  std::string router;    // the address clients call (the scheduler's Generation API)
+  std::vector<ClusterProcess> processes;
+};
+
+// Starts every process and waits until the scheduler sees all pods and a complete expert
+// placement. On error every process it started is killed; the error names the process and
+// quotes its log's last lines.
+absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& options);
+
+// Starts one more pod of `role` ("attention" or "expert" with [first, last)) into `cluster`.
+absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& options, LocalCluster& cluster,
+                                        const std::string& role, int first, int last,
+                                        const std::string& name);
+
+// SIGTERM to every process, SIGKILL to those still alive after `grace`; reaps children.
+void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace = absl::Seconds(10));
+
+// State file of `dmoe cluster up` / `down` (JSON).
+absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& path);
+absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path);
+
+// The directory of the running executable (where the role binaries are installed).
+std::string SelfBinDir();
+
+}  // namespace dmoe::cli
+
+#endif  // DMOE_CLIENTS_CLI_LOCAL_CLUSTER_H_
