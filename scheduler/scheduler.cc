@@ -96,6 +96,10 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
   }
   const int64_t pages = PagesNeeded(request);
   const int64_t capacity = executor_.KvPagesCapacity();
+  if (capacity == 0) {
+    // A cluster between attention replicas (one died, its replacement has not registered).
+    return absl::UnavailableError("no attention replica is serving; retry shortly");
+  }
   if (pages > capacity) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the request needs ", pages, " KV pages of ", options_.kv_page_tokens,
