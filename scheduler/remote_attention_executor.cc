@@ -101,7 +101,10 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
       dmoe::v1::StepRequest request;
       for (size_t i : indices) ToProto(steps[i], request.add_segments());
       grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
+      // The batch's earliest request deadline, capped by the step timeout.
+      absl::Time deadline = absl::Now() + options_.step_timeout;
+      for (size_t i : indices) deadline = std::min(deadline, steps[i].deadline);
+      context.set_deadline(absl::ToChronoTime(deadline));
       calls[c].status = stub->Step(&context, request, &calls[c].response);
       const auto& trailers = context.GetServerTrailingMetadata();
       auto fault = trailers.find("dmoe-fault");

@@ -281,7 +281,7 @@ StepReport Scheduler::RunStep() {
     report.batch_tokens += tokens;
     report.scheduled.push_back(e->handle);
     batch.push_back(e);
-    steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache});
+    steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache, e->deadline});
   }
   if (batch.empty()) return report;
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/sampling.h"
 #include "engine/sequence.h"
 
@@ -19,6 +20,8 @@ struct SequenceStep {
   std::string sequence_id;
   engine::StepPlan plan;
   bool reset_cache = false;  // the plan re-prefills from position 0
+  // The request's deadline: remote executors bound their calls by the batch's earliest one.
+  absl::Time deadline = absl::InfiniteFuture();
 };
 
 class StepExecutor {
