@@ -36,11 +36,13 @@ std::string Tail(const std::string& path, int lines) {
 
 // fork + setsid + exec with stdout/stderr to `log`.
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log) {
+  // Truncate here, not in the child: WaitListening must never see an earlier run's lines.
+  std::ofstream(log, std::ios::trunc).close();
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
   if (pid == 0) {
     setsid();
-    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       dup2(fd, STDOUT_FILENO);
       dup2(fd, STDERR_FILENO);
@@ -88,7 +90,7 @@ absl::Status LocalClusterOptions::Validate() const {
   if (attention < 1) return absl::InvalidArgumentError("--attention must be >= 1");
   if (expert_shards < 1) return absl::InvalidArgumentError("--expert-shards must be >= 1");
   if (expert_replicas < 1) return absl::InvalidArgumentError("--expert-replicas must be >= 1");
-  for (const char* bin : {"dmoe-scheduler", "dmoe-attention", "dmoe-expert"}) {
+  for (const char* bin : {"dmoe-router", "dmoe-scheduler", "dmoe-attention", "dmoe-expert"}) {
     if (!fs::exists(fs::path(bin_dir) / bin)) {
       return absl::FailedPreconditionError(absl::StrCat(bin, " not found in ", bin_dir));
     }
@@ -111,10 +113,10 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
   const std::string threads = std::to_string(o.threads);
   if (role == "attention") {
     argv = {(fs::path(o.bin_dir) / "dmoe-attention").string(), "--model", o.model_dir,
-            "--scheduler", cluster.router, "--listen", "127.0.0.1:0", "--threads", threads};
+            "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads};
   } else {
     argv = {(fs::path(o.bin_dir) / "dmoe-expert").string(), "--model", o.model_dir,
-            "--scheduler", cluster.router, "--listen", "127.0.0.1:0", "--threads", threads,
+            "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
             "--experts", absl::StrCat(first, ":", last)};
   }
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
@@ -139,8 +141,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   ClusterProcess scheduler{.role = "scheduler", .name = "scheduler"};
   scheduler.log = (fs::path(o.run_dir) / "scheduler.log").string();
   std::vector<std::string> argv = {(fs::path(o.bin_dir) / "dmoe-scheduler").string(), "--model",
-                                   o.model_dir, "--listen",
-                                   absl::StrCat("127.0.0.1:", o.port)};
+                                   o.model_dir, "--listen", "127.0.0.1:0"};
   argv.insert(argv.end(), o.scheduler_args.begin(), o.scheduler_args.end());
   auto pid = Spawn(argv, scheduler.log);
   if (!pid.ok()) return pid.status();
@@ -148,8 +149,21 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   cluster.processes.push_back(scheduler);
   auto address = WaitListening(scheduler.pid, "scheduler", scheduler.log, deadline);
   if (!address.ok()) return fail(address.status());
-  cluster.router = *address;
+  cluster.scheduler = *address;
   cluster.processes.back().address = *address;
+
+  ClusterProcess router{.role = "router", .name = "router"};
+  router.log = (fs::path(o.run_dir) / "router.log").string();
+  auto router_pid = Spawn({(fs::path(o.bin_dir) / "dmoe-router").string(), "--backend",
+                           cluster.scheduler, "--listen", absl::StrCat("127.0.0.1:", o.port)},
+                          router.log);
+  if (!router_pid.ok()) return fail(router_pid.status());
+  router.pid = *router_pid;
+  cluster.processes.push_back(router);
+  auto router_address = WaitListening(router.pid, "router", router.log, deadline);
+  if (!router_address.ok()) return fail(router_address.status());
+  cluster.router = *router_address;
+  cluster.processes.back().address = *router_address;
 
   const int64_t experts = config.num_experts;
   for (int s = 0; s < o.expert_shards; ++s) {
@@ -167,7 +181,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
 
   // Ready when the scheduler lists every pod and its placement covers all experts.
   auto stub = dmoe::v1::Cluster::NewStub(
-      grpc::CreateChannel(cluster.router, grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(cluster.scheduler, grpc::InsecureChannelCredentials()));
   const size_t pods = static_cast<size_t>(o.attention + o.expert_shards * o.expert_replicas);
   std::string last_state = "no answer";
   while (absl::Now() < deadline) {
@@ -215,6 +229,7 @@ void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace) {
 absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& path) {
   nlohmann::json j;
   j["router"] = cluster.router;
+  j["scheduler"] = cluster.scheduler;
   for (const ClusterProcess& p : cluster.processes) {
     j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
                               {"address", p.address}, {"log", p.log},
@@ -235,6 +250,7 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   }
   LocalCluster c;
   c.router = j["router"].get<std::string>();
+  c.scheduler = j.value("scheduler", "");
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),
                            .pid = p.value("pid", 0), .address = p.value("address", ""),

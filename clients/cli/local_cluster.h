@@ -1,7 +1,7 @@
 // A dmoe cluster of real processes on loopback (`dmoe cluster up`, the integration tests):
-// one dmoe-scheduler (which serves the Generation API), N dmoe-attention replicas and the
-// expert shards (dmoe-expert) with their replicas, each on a free port, registered with the
-// scheduler. Processes run in their own session, so they outlive `dmoe cluster up`.
+// a dmoe-router (the public Generation API) in front of a dmoe-scheduler, N dmoe-attention
+// replicas and the expert shards (dmoe-expert) with their replicas, each on a free port, the
+// pods registered with the scheduler. Processes run in their own session, so they outlive `dmoe cluster up`.
 #ifndef DMOE_CLIENTS_CLI_LOCAL_CLUSTER_H_
 #define DMOE_CLIENTS_CLI_LOCAL_CLUSTER_H_
 
@@ -17,12 +17,12 @@ namespace dmoe::cli {
 
 struct LocalClusterOptions {
   std::string model_dir;
-  std::string bin_dir;            // where dmoe-scheduler / -attention / -expert live
+  std::string bin_dir;            // where dmoe-router / -scheduler / -attention / -expert live
   std::string run_dir;            // logs (and the state file of `dmoe cluster up`)
   int attention = 1;              // attention replicas
   int expert_shards = 2;          // expert ranges of equal size
   int expert_replicas = 1;        // pods per range
-  int port = 0;                   // the scheduler's (public) port; 0 = free
+  int port = 0;                   // the router's (public) port; 0 = free
   int threads = 1;                // compute threads per pod
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
   absl::Duration startup_timeout = absl::Seconds(60);
@@ -31,7 +31,7 @@ struct LocalClusterOptions {
 };
 
 struct ClusterProcess {
-  std::string role;      // "scheduler", "attention", "expert"
+  std::string role;      // "router", "scheduler", "attention", "expert"
   std::string name;      // e.g. "expert-1-r0"
   pid_t pid = 0;
   std::string address;   // host:port it listens on
@@ -41,7 +41,8 @@ struct ClusterProcess {
 };
 
 struct LocalCluster {
-  std::string router;    // the address clients call (the scheduler's Generation API)
+  std::string router;    // the address clients call (dmoe-router)
+  std::string scheduler; // where pods register (also serves the Generation API)
   std::vector<ClusterProcess> processes;
 };
 
