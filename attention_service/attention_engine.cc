@@ -27,6 +27,9 @@ class TimedExecutor : public model::ExpertExecutor {
     if (!s.ok()) failed = true;
     return s;
   }
+  void SetStepDeadline(absl::Time deadline) {
+    if (auto* aware = dynamic_cast<StepDeadlineAware*>(inner_.get())) aware->SetStepDeadline(deadline);
+  }
   double seconds = 0;
   bool failed = false;
 
@@ -77,7 +80,7 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
 }
 
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
-    const std::vector<SegmentRequest>& segments, StepTimings* timings) {
+    const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   std::lock_guard<std::mutex> step_lock(step_mu_);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<model::KvSequence*> caches(segments.size());
@@ -130,6 +133,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
   for (auto& lane : lanes_) {
     lane->experts->seconds = 0;
     lane->experts->failed = false;
+    lane->experts->SetStepDeadline(deadline);
   }
   if (lanes == 1) {
     run_group(0);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/sampling.h"
 #include "engine/sequence.h"
 #include "model/expert_executor.h"
@@ -32,6 +33,13 @@ struct AttentionEngineOptions {
   int micro_batches = 1;
 
   absl::Status Validate() const;
+};
+
+// An expert executor that can bound its calls by the current step's deadline.
+class StepDeadlineAware {
+ public:
+  virtual ~StepDeadlineAware() = default;
+  virtual void SetStepDeadline(absl::Time deadline) = 0;
 };
 
 // Builds the expert executor of one lane around that lane's kernels.
@@ -71,8 +79,11 @@ class AttentionEngine {
   // sequence: INVALID_ARGUMENT (duplicate id, bad plan), FAILED_PRECONDITION (plan.start !=
   // cached length: the scheduler must re-plan with reset_cache), RESOURCE_EXHAUSTED (KV full),
   // or the expert executor's error. A failed step leaves every sequence's cache as it was.
+  // `deadline` (the caller's) bounds the step's expert calls where the executor supports it
+  // (StepDeadlineAware).
   absl::StatusOr<std::vector<engine::Proposal>> Step(const std::vector<SegmentRequest>& segments,
-                                                     StepTimings* timings = nullptr);
+                                                     StepTimings* timings = nullptr,
+                                                     absl::Time deadline = absl::InfiniteFuture());
   // Frees sequences' KV; returns how many were known.
   int64_t Release(const std::vector<std::string>& sequence_ids);
   AttentionInfo Info() const;

@@ -1,6 +1,7 @@
 #include "attention_service/attention_server.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 
@@ -102,7 +103,7 @@ grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* con
       return;
     }
     StepTimings timings;
-    auto proposals = engine_.Step(*segments, &timings);
+    auto proposals = engine_.Step(*segments, &timings, absl::FromChrono(context->deadline()));
     if (!proposals.ok()) {
       // Tells the scheduler the fault is an expert shard's, not this replica's.
       if (timings.expert_failure) context->AddTrailingMetadata("dmoe-fault", "experts");

@@ -2,14 +2,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "attention_service/attention_engine.h"
 #include "transport/grpc_expert_transport.h"
 
 namespace dmoe::attention {
 namespace {
 
 // Follows ClusterExperts' placement; UNAVAILABLE while no complete placement is known.
-class FollowingExecutor : public model::ExpertExecutor {
+class FollowingExecutor : public model::ExpertExecutor, public StepDeadlineAware {
  public:
+  void SetStepDeadline(absl::Time deadline) override { deadline_ = deadline; }
+
   explicit FollowingExecutor(ClusterExperts& cluster) : cluster_(cluster) {}
 
   absl::Status RunExperts(int64_t layer, const float* hidden, int64_t num_tokens,
@@ -31,11 +34,13 @@ class FollowingExecutor : public model::ExpertExecutor {
       }
       version_ = version;
     }
+    executor_->SetStepDeadline(deadline_);
     return executor_->RunExperts(layer, hidden, num_tokens, hidden_size, routing, slot_out);
   }
 
  private:
   ClusterExperts& cluster_;
+  absl::Time deadline_ = absl::InfiniteFuture();
   uint64_t version_ = 0;
   std::unique_ptr<transport::ShardedExpertExecutor> executor_;
 };

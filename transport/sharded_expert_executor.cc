@@ -212,7 +212,8 @@ void ShardedExpertExecutor::Dispatch(size_t index, int64_t layer, const float* h
   for (size_t r : order) {
     ExpertTransport& replica = *shard.replicas[r];
     absl::Status status =
-        replica.RunExperts(rows, absl::Now() + options_.call_timeout, state.out.data());
+        replica.RunExperts(rows, std::min(absl::Now() + options_.call_timeout, step_deadline_),
+                           state.out.data());
     if (status.ok()) {
       state.down_until[r] = absl::InfinitePast();
       state.status = absl::OkStatus();

@@ -91,6 +91,9 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
 
   // Tracing metadata for the following calls (the attention step being computed).
   void SetStepContext(std::string request_id, int64_t step);
+  // No call of the following forwards outlives `deadline` (the step's caller deadline);
+  // each call still gets at most call_timeout.
+  void SetStepDeadline(absl::Time deadline) { step_deadline_ = deadline; }
 
   // Asks every replica for its ShardInfo and checks it can serve its shard of a model with
   // `config` (expert::CheckShardCompatible; `fingerprint` compared unless empty). Returns the
@@ -126,6 +129,7 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
   std::unique_ptr<ThreadPool> pool_;      // one thread per shard (the caller is one of them)
   std::string request_id_;
   int64_t step_ = 0;
+  absl::Time step_deadline_ = absl::InfiniteFuture();
   ShardedExpertExecutorStats stats_;
 };
 
