@@ -37,8 +37,8 @@ struct EmbeddedServerOptions {
   std::string model_dir;
   ComputeMode compute = ComputeMode::kInProcess;
   // Cluster mode: pods heartbeat this often and drop out after `lease` without one.
-  absl::Duration heartbeat_period = absl::Milliseconds(500);
-  absl::Duration lease = absl::Seconds(3);
+  absl::Duration heartbeat_period = absl::Seconds(1);
+  absl::Duration lease = absl::Seconds(10);
   // host:port to listen on; port 0 picks a free one (see EmbeddedServer::address()).
   std::string listen = "127.0.0.1:0";
   // Served model name; empty: the model directory's last path component.

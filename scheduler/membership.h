@@ -48,8 +48,8 @@ struct MemberView {
 
 struct MembershipOptions {
   int64_t num_experts = 0;
-  absl::Duration heartbeat_period = absl::Milliseconds(500);
-  absl::Duration lease = absl::Seconds(2);  // missed heartbeats for this long: dropped
+  absl::Duration heartbeat_period = absl::Seconds(1);
+  absl::Duration lease = absl::Seconds(10);  // missed heartbeats for this long: dropped
   std::function<absl::Time()> clock;        // null: absl::Now
 };
 

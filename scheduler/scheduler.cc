@@ -96,11 +96,8 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
   }
   const int64_t pages = PagesNeeded(request);
   const int64_t capacity = executor_.KvPagesCapacity();
-  if (capacity == 0) {
-    // A cluster between attention replicas (one died, its replacement has not registered).
-    return absl::UnavailableError("no attention replica is serving; retry shortly");
-  }
-  if (pages > capacity) {
+  // capacity 0 is a cluster between attention replicas: the request waits (unavailable_grace).
+  if (capacity > 0 && pages > capacity) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the request needs ", pages, " KV pages of ", options_.kv_page_tokens,
         " tokens (prompt + max_new_tokens + block_length) but the KV cache holds ", capacity));
@@ -176,7 +173,12 @@ void Scheduler::Loop() {
       if (running_.empty()) mu_.Await(absl::Condition(this, &Scheduler::HasWork));
       if (stopping_) return;
     }
-    RunStep();
+    const StepReport report = RunStep();
+    if (report.stalled || (report.scheduled.empty() && !running_.empty())) {
+      // Nothing could run (no capacity): poll again shortly instead of spinning.
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Milliseconds(50));
+    }
   }
 }
 
@@ -203,6 +205,17 @@ void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResul
 StepReport Scheduler::RunStep() {
   StepReport report;
   const absl::Time now = Now();
+  // 0. An executor without capacity (no attention replica serving) holds every request for
+  // unavailable_grace; past it they fail, so a cluster that lost its replicas does not hang.
+  const int64_t capacity = executor_.KvPagesCapacity();
+  if (capacity > 0) {
+    unavailable_since_ = absl::InfiniteFuture();
+  } else if (unavailable_since_ == absl::InfiniteFuture()) {
+    unavailable_since_ = now;
+    DMOE_LOG(WARNING) << "no executor capacity (no attention replica serving); holding requests "
+                      << "for up to " << options_.unavailable_grace;
+  }
+  const bool unavailable_too_long = now - unavailable_since_ >= options_.unavailable_grace;
   std::vector<std::pair<std::unique_ptr<Entry>, absl::Status>> ended;
   auto end_reason = [&](const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled) {
     if (cancelled.contains(e.handle)) return absl::CancelledError("the request was cancelled");
@@ -210,6 +223,11 @@ StepReport Scheduler::RunStep() {
       return absl::DeadlineExceededError(
           absl::StrCat("the request's deadline passed after ", e.sequence.forwards(),
                        " forwards and ", e.emitted, " generated tokens"));
+    }
+    if (unavailable_too_long) {
+      return absl::UnavailableError(absl::StrCat("no attention replica has served for ",
+                                                 absl::FormatDuration(now - unavailable_since_),
+                                                 "; retry later"));
     }
     return absl::OkStatus();
   };
@@ -243,7 +261,17 @@ StepReport Scheduler::RunStep() {
   // never starved by a stream of small ones).
   {
     absl::MutexLock lock(&mu_);
-    const int64_t capacity = executor_.KvPagesCapacity();
+    // A head that can never fit (capacity shrank since it was submitted) fails instead of
+    // blocking the FIFO forever.
+    while (capacity > 0 && running_.empty() && !waiting_.empty() &&
+           waiting_.front()->pages > capacity) {
+      Entry& head = *waiting_.front();
+      ended.emplace_back(std::move(waiting_.front()),
+                         absl::ResourceExhaustedError(absl::StrCat(
+                             "the request needs ", head.pages, " KV pages but the cluster's KV "
+                             "cache now holds ", capacity)));
+      waiting_.pop_front();
+    }
     while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running &&
            reserved_pages_ + waiting_.front()->pages <= capacity) {
       std::unique_ptr<Entry> e = std::move(waiting_.front());
@@ -258,6 +286,13 @@ StepReport Scheduler::RunStep() {
     report.running = running_count_;
     report.waiting = static_cast<int64_t>(waiting_.size());
     report.step = steps_;
+  }
+  report.finished += static_cast<int64_t>(ended.size());
+  for (auto& [e, status] : ended) Finish(std::move(e), std::move(status));
+  ended.clear();
+  if (capacity == 0) {
+    report.stalled = true;
+    return report;
   }
 
   // 3. The batch: least recently scheduled first (admission order breaks ties), greedily
@@ -308,7 +343,17 @@ StepReport Scheduler::RunStep() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const absl::Time after = Now();
   std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done;
-  if (!proposals.ok()) {
+  if (!proposals.ok() && proposals.status().code() == absl::StatusCode::kUnavailable &&
+      executor_.KvPagesCapacity() == 0) {
+    // The last replica went away mid-step: hold the batch and re-prefill it once one serves.
+    DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
+                      << "; holding " << batch.size() << " sequence(s)";
+    for (Entry* e : batch) {
+      e->sequence.ResetCache();
+      e->reset_cache = true;
+    }
+    report.stalled = true;
+  } else if (!proposals.ok()) {
     // The batch's caches may hold half-written rows: drop them. The requests fail with the
     // forward's error (the cluster scheduler retries on another replica instead).
     DMOE_LOG(ERROR) << "step " << report.step << " failed for " << batch.size()

@@ -47,6 +47,9 @@ struct StepReport {
   int64_t waiting = 0;                    // queued requests when the batch was formed
   int64_t finished = 0;                   // requests that ended at this step (any outcome)
   double forward_seconds = 0;             // wall time of the batched forward
+  // The executor had no capacity (a cluster between attention replicas): nothing ran, or
+  // the batch is held to be re-prefilled once a replica serves again.
+  bool stalled = false;
 };
 
 struct SchedulerOptions {
@@ -74,6 +77,10 @@ struct SchedulerOptions {
   // A step whose executor lost caches (ABORTED: a replica died) is re-planned from the
   // committed tokens and retried this many times before its requests fail.
   int max_step_retries = 3;
+  // How long requests are held (queued, or their batch paused) while the executor has no
+  // capacity at all, e.g. a cluster whose only attention replica is re-registering, before
+  // they fail with UNAVAILABLE. Rolling restarts and lease blips must not fail requests.
+  absl::Duration unavailable_grace = absl::Seconds(30);
 
   // INVALID_ARGUMENT naming the field when a bound is < 1 (max_queue may be 0: no waiting).
   absl::Status Validate() const;
@@ -213,6 +220,8 @@ class Scheduler {
   int64_t running_count_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reserved_pages_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  // Step thread only: since when the executor has had no capacity (InfiniteFuture: it has).
+  absl::Time unavailable_since_ = absl::InfiniteFuture();
   // Submitted requests whose on_done has not returned yet.
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 

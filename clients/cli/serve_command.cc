@@ -34,7 +34,7 @@ struct ServeFlags {
   std::string stop_ids;
   double drain_seconds = 30;
   bool cluster = false;
-  double lease_seconds = 3;
+  double lease_seconds = 10;
 };
 
 absl::Status RunServe(const ServeFlags& f) {

@@ -35,8 +35,7 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(model_dir, spec).ok());
 
   router::EmbeddedServerOptions options{.model_dir = model_dir,
-                                        .compute = router::ComputeMode::kCluster,
-                                        .lease = absl::Seconds(2)};
+                                        .compute = router::ComputeMode::kCluster};
   options.mask_id = kMask;
   options.stop_ids = std::vector<int32_t>{kStop};
   auto scheduler = router::EmbeddedServer::Start(options);
