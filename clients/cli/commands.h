@@ -19,6 +19,7 @@ void RegisterServeCommand(CLI::App& app, int* exit_code);
 void RegisterClusterCommand(CLI::App& app, int* exit_code);
 void RegisterClientCommand(CLI::App& app, int* exit_code);
 void RegisterBenchCommand(CLI::App& app, int* exit_code);
+void RegisterMetricsCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

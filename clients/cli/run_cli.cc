@@ -14,6 +14,7 @@ int RunCli(int argc, char** argv) {
   RegisterClusterCommand(app, &exit_code);
   RegisterClientCommand(app, &exit_code);
   RegisterBenchCommand(app, &exit_code);
+  RegisterMetricsCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
