@@ -2,35 +2,54 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <utility>
 
-#include "grpcpp/grpcpp.h"
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/status_macros.h"
 
 namespace dmoe::router {
 namespace {
 
-// Forwards one unary call; the client context lives until the backend answers.
-template <typename Request, typename Response, typename AsyncCall>
-grpc::ServerUnaryReactor* ForwardUnary(grpc::CallbackServerContext* context,
-                                       const Request* request, Response* response,
-                                       AsyncCall&& call) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto client = std::make_shared<grpc::ClientContext>();
-  client->set_deadline(context->deadline());
-  call(client.get(), request, response, [reactor, client](grpc::Status status) {
-    reactor->Finish(status);
-  });
-  return reactor;
+absl::StatusCode CodeOf(const grpc::Status& status) {
+  return static_cast<absl::StatusCode>(status.error_code());
+}
+
+// The caller's client key: the dmoe-client-key metadata, else GenerateRequest.client_key.
+template <typename Request>
+std::string ClientKey(const grpc::CallbackServerContext* context, const Request& request) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find(kClientKeyMetadata);
+  if (it != metadata.end()) return std::string(it->second.data(), it->second.size());
+  if constexpr (requires { request.client_key(); }) return request.client_key();
+  return "";
+}
+
+// The request as the backend gets it: the router has resolved model.version to a backend,
+// whose own version label may differ (or be empty), so the field is not passed on.
+template <typename Request>
+std::shared_ptr<const Request> ForBackend(const Request* request) {
+  if (request->model().version().empty()) {
+    return std::shared_ptr<const Request>(request, [](const Request*) {});  // not owned
+  }
+  auto copy = std::make_shared<Request>(*request);
+  copy->mutable_model()->clear_version();
+  return copy;
 }
 
 // Relays the backend's stream: a thread reads it (blocking reads stay off gRPC's threads)
 // and hands each event to this reactor, one write in flight at a time.
 class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
  public:
+  // `done` runs once with the backend's final status, before the caller sees it.
   StreamRelay(dmoe::v1::Generation::Stub* stub, grpc::CallbackServerContext* context,
-              const dmoe::v1::GenerateRequest* request) {
+              dmoe::v1::GenerateRequest request, std::string version,
+              std::function<void(const grpc::Status&)> done)
+      : version_(std::move(version)), done_(std::move(done)) {
     client_.set_deadline(context->deadline());
-    thread_ = std::thread([this, stub, request] { Run(stub, *request); });
+    thread_ = std::thread([this, stub, request = std::move(request)] { Run(stub, request); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -46,10 +65,11 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
   }
 
  private:
-  void Run(dmoe::v1::Generation::Stub* stub, dmoe::v1::GenerateRequest request) {
+  void Run(dmoe::v1::Generation::Stub* stub, const dmoe::v1::GenerateRequest& request) {
     auto reader = stub->GenerateStream(&client_, request);
     dmoe::v1::GenerateStreamResponse event;
     while (reader->Read(&event)) {
+      if (event.has_final()) event.mutable_final()->mutable_model()->set_version(version_);
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return !writing_; });
       current_ = event;
@@ -60,9 +80,13 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return !writing_; });
     }
-    Finish(reader->Finish());
+    grpc::Status status = reader->Finish();
+    done_(status);
+    Finish(status);
   }
 
+  const std::string version_;
+  const std::function<void(const grpc::Status&)> done_;
   grpc::ClientContext client_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -73,38 +97,179 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
 
 }  // namespace
 
-GenerationProxy::GenerationProxy(const std::string& backend)
-    : backend_(backend),
-      stub_(dmoe::v1::Generation::NewStub(
-          grpc::CreateChannel(backend, grpc::InsecureChannelCredentials()))) {}
+absl::Status GenerationProxyOptions::Validate() const {
+  if (backends.empty()) return absl::InvalidArgumentError("backends: at least one is needed");
+  for (const VersionBackend& b : backends) {
+    if (b.address.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("backends: version '", b.version, "' has no address"));
+    }
+  }
+  if (list_models_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("list_models_timeout must be > 0");
+  }
+  return absl::OkStatus();  // versions, split and stable: TrafficSplitOptions::Validate
+}
+
+absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
+    const GenerationProxyOptions& options) {
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  TrafficSplitOptions split_options{.versions = {},
+                                    .weights = options.split,
+                                    .stable = options.stable,
+                                    .rollback = options.rollback,
+                                    .clock = options.clock};
+  for (const VersionBackend& b : options.backends) split_options.versions.push_back(b.version);
+  auto proxy = std::unique_ptr<GenerationProxy>(new GenerationProxy());
+  DMOE_ASSIGN_OR_RETURN(proxy->split_, TrafficSplit::Create(split_options));
+  proxy->options_ = options;
+  std::map<std::string, std::string> addresses;
+  for (const VersionBackend& b : options.backends) {
+    addresses[b.version] = b.address;
+    proxy->backends_[b.version] = Backend{
+        .address = b.address,
+        .stub = dmoe::v1::Generation::NewStub(
+            grpc::CreateChannel(b.address, grpc::InsecureChannelCredentials()))};
+  }
+  if (options.registry) {
+    proxy->metrics_ = std::make_unique<RouterMetrics>(*options.registry, split_options.versions);
+    proxy->metrics_->PublishSplit(proxy->split_->Snapshot());
+  }
+  proxy->admin_ = std::make_unique<RouterAdminService>(*proxy->split_, proxy->metrics_.get(),
+                                                       std::move(addresses));
+  return proxy;
+}
+
+void GenerationProxy::OnCallDone(const std::string& version, absl::Time start,
+                                 const grpc::Status& status) {
+  const absl::Duration duration = absl::Now() - start;
+  if (metrics_) metrics_->RecordCall(version, CodeOf(status), duration);
+  std::optional<RollbackEvent> rollback = split_->Record(version, CodeOf(status), duration);
+  if (rollback && metrics_) {
+    metrics_->RecordRollback(rollback->version);
+    metrics_->PublishSplit(split_->Snapshot());
+  }
+}
+
+template <typename Request, typename Response, typename AsyncCall>
+grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerContext* context,
+                                                        const Request* request,
+                                                        Response* response, AsyncCall&& call) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> version =
+      split_->Pick(ClientKey(context, *request), request->model().version());
+  if (!version.ok()) {
+    reactor->Finish(ToGrpcStatus(version.status()));
+    return reactor;
+  }
+  auto client = std::make_shared<grpc::ClientContext>();
+  client->set_deadline(context->deadline());
+  std::shared_ptr<const Request> forwarded = ForBackend(request);
+  const absl::Time start = absl::Now();
+  call(backends_.at(*version).stub.get(), client.get(), forwarded.get(), response,
+       [this, reactor, client, forwarded, response, version = *version,
+        start](grpc::Status status) {
+         if constexpr (requires { response->mutable_model(); }) {
+           if (status.ok()) response->mutable_model()->set_version(version);
+         }
+         OnCallDone(version, start, status);
+         reactor->Finish(status);
+       });
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* GenerationProxy::Generate(grpc::CallbackServerContext* context,
                                                     const dmoe::v1::GenerateRequest* request,
                                                     dmoe::v1::GenerateResponse* response) {
-  return ForwardUnary(context, request, response, [this](auto... args) {
-    stub_->async()->Generate(args...);
+  return ForwardUnary(context, request, response, [](auto* stub, auto... args) {
+    stub->async()->Generate(args...);
   });
-}
-
-grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerationProxy::GenerateStream(
-    grpc::CallbackServerContext* context, const dmoe::v1::GenerateRequest* request) {
-  return new StreamRelay(stub_.get(), context, request);
 }
 
 grpc::ServerUnaryReactor* GenerationProxy::Tokenize(grpc::CallbackServerContext* context,
                                                     const dmoe::v1::TokenizeRequest* request,
                                                     dmoe::v1::TokenizeResponse* response) {
-  return ForwardUnary(context, request, response, [this](auto... args) {
-    stub_->async()->Tokenize(args...);
+  return ForwardUnary(context, request, response, [](auto* stub, auto... args) {
+    stub->async()->Tokenize(args...);
   });
+}
+
+grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerationProxy::GenerateStream(
+    grpc::CallbackServerContext* context, const dmoe::v1::GenerateRequest* request) {
+  absl::StatusOr<std::string> version =
+      split_->Pick(ClientKey(context, *request), request->model().version());
+  if (!version.ok()) {
+    class Refusal final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
+     public:
+      explicit Refusal(const grpc::Status& status) { Finish(status); }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal(ToGrpcStatus(version.status()));
+  }
+  dmoe::v1::GenerateRequest forwarded = *request;
+  forwarded.mutable_model()->clear_version();
+  const absl::Time start = absl::Now();
+  return new StreamRelay(backends_.at(*version).stub.get(), context, std::move(forwarded),
+                         *version, [this, version = *version, start](const grpc::Status& s) {
+                           OnCallDone(version, start, s);
+                         });
 }
 
 grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContext* context,
                                                       const dmoe::v1::ListModelsRequest* request,
                                                       dmoe::v1::ListModelsResponse* response) {
-  return ForwardUnary(context, request, response, [this](auto... args) {
-    stub_->async()->ListModels(args...);
-  });
+  // One call per backend; the last to answer merges and finishes.
+  struct Fanout {
+    std::mutex mu;
+    size_t pending = 0;
+    std::vector<std::string> versions;
+    std::unique_ptr<grpc::ClientContext[]> contexts;  // not movable: no vector
+    std::vector<dmoe::v1::ListModelsResponse> responses;
+    std::vector<grpc::Status> statuses;
+  };
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto fanout = std::make_shared<Fanout>();
+  const size_t n = backends_.size();
+  fanout->pending = n;
+  fanout->contexts = std::make_unique<grpc::ClientContext[]>(n);
+  fanout->responses.resize(n);
+  fanout->statuses.resize(n);
+  const auto bound = std::chrono::system_clock::now() +
+                     absl::ToChronoMilliseconds(options_.list_models_timeout);
+  const auto deadline = std::min(context->deadline(), bound);
+  for (const VersionBackend& b : options_.backends) fanout->versions.push_back(b.version);
+  for (size_t i = 0; i < n; ++i) {
+    fanout->contexts[i].set_deadline(deadline);
+    backends_.at(fanout->versions[i])
+        .stub->async()
+        ->ListModels(&fanout->contexts[i], request, &fanout->responses[i],
+                     [this, fanout, i, reactor, response](grpc::Status status) {
+                       {
+                         std::lock_guard<std::mutex> lock(fanout->mu);
+                         fanout->statuses[i] = status;
+                         if (--fanout->pending > 0) return;
+                       }
+                       const SplitSnapshot split = split_->Snapshot();
+                       grpc::Status first_error;
+                       bool any_ok = false;
+                       for (size_t j = 0; j < fanout->versions.size(); ++j) {
+                         if (!fanout->statuses[j].ok()) {
+                           if (first_error.ok()) first_error = fanout->statuses[j];
+                           continue;
+                         }
+                         any_ok = true;
+                         for (const dmoe::v1::ModelInfo& m : fanout->responses[j].models()) {
+                           dmoe::v1::ModelInfo* info = response->add_models();
+                           *info = m;
+                           info->set_version(fanout->versions[j]);
+                           info->set_traffic_percent(split.versions[j].percent);
+                           info->set_stable(split.versions[j].stable);
+                         }
+                       }
+                       reactor->Finish(any_ok ? grpc::Status::OK : first_error);
+                     });
+  }
+  return reactor;
 }
 
 }  // namespace dmoe::router

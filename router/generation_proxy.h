@@ -1,23 +1,71 @@
-// The router role (dmoe-router): the public dmoe.v1.Generation API in front of a model
-// version's scheduler. It forwards every call, propagating the caller's deadline and
-// cancellation, so clients see one stable address while schedulers come and go. (Weighted
-// model-version routing and canary rollback build on this: issue 5.)
+// The router role (dmoe-router): the public dmoe.v1.Generation API in front of one scheduler
+// per model version. Every call is forwarded, with the caller's deadline and cancellation,
+// to the version TrafficSplit picks (weights, sticky client keys, an explicit model.version),
+// and its outcome feeds the canary rollback policy and the router's metrics. The same object
+// owns the RouterAdmin service (router/router_admin_service.h) that changes the split live.
+// docs/canary.md describes the rollout as a whole.
 #ifndef DMOE_ROUTER_GENERATION_PROXY_H_
 #define DMOE_ROUTER_GENERATION_PROXY_H_
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "prometheus/registry.h"
 #include "proto/dmoe/v1/generation.grpc.pb.h"
+#include "router/canary_policy.h"
+#include "router/router_admin_service.h"
+#include "router/router_metrics.h"
+#include "router/traffic_split.h"
 
 namespace dmoe::router {
 
-// Thread-safe.
+// gRPC metadata key naming the caller for sticky version routing; GenerateRequest.client_key
+// is used when the metadata is absent.
+inline constexpr char kClientKeyMetadata[] = "dmoe-client-key";
+
+struct VersionBackend {
+  std::string version;  // the name calls select with model.version and metrics carry
+  std::string address;  // that version's scheduler, host:port
+};
+
+struct GenerationProxyOptions {
+  // One per model version, in declaration order (the order of the sticky buckets).
+  // Non-empty; versions distinct and non-empty; addresses non-empty.
+  std::vector<VersionBackend> backends = {};
+  // Initial weights (TrafficSplitOptions::weights); empty: 100 to the first version.
+  std::vector<VersionWeight> split = {};
+  // Rollback target; empty: the first version.
+  std::string stable = "";
+  CanaryPolicyOptions rollback = {};
+  // Where the router's series go (router/router_metrics.h); null: no metrics.
+  std::shared_ptr<prometheus::Registry> registry = nullptr;
+  // Time source of the rollback windows (tests); null: absl::Now. Call durations are always
+  // measured on the real clock.
+  std::function<absl::Time()> clock = nullptr;
+  // ListModels asks every backend; this bounds the wait when the caller set no deadline
+  // (a stopped backend must not hang model discovery). > 0.
+  absl::Duration list_models_timeout = absl::Seconds(5);
+
+  // INVALID_ARGUMENT naming the field.
+  absl::Status Validate() const;
+};
+
+// Thread-safe. Must outlive the grpc::Server its services are registered with.
 class GenerationProxy final : public dmoe::v1::Generation::CallbackService {
  public:
-  // `backend`: the scheduler's address (host:port).
-  explicit GenerationProxy(const std::string& backend);
+  static absl::StatusOr<std::unique_ptr<GenerationProxy>> Create(
+      const GenerationProxyOptions& options);
 
+  // Generate / GenerateStream / Tokenize: forwarded to the picked version, whose name the
+  // response's model.version (final event's, for streams) then carries; INVALID_ARGUMENT
+  // naming model.version for a version the router does not serve.
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const dmoe::v1::GenerateRequest* request,
                                      dmoe::v1::GenerateResponse* response) override;
@@ -26,13 +74,35 @@ class GenerationProxy final : public dmoe::v1::Generation::CallbackService {
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
                                      const dmoe::v1::TokenizeRequest* request,
                                      dmoe::v1::TokenizeResponse* response) override;
+  // Every reachable version's models, each with version = the router's version name and
+  // its traffic_percent and stable flag; the first error when no backend answers.
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const dmoe::v1::ListModelsRequest* request,
                                        dmoe::v1::ListModelsResponse* response) override;
 
+  // The RouterAdmin service over this proxy's split; register it on the same server.
+  RouterAdminService& admin_service() { return *admin_; }
+  TrafficSplit& split() { return *split_; }
+
  private:
-  std::string backend_;
-  std::unique_ptr<dmoe::v1::Generation::Stub> stub_;
+  struct Backend {
+    std::string address;
+    std::unique_ptr<dmoe::v1::Generation::Stub> stub;
+  };
+
+  GenerationProxy() = default;
+  // Metrics and the rollback policy, once per finished call.
+  void OnCallDone(const std::string& version, absl::Time start, const grpc::Status& status);
+  template <typename Request, typename Response, typename AsyncCall>
+  grpc::ServerUnaryReactor* ForwardUnary(grpc::CallbackServerContext* context,
+                                         const Request* request, Response* response,
+                                         AsyncCall&& call);
+
+  GenerationProxyOptions options_;
+  std::map<std::string, Backend> backends_;  // by version; read-only after Create
+  std::unique_ptr<TrafficSplit> split_;
+  std::unique_ptr<RouterMetrics> metrics_;  // null without a registry
+  std::unique_ptr<RouterAdminService> admin_;
 };
 
 }  // namespace dmoe::router

@@ -394,6 +394,9 @@ dmoe::v1::ModelInfo GenerationServer::Info() const {
   info.set_mask_id(options_.mask_id);
   info.mutable_stop_ids()->Add(options_.stop_ids.begin(), options_.stop_ids.end());
   info.set_has_tokenizer(tokenizer_ != nullptr);
+  // One server is one version taking every call; a router overrides both (docs/canary.md).
+  info.set_traffic_percent(100);
+  info.set_stable(true);
   return info;
 }
 

@@ -1,30 +1,98 @@
-// dmoe-router: the public Generation API in front of a scheduler.
+// dmoe-router: the public Generation API in front of one scheduler per model version, with a
+// weighted, sticky traffic split, the RouterAdmin API and automatic canary rollback
+// (docs/canary.md).
 //
 //   dmoe-router --backend 127.0.0.1:7000 --listen 127.0.0.1:0
+//   dmoe-router --version-backend v1=127.0.0.1:7000 --version-backend v2=127.0.0.1:7001
+//               --split v1=90,v2=10 --stable v1 --listen 127.0.0.1:0
 //
 // Logs "listening on HOST:PORT"; grpc.health.v1 and reflection; drains on SIGTERM / SIGINT.
 #include <pthread.h>
 #include <signal.h>
 
 #include <iostream>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "prometheus/registry.h"
 #include "router/generation_proxy.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"dmoe router: the public dmoe.v1.Generation API in front of a scheduler"};
-  std::string backend, listen = "127.0.0.1:0";
+  CLI::App app{"dmoe router: the public dmoe.v1.Generation API in front of the schedulers of "
+               "one or more model versions"};
+  std::string backend, model_version = "v1", split, stable, listen = "127.0.0.1:0";
+  std::vector<std::string> version_backends;
   double drain_seconds = 30;
-  app.add_option("--backend", backend, "The scheduler's address (host:port)")->required();
+  dmoe::router::CanaryPolicyOptions rollback;
+  double window_seconds = 60, latency_p95_seconds = 0;
+  auto* single = app.add_option("--backend", backend,
+                                "The scheduler's address (host:port) when one version is served");
+  app.add_option("--model-version", model_version, "The version name of --backend")
+      ->capture_default_str();
+  auto* multi = app.add_option("--version-backend", version_backends,
+                               "VERSION=HOST:PORT, repeatable: one scheduler per model version "
+                               "(declaration order = sticky bucket order)");
+  single->excludes(multi);
+  app.add_option("--split", split,
+                 "Initial weights, VERSION=PERCENT,... summing to 100 (default: 100 to the "
+                 "first version)");
+  app.add_option("--stable", stable, "Rollback target (default: the first version)");
+  app.add_option("--rollback-window-seconds", window_seconds,
+                 "Sliding window of call outcomes per version")
+      ->capture_default_str();
+  app.add_option("--rollback-min-requests", rollback.min_requests,
+                 "Calls a canary needs in the window before it can be rolled back")
+      ->capture_default_str();
+  app.add_option("--rollback-error-ratio", rollback.max_error_ratio,
+                 "Roll a canary back when its window's error ratio exceeds this")
+      ->capture_default_str();
+  app.add_option("--rollback-latency-p95-seconds", latency_p95_seconds,
+                 "Roll a canary back when its window's p95 call duration exceeds this (0 = off)")
+      ->capture_default_str();
   app.add_option("--listen", listen, "host:port; port 0 picks a free port")->capture_default_str();
   app.add_option("--drain-seconds", drain_seconds, "Time calls in flight get on SIGTERM")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+
+  dmoe::router::GenerationProxyOptions options;
+  if (!backend.empty()) {
+    options.backends.push_back({.version = model_version, .address = backend});
+  }
+  for (const std::string& vb : version_backends) {
+    const size_t eq = vb.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == vb.size()) {
+      std::cerr << "dmoe-router: --version-backend: expected VERSION=HOST:PORT, got '" << vb
+                << "'\n";
+      return 2;
+    }
+    options.backends.push_back({.version = vb.substr(0, eq), .address = vb.substr(eq + 1)});
+  }
+  if (options.backends.empty()) {
+    std::cerr << "dmoe-router: give --backend or at least one --version-backend\n";
+    return 2;
+  }
+  if (!split.empty()) {
+    auto parsed = dmoe::router::ParseSplit(split, "--split");
+    if (!parsed.ok()) {
+      std::cerr << "dmoe-router: " << parsed.status().message() << "\n";
+      return 2;
+    }
+    options.split = *parsed;
+  }
+  options.stable = stable;
+  rollback.window = absl::Seconds(window_seconds);
+  rollback.max_latency_p95 = absl::Seconds(latency_p95_seconds);
+  options.rollback = rollback;
+  // The process's registry: the router's series (router/router_metrics.h) go here.
+  auto registry = std::make_shared<prometheus::Registry>();
+  options.registry = registry;
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -32,20 +100,37 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  dmoe::router::GenerationProxy proxy(backend);
+  auto proxy = dmoe::router::GenerationProxy::Create(options);
+  if (!proxy.ok()) {
+    std::cerr << "dmoe-router: " << proxy.status().message() << "\n";
+    return 2;
+  }
+  // --- metrics endpoint (--metrics-listen): wired here once metrics/ has its exposer; it
+  // serves `registry` above. ---
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&proxy);
+  builder.RegisterService(proxy->get());
+  builder.RegisterService(&(*proxy)->admin_service());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::cerr << "dmoe-router: cannot listen on " << listen << "\n";
     return 2;
   }
-  DMOE_LOG(INFO) << "dmoe-router: backend " << backend;
+  std::vector<std::string> described;
+  for (const auto& b : options.backends) described.push_back(b.version + "=" + b.address);
+  const dmoe::router::SplitSnapshot snapshot = (*proxy)->split().Snapshot();
+  std::vector<dmoe::router::VersionWeight> weights;
+  for (const auto& v : snapshot.versions) weights.push_back({v.version, v.percent});
+  DMOE_LOG(INFO) << "dmoe-router: backends " << absl::StrJoin(described, " ") << ", split "
+                 << dmoe::router::FormatSplit(weights) << ", stable " << snapshot.stable
+                 << ", rollback window " << window_seconds << " s, min requests "
+                 << rollback.min_requests << ", error ratio > " << rollback.max_error_ratio
+                 << ", p95 > " << latency_p95_seconds << " s (0 = off)";
   DMOE_LOG(INFO) << "listening on " << listen.substr(0, listen.rfind(':')) << ":" << port;
   int signal_number = 0;
   sigwait(&signals, &signal_number);
