@@ -188,3 +188,66 @@ def recording_rules():
                 if "record" in rule:
                     records.setdefault(rule["record"], set()).update(rule.get("labels", {}) or {})
     return records
+
+
+# --- Rendered manifests ---------------------------------------------------------------------
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def pod_spec(o):
+    return o["spec"]["template"]["spec"]
+
+
+def container_env(container, objects):
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps, then env
+    (fieldRef values become a placeholder). Raises KeyError for a missing ConfigMap."""
+    config_maps = {c["metadata"]["name"]: c.get("data", {}) for c in by_kind(objects, "ConfigMap")}
+    env = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        if name not in config_maps:
+            raise KeyError(f"ConfigMap {name} (envFrom) is not in the rendered manifests")
+        env.update(config_maps[name])
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value", f"<{e['name']}>")
+    return env
+
+
+def expand(value, env):
+    """$(VAR) expansion; returns (expanded, unresolved names)."""
+    missing = []
+
+    def sub(m):
+        if m.group(1) in env:
+            return env[m.group(1)]
+        missing.append(m.group(1))
+        return m.group(0)
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", sub, value), missing
+
+
+def parse_args(args):
+    """['--a=1', '--b', '2', '--c'] -> [('--a', '1'), ('--b', '2'), ('--c', None)]."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and "=" in a:
+            name, value = a.split("=", 1)
+            out.append((name, value))
+        elif a.startswith("--"):
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+            out.append((a, value))
+            i += 0 if value is None else 1
+        else:
+            out.append((None, a))
+        i += 1
+    return out
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
