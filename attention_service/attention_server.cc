@@ -4,6 +4,7 @@
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
+#include "metrics/catalog.h"
 
 namespace dmoe::attention {
 
@@ -37,7 +38,16 @@ absl::StatusOr<SegmentRequest> SegmentFromProto(const dmoe::v1::SegmentPlan& p, 
 }
 
 AttentionServer::AttentionServer(const AttentionServerOptions& options, AttentionEngine& engine)
-    : options_(options), engine_(engine), worker_([this] { WorkerLoop(); }) {}
+    : options_(options), engine_(engine) {
+  if (const metrics::ProcessMetrics& m = options_.metrics; m.registry) {
+    step_seconds_ = &metrics::AddHistogram(
+        metrics::HistogramFamily(*m.registry, "dmoe_attention_step_seconds", m.model_version),
+        "dmoe_attention_step_seconds");
+    sequences_ =
+        &metrics::GaugeFamily(*m.registry, "dmoe_attention_sequences", m.model_version).Add({});
+  }
+  worker_ = std::thread([this] { WorkerLoop(); });
+}
 
 AttentionServer::~AttentionServer() {
   {
@@ -103,7 +113,12 @@ grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* con
       return;
     }
     StepTimings timings;
+    const absl::Time start = absl::Now();
     auto proposals = engine_.Step(*segments, &timings, absl::FromChrono(context->deadline()));
+    if (step_seconds_) {
+      step_seconds_->Observe(absl::ToDoubleSeconds(absl::Now() - start));
+      sequences_->Set(static_cast<double>(engine_.Info().sequences));
+    }
     if (!proposals.ok()) {
       // Tells the scheduler the fault is an expert shard's, not this replica's.
       if (timings.expert_failure) context->AddTrailingMetadata("dmoe-fault", "experts");

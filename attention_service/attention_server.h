@@ -14,6 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "attention_service/attention_engine.h"
+#include "metrics/endpoint.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
 #include "proto/dmoe/v1/attention.grpc.pb.h"
 
 namespace dmoe::attention {
@@ -24,6 +27,8 @@ absl::StatusOr<SegmentRequest> SegmentFromProto(const dmoe::v1::SegmentPlan& pro
 struct AttentionServerOptions {
   std::string model_name;
   size_t max_queued_steps = 16;  // past this, Step answers RESOURCE_EXHAUSTED
+  // dmoe_attention_step_seconds and dmoe_attention_sequences; null registry: none.
+  metrics::ProcessMetrics metrics{};
 };
 
 // Thread-safe.
@@ -51,6 +56,8 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
 
   AttentionServerOptions options_;
   AttentionEngine& engine_;
+  prometheus::Histogram* step_seconds_ = nullptr;
+  prometheus::Gauge* sequences_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;  // guarded by mu_

@@ -26,7 +26,8 @@ class FollowingExecutor : public model::ExpertExecutor, public StepDeadlineAware
       transport::ExpertPlacement placement = cluster_.Current();
       if (!executor_) {
         auto created = transport::ShardedExpertExecutor::Create(
-            {.num_experts = cluster_.num_experts()}, std::move(placement));
+            {.num_experts = cluster_.num_experts(), .metrics = cluster_.metrics()},
+            std::move(placement));
         if (!created.ok()) return created.status();
         executor_ = *std::move(created);
       } else if (absl::Status s = executor_->SetPlacement(std::move(placement)); !s.ok()) {

@@ -18,7 +18,10 @@ namespace dmoe::attention {
 // Thread-safe.
 class ClusterExperts {
  public:
-  explicit ClusterExperts(int64_t num_experts) : num_experts_(num_experts) {}
+  // `metrics`: routing / dispatch series of every lane's executor; may be null.
+  explicit ClusterExperts(int64_t num_experts,
+                          std::shared_ptr<transport::DispatchMetrics> metrics = nullptr)
+      : num_experts_(num_experts), metrics_(std::move(metrics)) {}
 
   // Called with every new placement version (the membership agent's callback).
   void Update(const scheduler::Placement& placement);
@@ -29,9 +32,11 @@ class ClusterExperts {
   // An executor for one lane: before each layer it switches to the newest placement.
   std::unique_ptr<model::ExpertExecutor> NewExecutor();
   int64_t num_experts() const { return num_experts_; }
+  const std::shared_ptr<transport::DispatchMetrics>& metrics() const { return metrics_; }
 
  private:
   int64_t num_experts_;
+  std::shared_ptr<transport::DispatchMetrics> metrics_;
   std::mutex mu_;
   transport::ExpertPlacement current_;
   std::map<std::string, transport::ExpertTransportSharedPtr> transports_;  // by address

@@ -22,6 +22,8 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "metrics/endpoint.h"
+#include "metrics/grpc_metrics.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "scheduler/membership_agent.h"
@@ -52,6 +54,13 @@ int main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "cpu | reference")->capture_default_str();
   app.add_option("--drain-timeout-s", drain_timeout_s, "Seconds queued steps get on SIGTERM")
       ->capture_default_str();
+  std::string model_version = "v1";
+  std::string metrics_listen;
+  app.add_option("--model-version", model_version,
+                 "Served model version (the model_version label of every metric)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   CLI11_PARSE(app, argc, argv);
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
@@ -69,13 +78,26 @@ int main(int argc, char** argv) {
   auto fingerprint = dmoe::expert::ConfigFingerprintOfDir(model_dir);
   if (!fingerprint.ok()) return Fail(fingerprint.status().ToString());
 
-  dmoe::attention::ClusterExperts experts(model.config().num_experts);
+  dmoe::metrics::ProcessMetrics metrics;
+  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
+  std::shared_ptr<dmoe::transport::DispatchMetrics> dispatch_metrics;
+  if (!metrics_listen.empty()) {
+    metrics = dmoe::metrics::NewProcessMetrics("attention", model_version);
+    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
+    if (!endpoint.ok()) return Fail(endpoint.status().ToString());
+    metrics_endpoint = *std::move(endpoint);
+    dispatch_metrics = std::make_shared<dmoe::transport::DispatchMetrics>(
+        metrics, model.config().num_experts);
+    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
+  }
+  dmoe::attention::ClusterExperts experts(model.config().num_experts, dispatch_metrics);
   auto engine = dmoe::attention::AttentionEngine::Create(
       {.kernels = kernels, .num_threads = threads, .kv_max_pages = kv_pages,
        .micro_batches = micro_batches},
       model, [&](dmoe::model::Kernels&) { return experts.NewExecutor(); });
   if (!engine.ok()) return Fail(engine.status().ToString());
-  dmoe::attention::AttentionServer service({.model_name = model_name}, **engine);
+  dmoe::attention::AttentionServer service({.model_name = model_name, .metrics = metrics},
+                                           **engine);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -85,6 +107,7 @@ int main(int argc, char** argv) {
   builder.SetMaxReceiveMessageSize(1 << 30);
   builder.SetMaxSendMessageSize(1 << 30);
   builder.RegisterService(&service);
+  dmoe::metrics::AddGrpcServerMetrics(builder, metrics);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail("cannot listen on " + listen);
   const std::string address = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(port);

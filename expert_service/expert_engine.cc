@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "metrics/catalog.h"
 
 namespace dmoe::expert {
 namespace {
@@ -68,6 +69,16 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
     const ExpertEngineOptions& options) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   auto engine = std::unique_ptr<ExpertEngine>(new ExpertEngine(options));
+  if (const metrics::ProcessMetrics& m = options.metrics; m.registry) {
+    engine->rows_metric_ =
+        &metrics::CounterFamily(*m.registry, "dmoe_expert_rows_total", m.model_version).Add({});
+    engine->busy_metric_ =
+        &metrics::CounterFamily(*m.registry, "dmoe_expert_busy_seconds_total", m.model_version)
+             .Add({});
+    engine->compute_metric_ = &metrics::AddHistogram(
+        metrics::HistogramFamily(*m.registry, "dmoe_expert_compute_seconds", m.model_version),
+        "dmoe_expert_compute_seconds");
+  }
   DMOE_ASSIGN_OR_RETURN(engine->checkpoint_, model::Checkpoint::Open(options.model_dir));
   const model::ModelConfig& c = engine->checkpoint_->config();
   const int64_t first = options.expert_first;
@@ -267,9 +278,14 @@ absl::Status ExpertEngine::RunValidated(const ExpertRequest& request, int64_t nu
   }
   const auto start = std::chrono::steady_clock::now();
   Compute(*kernels_[k], request, num_rows, out);
-  if (compute_seconds) {
-    *compute_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (compute_seconds) *compute_seconds = seconds;
+  busy_micros_ += static_cast<int64_t>(seconds * 1e6);
+  if (rows_metric_) {
+    rows_metric_->Increment(static_cast<double>(num_rows));
+    busy_metric_->Increment(seconds);
+    compute_metric_->Observe(seconds);
   }
   ReleaseKernels(k, num_rows);
   return absl::OkStatus();

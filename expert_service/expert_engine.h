@@ -4,6 +4,7 @@
 #ifndef DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
 #define DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -18,9 +19,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "expert_service/shard_info.h"
+#include "metrics/endpoint.h"
 #include "model/checkpoint.h"
 #include "model/kernels.h"
 #include "model/weights.h"
+#include "prometheus/counter.h"
+#include "prometheus/histogram.h"
 
 namespace dmoe::expert {
 
@@ -86,6 +90,9 @@ struct ExpertEngineOptions {
   int threads_per_worker = 1;
   // Submitted work waiting for a worker beyond this is rejected with RESOURCE_EXHAUSTED.
   int max_queue = 1024;
+  // Prometheus (dmoe_expert_rows_total, dmoe_expert_compute_seconds,
+  // dmoe_expert_busy_seconds_total); null registry: none.
+  metrics::ProcessMetrics metrics{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -125,6 +132,8 @@ class ExpertEngine {
 
   // Rows computed since creation (all calls), for tests and metrics.
   int64_t rows_computed() const;
+  // Seconds spent computing since creation; sent with heartbeats (expert autoscaling).
+  double busy_seconds() const { return busy_micros_.load() * 1e-6; }
 
  private:
   struct QueuedWork {
@@ -146,6 +155,10 @@ class ExpertEngine {
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
 
   ExpertEngineOptions options_;
+  std::atomic<int64_t> busy_micros_{0};
+  prometheus::Counter* rows_metric_ = nullptr;
+  prometheus::Counter* busy_metric_ = nullptr;
+  prometheus::Histogram* compute_metric_ = nullptr;
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights weights_;
   ShardInfo info_;

@@ -1,5 +1,7 @@
 #include "expert_service/expert_server.h"
 
+#include "metrics/grpc_metrics.h"
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -186,6 +188,7 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  metrics::AddGrpcServerMetrics(builder, options.metrics);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(

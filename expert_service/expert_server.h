@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "expert_service/expert_engine.h"
+#include "metrics/endpoint.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 
@@ -31,6 +32,8 @@ struct ExpertServerOptions {
   int max_message_bytes = 1 << 30;
   // Registers grpc.reflection (grpcurl, debugging).
   bool enable_reflection = true;
+  // dmoe_grpc_server_handled_total; null registry: none.
+  metrics::ProcessMetrics metrics{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

@@ -8,8 +8,11 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <string>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
@@ -19,6 +22,7 @@
 #include "common/logging.h"
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
+#include "metrics/endpoint.h"
 #include "scheduler/membership_agent.h"
 
 namespace {
@@ -57,6 +61,8 @@ int main(int argc, char** argv) {
   int max_queue = 1024;
   double drain_timeout_s = 10;
   std::string scheduler;
+  std::string model_version = "v1";
+  std::string metrics_listen;
   app.add_option("--model", model_dir, "Checkpoint directory (config.json + safetensors)")
       ->required();
   app.add_option("--experts", experts, "Expert range FIRST:LAST (half-open) or 'all'")
@@ -74,14 +80,30 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--scheduler", scheduler,
                  "Scheduler address to register with (cluster mode); empty: standalone");
+  app.add_option("--model-version", model_version,
+                 "Served model version (the model_version label of every metric)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   CLI11_PARSE(app, argc, argv);
+
+  dmoe::metrics::ProcessMetrics metrics;
+  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
+  if (!metrics_listen.empty()) {
+    metrics = dmoe::metrics::NewProcessMetrics("expert", model_version);
+    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
+    if (!endpoint.ok()) return Fail(std::string(endpoint.status().ToString()));
+    metrics_endpoint = *std::move(endpoint);
+    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
+  }
 
   dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
                                                    .model_name = model_name,
                                                    .kernels = kernels,
                                                    .num_workers = workers,
                                                    .threads_per_worker = threads,
-                                                   .max_queue = max_queue};
+                                                   .max_queue = max_queue,
+                                                   .metrics = metrics};
   if (!ParseExpertRange(experts, &engine_options.expert_first, &engine_options.expert_last)) {
     return Fail("--experts: expected FIRST:LAST or 'all', got '" + experts + "'");
   }
@@ -100,7 +122,8 @@ int main(int argc, char** argv) {
                  << drain_timeout_s << " s";
   auto engine = dmoe::expert::ExpertEngine::Create(engine_options);
   if (!engine.ok()) return Fail(std::string(engine.status().ToString()));
-  auto server = dmoe::expert::ExpertServer::Create({.listen_address = listen}, **engine);
+  auto server = dmoe::expert::ExpertServer::Create(
+      {.listen_address = listen, .metrics = metrics}, **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
   DMOE_LOG(INFO) << "listening on " << (*server)->address();
   std::unique_ptr<dmoe::scheduler::MembershipAgent> agent;
@@ -113,14 +136,22 @@ int main(int argc, char** argv) {
     registration.set_expert_last(info.expert_last);
     registration.set_config_fingerprint(info.config_fingerprint);
     agent = std::make_unique<dmoe::scheduler::MembershipAgent>(
-        dmoe::scheduler::MembershipAgentOptions{.scheduler_address = scheduler,
-                                                .registration = registration});
+        dmoe::scheduler::MembershipAgentOptions{
+            .scheduler_address = scheduler,
+            .registration = registration,
+            .busy_seconds = [e = engine->get()] { return e->busy_seconds(); }});
   }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   DMOE_LOG(INFO) << "signal " << signal_number << ": draining (up to " << drain_timeout_s << " s)";
-  if (agent) agent->Stop();  // leave the placement first, so no new calls arrive
+  if (agent) {
+    // Leave the placement first, then give attention replicas a heartbeat to switch to it,
+    // so calls move to the other replicas instead of failing over (scale-in).
+    agent->Stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(
+        static_cast<int64_t>(std::min(drain_timeout_s, 1.5) * 1000)));
+  }
   (*server)->Shutdown(absl::Now() + absl::Seconds(drain_timeout_s));
   server->reset();
   engine->reset();

@@ -11,6 +11,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "expert_service/shard_info.h"
 #include "grpcpp/server_builder.h"
+#include "metrics/grpc_metrics.h"
 
 namespace dmoe::router {
 namespace {
@@ -37,6 +38,15 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
     const EmbeddedServerOptions& options) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   auto s = std::unique_ptr<EmbeddedServer>(new EmbeddedServer());
+  s->metrics_ = options.metrics;
+  if (!s->metrics_.registry && !options.metrics_listen.empty()) {
+    s->metrics_ = metrics::NewProcessMetrics(
+        options.compute == ComputeMode::kCluster ? "scheduler" : "serve", options.model_version);
+  }
+  if (!options.metrics_listen.empty()) {
+    DMOE_ASSIGN_OR_RETURN(s->endpoint_, metrics::MetricsEndpoint::Start(options.metrics_listen,
+                                                                        s->metrics_.registry));
+  }
   scheduler::StepExecutor* executor = nullptr;
   if (options.compute == ComputeMode::kInProcess) {
     DMOE_ASSIGN_OR_RETURN(s->model_, scheduler::InProcessModel::Create(
@@ -58,6 +68,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
                                      .lease = options.lease});
     s->cluster_service_ =
         std::make_unique<scheduler::ClusterServer>(*s->membership_, fingerprint);
+    if (s->metrics_.registry) {
+      s->cluster_metrics_ =
+          std::make_unique<scheduler::ClusterMetrics>(s->metrics_, *s->membership_);
+    }
     s->remote_ = std::make_unique<scheduler::RemoteAttentionExecutor>(
         scheduler::RemoteAttentionExecutorOptions{.default_kv_pages = options.kv_pages},
         *s->membership_);
@@ -97,6 +111,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
   scheduler::SchedulerOptions scheduler_options = options.scheduler;
   scheduler_options.start_step_thread = true;
   scheduler_options.kv_page_tokens = options.kv_page_tokens;
+  if (s->metrics_.registry) {
+    s->scheduler_metrics_ = std::make_unique<scheduler::SchedulerMetrics>(s->metrics_);
+    scheduler_options.metrics = s->scheduler_metrics_.get();
+  }
   DMOE_ASSIGN_OR_RETURN(s->scheduler_,
                         scheduler::Scheduler::Create(scheduler_options, config, *executor));
   DMOE_ASSIGN_OR_RETURN(s->service_, GenerationServer::Create(service_options, *s->scheduler_,
@@ -111,6 +129,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
   builder.RegisterService(s->service_.get());
   if (s->cluster_service_) builder.RegisterService(s->cluster_service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
+  metrics::AddGrpcServerMetrics(builder, s->metrics_);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
@@ -126,7 +145,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
                  << options.kv_page_tokens << " tokens, max_batch_tokens "
                  << scheduler_options.max_batch_tokens << ", max_queue "
                  << scheduler_options.max_queue << ", mask_id " << service_options.mask_id
-                 << ", tokenizer " << (s->tokenizer_ ? "yes" : "no");
+                 << ", tokenizer " << (s->tokenizer_ ? "yes" : "no")
+                 << (s->endpoint_ ? ", metrics on http://" + s->endpoint_->address() + "/metrics"
+                                  : std::string());
   return s;
 }
 

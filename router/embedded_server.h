@@ -20,11 +20,14 @@
 #include "grpcpp/server.h"
 #include "model/tokenizer.h"
 #include "router/generation_server.h"
+#include "metrics/endpoint.h"
+#include "scheduler/cluster_metrics.h"
 #include "scheduler/cluster_server.h"
 #include "scheduler/in_process_model.h"
 #include "scheduler/membership.h"
 #include "scheduler/remote_attention_executor.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/scheduler_metrics.h"
 
 namespace dmoe::router {
 
@@ -54,6 +57,12 @@ struct EmbeddedServerOptions {
   // the only source: a diffusion model then needs mask_id.
   std::optional<int32_t> mask_id = std::nullopt;
   std::optional<std::vector<int32_t>> stop_ids = std::nullopt;
+  // Prometheus: the registry the scheduler, the cluster view and the gRPC interceptor
+  // register into (injected; tests read it). Null registry: a fresh one when metrics_listen
+  // is set, otherwise no metrics.
+  metrics::ProcessMetrics metrics;
+  // host:port of the /metrics endpoint; empty: none.
+  std::string metrics_listen;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -73,6 +82,8 @@ class EmbeddedServer {
   const std::string& address() const { return address_; }
   int port() const { return port_; }
   const std::string& model_name() const { return model_name_; }
+  // The /metrics endpoint's bound address; empty without one.
+  std::string metrics_address() const { return endpoint_ ? endpoint_->address() : ""; }
   // A channel to this server that bypasses the network (tests, co-located callers).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
@@ -96,10 +107,14 @@ class EmbeddedServer {
   std::string address_;
   int port_ = 0;
   std::string model_name_;
+  metrics::ProcessMetrics metrics_;
+  std::unique_ptr<metrics::MetricsEndpoint> endpoint_;
+  std::unique_ptr<scheduler::SchedulerMetrics> scheduler_metrics_;
   std::unique_ptr<scheduler::InProcessModel> model_;      // in-process mode
   std::unique_ptr<model::ModelConfig> cluster_config_;    // cluster mode
   std::unique_ptr<scheduler::Membership> membership_;
   std::unique_ptr<scheduler::ClusterServer> cluster_service_;
+  std::unique_ptr<scheduler::ClusterMetrics> cluster_metrics_;
   std::unique_ptr<scheduler::RemoteAttentionExecutor> remote_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;

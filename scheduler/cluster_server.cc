@@ -1,8 +1,11 @@
 #include "scheduler/cluster_server.h"
 
+#include "common/logging.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
+#include "common/logging.h"
 
 namespace dmoe::scheduler {
 
@@ -68,7 +71,7 @@ grpc::ServerUnaryReactor* ClusterServer::Heartbeat(grpc::CallbackServerContext* 
                                                    const dmoe::v1::HeartbeatRequest* request,
                                                    dmoe::v1::HeartbeatResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status status = membership_.Heartbeat(request->member_id());
+  absl::Status status = membership_.Heartbeat(request->member_id(), request->busy_seconds());
   if (status.ok()) response->set_placement_version(membership_.placement_version());
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
@@ -78,6 +81,18 @@ grpc::ServerUnaryReactor* ClusterServer::GetPlacement(grpc::CallbackServerContex
                                                       const dmoe::v1::GetPlacementRequest*,
                                                       dmoe::v1::Placement* response) {
   PlacementToProto(membership_.CurrentPlacement(), response);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ClusterServer::Leave(grpc::CallbackServerContext* context,
+                                               const dmoe::v1::LeaveRequest* request,
+                                               dmoe::v1::LeaveResponse* response) {
+  membership_.Remove(request->member_id());
+  DMOE_LOG(INFO) << "member " << request->member_id() << " left; placement v"
+                 << membership_.placement_version();
+  response->set_placement_version(membership_.placement_version());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

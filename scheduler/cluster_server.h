@@ -25,6 +25,9 @@ class ClusterServer final : public dmoe::v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* GetPlacement(grpc::CallbackServerContext* context,
                                          const dmoe::v1::GetPlacementRequest* request,
                                          dmoe::v1::Placement* response) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
+                                  const dmoe::v1::LeaveRequest* request,
+                                  dmoe::v1::LeaveResponse* response) override;
   grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* context,
                                         const dmoe::v1::ListMembersRequest* request,
                                         dmoe::v1::ListMembersResponse* response) override;

@@ -1,6 +1,7 @@
 #include "scheduler/membership.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -43,15 +44,48 @@ absl::StatusOr<uint64_t> Membership::Register(const PodInfo& pod) {
   return id;
 }
 
-absl::Status Membership::Heartbeat(uint64_t member_id) {
+absl::Status Membership::Heartbeat(uint64_t member_id, double busy_seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked();
   auto it = members_.find(member_id);
   if (it == members_.end()) {
     return absl::NotFoundError(absl::StrCat("member ", member_id, " is unknown or its lease expired"));
   }
-  it->second.last_heartbeat = Now();
+  Member& m = it->second;
+  const absl::Time now = Now();
+  m.last_heartbeat = now;
+  if (m.busy_seconds >= 0 && busy_seconds >= m.busy_seconds && now > m.busy_sampled) {
+    const double ratio = std::clamp(
+        (busy_seconds - m.busy_seconds) / absl::ToDoubleSeconds(now - m.busy_sampled), 0.0, 1.0);
+    // Smoothed over a few heartbeats, so one idle or busy second does not flap the HPA.
+    m.busy_ratio = 0.7 * m.busy_ratio + 0.3 * ratio;
+  }
+  m.busy_seconds = busy_seconds;
+  m.busy_sampled = now;
   return absl::OkStatus();
+}
+
+std::vector<ShardStatus> Membership::ShardStatuses() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked();
+  std::map<std::pair<int64_t, int64_t>, ShardStatus> shards;
+  for (const auto& [id, m] : members_) {
+    if (m.pod.role != PodRole::kExpert) continue;
+    ShardStatus& s = shards[{m.pod.expert_first, m.pod.expert_last}];
+    s.expert_first = m.pod.expert_first;
+    s.expert_last = m.pod.expert_last;
+    ++s.replicas;
+    s.busy_ratio += m.busy_ratio;  // summed here, averaged below
+  }
+  std::vector<ShardStatus> out;
+  for (auto& [range, s] : shards) {
+    const double total_busy = s.busy_ratio;
+    s.busy_ratio = total_busy / static_cast<double>(s.replicas);
+    s.desired_replicas = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(total_busy / options_.target_busy_ratio - 1e-9)));
+    out.push_back(s);
+  }
+  return out;
 }
 
 void Membership::Remove(uint64_t member_id) {

@@ -46,11 +46,22 @@ struct MemberView {
   absl::Duration since_heartbeat;
 };
 
+// One expert shard's live replicas and load, for metrics and autoscaling.
+struct ShardStatus {
+  int64_t expert_first = 0;
+  int64_t expert_last = 0;
+  int64_t replicas = 0;
+  double busy_ratio = 0;        // mean over replicas of the fraction of time computing
+  int64_t desired_replicas = 1;  // ceil(sum of busy ratios / target_busy_ratio), at least 1
+};
+
 struct MembershipOptions {
   int64_t num_experts = 0;
   absl::Duration heartbeat_period = absl::Seconds(1);
   absl::Duration lease = absl::Seconds(10);  // missed heartbeats for this long: dropped
   std::function<absl::Time()> clock;        // null: absl::Now
+  // Expert autoscaling: the busy ratio each replica should run at (desired replicas).
+  double target_busy_ratio = 0.7;
 };
 
 // Thread-safe.
@@ -63,7 +74,8 @@ class Membership {
   // range overlaps a different live range.
   absl::StatusOr<uint64_t> Register(const PodInfo& pod);
   // NOT_FOUND when the member is unknown or its lease expired (it must register again).
-  absl::Status Heartbeat(uint64_t member_id);
+  // `busy_seconds`: the pod's cumulative expert compute time (0 for attention pods).
+  absl::Status Heartbeat(uint64_t member_id, double busy_seconds = 0);
   // Drops the member now (graceful shutdown, or a caller that saw it fail).
   void Remove(uint64_t member_id);
   // Marks the pod at `address` dead until it registers again (a failed call to it).
@@ -73,12 +85,18 @@ class Membership {
   std::vector<std::string> AttentionAddresses();
   std::vector<MemberView> Members();
   uint64_t placement_version();
+  // Expert shards (distinct live ranges) in expert order, with their load.
+  std::vector<ShardStatus> ShardStatuses();
   const MembershipOptions& options() const { return options_; }
 
  private:
   struct Member {
     PodInfo pod;
     absl::Time last_heartbeat;
+    // Load from heartbeats: the last busy_seconds sample and a smoothed busy ratio.
+    double busy_seconds = -1;  // -1: no sample yet
+    absl::Time busy_sampled;
+    double busy_ratio = 0;
   };
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
   void ExpireLocked();  // requires mu_

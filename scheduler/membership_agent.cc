@@ -23,6 +23,16 @@ void MembershipAgent::Stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (const uint64_t id = member_id_.exchange(0); id != 0) {
+    // Leave now so the placement drops this pod before it stops serving (scale-in).
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    dmoe::v1::LeaveRequest request;
+    request.set_member_id(id);
+    dmoe::v1::LeaveResponse response;
+    grpc::Status s = stub_->Leave(&context, request, &response);
+    if (!s.ok()) DMOE_LOG(WARNING) << "leaving the scheduler failed: " << s.error_message();
+  }
 }
 
 void MembershipAgent::Loop() {
@@ -56,6 +66,7 @@ void MembershipAgent::Loop() {
     } else {
       dmoe::v1::HeartbeatRequest request;
       request.set_member_id(member_id_);
+      if (options_.busy_seconds) request.set_busy_seconds(options_.busy_seconds());
       dmoe::v1::HeartbeatResponse response;
       grpc::Status s = stub_->Heartbeat(&context, request, &response);
       if (!s.ok()) {

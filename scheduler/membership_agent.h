@@ -22,6 +22,8 @@ struct MembershipAgentOptions {
   dmoe::v1::RegisterRequest registration;  // role, address, range, fingerprint
   // Called on the agent's thread with every new placement version (attention pods).
   std::function<void(const Placement&)> on_placement;
+  // Expert pods: cumulative expert compute seconds, sent with every heartbeat (autoscaling).
+  std::function<double()> busy_seconds;
 };
 
 // Thread-safe. Starts its thread on construction; Stop() (or the destructor) ends it.

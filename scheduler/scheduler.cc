@@ -1,4 +1,5 @@
 #include "scheduler/scheduler.h"
+#include "scheduler/scheduler_metrics.h"
 
 #include <algorithm>
 #include <chrono>
@@ -31,6 +32,8 @@ struct Scheduler::Entry {
   int64_t admission_seq = 0;
   int64_t last_scheduled_step = -1;
   int64_t emitted = 0;               // ids passed to on_tokens so far
+  absl::Time last_commit;            // when on_tokens last ran (metrics)
+  int64_t forwards_at_commit = 0;    // sequence.forwards() then
 };
 
 absl::Status SchedulerOptions::Validate() const {
@@ -106,6 +109,12 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
 }
 
 absl::StatusOr<RequestHandle> Scheduler::Submit(SchedulerRequest request) {
+  absl::StatusOr<RequestHandle> handle = Enqueue(std::move(request));
+  if (!handle.ok() && options_.metrics) options_.metrics->OnRejected(handle.status().code());
+  return handle;
+}
+
+absl::StatusOr<RequestHandle> Scheduler::Enqueue(SchedulerRequest request) {
   DMOE_RETURN_IF_ERROR(ValidateRequest(request));
   const int64_t pages = PagesNeeded(request);
   DMOE_ASSIGN_OR_RETURN(engine::Sequence sequence,
@@ -197,6 +206,16 @@ void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResul
   if (!result.ok()) {
     DMOE_LOG(INFO) << "request " << entry->request_id << " ended: " << result.status();
   }
+  if (options_.metrics) {
+    const absl::StatusCode code = result.status().code();
+    const std::string reason =
+        result.ok() ? engine::FinishReasonName(result->finish_reason)
+        : code == absl::StatusCode::kCancelled        ? "cancelled"
+        : code == absl::StatusCode::kDeadlineExceeded ? "deadline"
+                                                      : "error";
+    options_.metrics->OnFinished(reason.c_str(), result.ok() ? result->seconds : 0.0,
+                                 result.ok() ? result->tokens_per_forward() : 0.0);
+  }
   if (entry->callbacks.on_done) entry->callbacks.on_done(std::move(result));
   absl::MutexLock lock(&mu_);
   --in_flight_;
@@ -280,6 +299,12 @@ StepReport Scheduler::RunStep() {
       e->admission_seq = admissions_++;
       e->admitted_flag = true;
       reserved_pages_ += e->pages;
+      if (options_.metrics) {
+        options_.metrics->OnAdmitted(e->sequence.prompt_length(),
+                                     absl::ToDoubleSeconds(now - e->submitted));
+      }
+      e->last_commit = now;
+      e->forwards_at_commit = e->sequence.forwards();
       running_.push_back(std::move(e));
     }
     running_count_ = static_cast<int64_t>(running_.size());
@@ -292,6 +317,7 @@ StepReport Scheduler::RunStep() {
   ended.clear();
   if (capacity == 0) {
     report.stalled = true;
+    PublishState();
     return report;
   }
 
@@ -318,7 +344,10 @@ StepReport Scheduler::RunStep() {
     batch.push_back(e);
     steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache, e->deadline});
   }
-  if (batch.empty()) return report;
+  if (batch.empty()) {
+    PublishState();
+    return report;
+  }
 
   // 4. One batched forward, then the denoising policy of each sequence. When the executor
   // lost caches (ABORTED: an attention replica died or restarted), the batch re-prefills from
@@ -374,7 +403,15 @@ StepReport Scheduler::RunStep() {
       }
       std::vector<int32_t> fresh = e.sequence.TakeNewTokens();
       if (!fresh.empty()) {
-        if (e.first_tokens == absl::InfinitePast()) e.first_tokens = after;
+        const bool first = e.first_tokens == absl::InfinitePast();
+        if (options_.metrics) {
+          options_.metrics->OnCommitted(
+              static_cast<int64_t>(fresh.size()), e.sequence.forwards() - e.forwards_at_commit,
+              first, absl::ToDoubleSeconds(after - (first ? e.submitted : e.last_commit)));
+        }
+        e.last_commit = after;
+        e.forwards_at_commit = e.sequence.forwards();
+        if (first) e.first_tokens = after;
         if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
         e.emitted += static_cast<int64_t>(fresh.size());
       }
@@ -416,8 +453,21 @@ StepReport Scheduler::RunStep() {
     absl::MutexLock lock(&mu_);
     ++steps_;
   }
+  if (options_.metrics && proposals.ok()) {
+    options_.metrics->OnIteration(static_cast<int64_t>(batch.size()), report.batch_tokens,
+                                  report.forward_seconds);
+  }
+  PublishState();
   if (options_.step_observer) options_.step_observer(report);
   return report;
+}
+
+void Scheduler::PublishState() {
+  if (!options_.metrics) return;
+  const int64_t capacity = executor_.KvPagesCapacity();
+  absl::MutexLock lock(&mu_);
+  options_.metrics->SetState(static_cast<int64_t>(running_.size()),
+                             static_cast<int64_t>(waiting_.size()), reserved_pages_, capacity);
 }
 
 void Scheduler::Stop() {

@@ -34,6 +34,10 @@
 #include "scheduler/step_executor.h"
 
 namespace dmoe::scheduler {
+class SchedulerMetrics;
+}
+
+namespace dmoe::scheduler {
 
 // Identifies a submitted request inside one Scheduler. Never reused.
 using RequestHandle = uint64_t;
@@ -81,6 +85,8 @@ struct SchedulerOptions {
   // capacity at all, e.g. a cluster whose only attention replica is re-registering, before
   // they fail with UNAVAILABLE. Rolling restarts and lease blips must not fail requests.
   absl::Duration unavailable_grace = absl::Seconds(30);
+  // Prometheus series (scheduler/scheduler_metrics.h); null: none. Must outlive the scheduler.
+  SchedulerMetrics* metrics = nullptr;
 
   // INVALID_ARGUMENT naming the field when a bound is < 1 (max_queue may be 0: no waiting).
   absl::Status Validate() const;
@@ -200,6 +206,8 @@ class Scheduler {
   absl::Time Now() const;
   int64_t PagesNeeded(const SchedulerRequest& request) const;
   absl::Status ValidateRequest(const SchedulerRequest& request) const;
+  absl::StatusOr<RequestHandle> Enqueue(SchedulerRequest request);
+  void PublishState();
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
   // One step on the step thread's state (running_); takes mu_ itself where needed.

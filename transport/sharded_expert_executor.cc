@@ -1,5 +1,6 @@
 #include "transport/sharded_expert_executor.h"
 
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -143,12 +144,18 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
     state.slots.push_back(j);
     state.expert_ids.push_back(e);
   }
+  if (options_.metrics) options_.metrics->RecordRouting(layer, routing.experts);
   std::vector<size_t> active;
   for (size_t i = 0; i < states_.size(); ++i) {
     if (!states_[i].slots.empty()) active.push_back(i);
   }
   pool_->ParallelFor(static_cast<int64_t>(active.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t a = begin; a < end; ++a) Dispatch(active[a], layer, hidden, hidden_size, top_k);
+    for (int64_t a = begin; a < end; ++a) {
+      const auto start = std::chrono::steady_clock::now();
+      Dispatch(active[a], layer, hidden, hidden_size, top_k);
+      states_[active[a]].seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
   });
 
   absl::Status first_error;
@@ -162,14 +169,24 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
     }
     ++stats_.calls;
     stats_.rows += static_cast<int64_t>(state.slots.size());
+    if (options_.metrics) {
+      const ExpertShard& shard = placement_.shards[i];
+      options_.metrics->RecordDispatch(
+          absl::StrCat(shard.expert_first, "-", shard.expert_last), state.seconds);
+    }
   }
   if (!first_error.ok()) return first_error;
+  const auto combine_start = std::chrono::steady_clock::now();
   const size_t row_bytes = static_cast<size_t>(hidden_size) * sizeof(float);
   for (size_t i : active) {
     const ShardState& state = states_[i];
     for (size_t r = 0; r < state.slots.size(); ++r) {
       std::memcpy(slot_out + state.slots[r] * hidden_size, &state.out[r * hidden_size], row_bytes);
     }
+  }
+  if (options_.metrics) {
+    options_.metrics->RecordCombine(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - combine_start).count());
   }
   return absl::OkStatus();
 }

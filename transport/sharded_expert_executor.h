@@ -17,6 +17,7 @@
 #include "model/config.h"
 #include "model/expert_executor.h"
 #include "model/moe_routing.h"
+#include "transport/dispatch_metrics.h"
 #include "transport/expert_transport.h"
 
 namespace dmoe::transport {
@@ -49,6 +50,8 @@ struct ShardedExpertExecutorOptions {
   // A replica that failed is tried after the shard's other replicas for this long, so a dead
   // pod costs one failed call per backoff period instead of one per layer.
   absl::Duration replica_backoff = absl::Seconds(1);
+  // Routing, dispatch and combine metrics; may be null. Shared by the lanes' executors.
+  std::shared_ptr<DispatchMetrics> metrics = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -108,6 +111,7 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
   struct ShardState {
     std::vector<absl::Time> down_until;  // per replica
     uint64_t next_replica = 0;           // round-robin cursor
+    double seconds = 0;                  // the last Dispatch's wall time (metrics)
     std::vector<int64_t> slots;          // routed slots (t*top_k+s) of this call, in order
     std::vector<int32_t> expert_ids;     // [n]
     std::vector<float> hidden;           // packed [n, H]

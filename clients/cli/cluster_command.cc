@@ -61,8 +61,9 @@ absl::Status RunStatus(const std::string& state_file) {
   DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, ReadClusterState(state_file));
   std::printf("router %s\n", cluster.router.c_str());
   for (const ClusterProcess& p : cluster.processes) {
-    std::printf("  %-14s pid %-7d %-22s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
-                Alive(p.pid) ? "running" : "exited");
+    std::printf("  %-14s pid %-7d %-22s %-8s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
+                Alive(p.pid) ? "running" : "exited",
+                p.metrics.empty() ? "" : ("metrics http://" + p.metrics + "/metrics").c_str());
   }
   return absl::OkStatus();
 }

@@ -79,6 +79,17 @@ absl::StatusOr<std::string> WaitListening(pid_t pid, const std::string& name, co
       absl::StrCat(name, " did not report 'listening on' in time; log ", log, Tail(log, 8)));
 }
 
+// The /metrics address a process logged ("metrics on http://ADDR/metrics"); "" without one.
+std::string MetricsAddress(const std::string& log) {
+  static const std::regex kMetrics("metrics on http://([0-9.]+:[0-9]+)/metrics");
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string s = text.str();
+  std::smatch m;
+  return std::regex_search(s, m, kMetrics) ? m[1].str() : "";
+}
+
 void Kill(pid_t pid, int sig) {
   if (pid > 0) kill(pid, sig);
 }
@@ -119,11 +130,14 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
             "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
             "--experts", absl::StrCat(first, ":", last)};
   }
+  if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
   cluster.processes.push_back(p);
   DMOE_ASSIGN_OR_RETURN(p.address,
                         WaitListening(p.pid, name, p.log, absl::Now() + o.startup_timeout));
+  p.metrics = MetricsAddress(p.log);
   cluster.processes.back().address = p.address;
+  cluster.processes.back().metrics = p.metrics;
   return p;
 }
 
@@ -142,6 +156,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   scheduler.log = (fs::path(o.run_dir) / "scheduler.log").string();
   std::vector<std::string> argv = {(fs::path(o.bin_dir) / "dmoe-scheduler").string(), "--model",
                                    o.model_dir, "--listen", "127.0.0.1:0"};
+  if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   argv.insert(argv.end(), o.scheduler_args.begin(), o.scheduler_args.end());
   auto pid = Spawn(argv, scheduler.log);
   if (!pid.ok()) return pid.status();
@@ -151,6 +166,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   if (!address.ok()) return fail(address.status());
   cluster.scheduler = *address;
   cluster.processes.back().address = *address;
+  cluster.processes.back().metrics = MetricsAddress(scheduler.log);
 
   ClusterProcess router{.role = "router", .name = "router"};
   router.log = (fs::path(o.run_dir) / "router.log").string();
@@ -232,7 +248,7 @@ absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& p
   j["scheduler"] = cluster.scheduler;
   for (const ClusterProcess& p : cluster.processes) {
     j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
-                              {"address", p.address}, {"log", p.log},
+                              {"address", p.address}, {"log", p.log}, {"metrics", p.metrics},
                               {"expert_first", p.expert_first}, {"expert_last", p.expert_last}});
   }
   std::ofstream out(path);
@@ -254,7 +270,8 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),
                            .pid = p.value("pid", 0), .address = p.value("address", ""),
-                           .log = p.value("log", ""), .expert_first = p.value("expert_first", 0),
+                           .log = p.value("log", ""), .metrics = p.value("metrics", ""),
+                           .expert_first = p.value("expert_first", 0),
                            .expert_last = p.value("expert_last", 0)});
   }
   return c;

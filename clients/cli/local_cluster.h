@@ -25,6 +25,7 @@ struct LocalClusterOptions {
   int port = 0;                   // the router's (public) port; 0 = free
   int threads = 1;                // compute threads per pod
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
+  bool metrics = true;            // every process serves /metrics on a free loopback port
   absl::Duration startup_timeout = absl::Seconds(60);
 
   absl::Status Validate() const;
@@ -36,6 +37,7 @@ struct ClusterProcess {
   pid_t pid = 0;
   std::string address;   // host:port it listens on
   std::string log;       // its log file
+  std::string metrics;   // host:port of its /metrics endpoint ("" without one)
   int expert_first = 0;  // expert pods
   int expert_last = 0;
 };

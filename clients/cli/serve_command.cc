@@ -22,7 +22,8 @@ struct ServeFlags {
   std::string model_dir;
   std::string listen = "127.0.0.1:0";
   std::string model_name;
-  std::string model_version;
+  std::string model_version = "v1";
+  std::string metrics_listen;
   int threads = 0;
   int64_t kv_pages = 8192;
   int64_t kv_page_tokens = 32;
@@ -60,6 +61,7 @@ absl::Status RunServe(const ServeFlags& f) {
       .scheduler = {.max_batch_tokens = f.max_batch_tokens,
                     .max_batch_sequences = f.max_batch_sequences,
                     .max_queue = f.max_queue}};
+  options.metrics_listen = f.metrics_listen;
   if (f.mask_id >= 0) options.mask_id = f.mask_id;
   if (!f.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(f.stop_ids, "--stop-ids"));
@@ -89,7 +91,12 @@ void RegisterServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--model-name", flags->model_name,
                   "Served model name (default: the directory's name)");
-  cmd->add_option("--model-version", flags->model_version, "Served model version");
+  cmd->add_option("--model-version", flags->model_version,
+                  "Served model version (the model_version label of every metric)")
+      ->capture_default_str();
+  cmd->add_option("--metrics-listen", flags->metrics_listen,
+                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); "
+                  "empty: no endpoint");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   cmd->add_option("--kv-pages", flags->kv_pages, "KV cache capacity in pages")
       ->capture_default_str();

@@ -1,0 +1,61 @@
+// The scheduler's Prometheus series (metrics/catalog.cc, role "scheduler"): requests, latency,
+// tokens, forwards, TPF, denoising steps per block, batches and KV use. The scheduler calls
+// these from its step thread and from Submit; every method is thread-safe and cheap.
+#ifndef DMOE_SCHEDULER_SCHEDULER_METRICS_H_
+#define DMOE_SCHEDULER_SCHEDULER_METRICS_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "metrics/endpoint.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+
+namespace dmoe::scheduler {
+
+class SchedulerMetrics {
+ public:
+  explicit SchedulerMetrics(const metrics::ProcessMetrics& metrics);
+
+  void OnRejected(absl::StatusCode code);
+  void OnAdmitted(int64_t prompt_tokens, double queue_seconds);
+  // A request committed `tokens` new final ids (a block in diffusion mode, one id in AR mode)
+  // `forwards` forwards after its previous commit (or admission). `since_previous` is the time
+  // since its previous commit, or since submission for the first one (`first`).
+  void OnCommitted(int64_t tokens, int64_t forwards, bool first, double since_previous);
+  // A request ended. `finished_reason`: stop, length, cancelled, deadline or error.
+  // e2e and TPF are observed only for stop / length.
+  void OnFinished(const char* finished_reason, double seconds, double tokens_per_forward);
+  void OnIteration(int64_t sequences, int64_t tokens, double seconds);
+  void SetState(int64_t running, int64_t waiting, int64_t kv_pages_used,
+                int64_t kv_pages_capacity);
+
+ private:
+  metrics::ProcessMetrics metrics_;
+  prometheus::Gauge& running_;
+  prometheus::Gauge& waiting_;
+  prometheus::Family<prometheus::Counter>& finished_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Histogram& time_to_first_block_;
+  prometheus::Histogram& inter_block_;
+  prometheus::Histogram& e2e_;
+  prometheus::Histogram& queue_time_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& generation_tokens_;
+  prometheus::Counter& forwards_;
+  prometheus::Histogram& tokens_per_forward_;
+  prometheus::Histogram& steps_per_block_;
+  prometheus::Counter& iterations_;
+  prometheus::Histogram& iteration_sequences_;
+  prometheus::Histogram& iteration_tokens_;
+  prometheus::Histogram& iteration_seconds_;
+  prometheus::Gauge& kv_used_;
+  prometheus::Gauge& kv_capacity_;
+  prometheus::Gauge& kv_usage_;
+};
+
+}  // namespace dmoe::scheduler
+
+#endif  // DMOE_SCHEDULER_SCHEDULER_METRICS_H_
