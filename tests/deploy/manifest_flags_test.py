@@ -30,9 +30,21 @@ def scheduler_service(f, where, address, objects, version):
             f"{where}: {address} does not reach the scheduler of model version {version}")
 
 
+def image_paths():
+    """Where deploy/Dockerfile puts things: container path -> source path, and its USER."""
+    with open(os.path.join(lib.DEPLOY_DIR, "Dockerfile")) as fh:
+        text = fh.read()
+    copies = dict((dst.rstrip("/"), src) for src, dst in
+                  re.findall(r"^COPY --from=build /src/(\S+) (\S+)$", text, re.M))
+    user = re.search(r"^USER (\d+)", text, re.M)
+    return copies, int(user.group(1)) if user else None
+
+
 def main():
     f = lib.Failures("manifest_flags_test")
     help_cache = {}
+    copies, image_user = image_paths()
+    f.check("/opt/dmoe/bin" in copies, "deploy/Dockerfile does not copy build/bin to /opt/dmoe/bin")
     for overlay in ["base"] + lib.OVERLAYS:
         path = os.path.join(lib.K8S_DIR, "base" if overlay == "base" else f"overlays/{overlay}")
         try:
@@ -49,6 +61,10 @@ def main():
                 if not f.check(c.get("command"), f"{where}: no command"):
                     continue
                 binary = os.path.basename(c["command"][0])
+                f.check(os.path.dirname(c["command"][0]) in copies,
+                        f"{where}: the image has no {os.path.dirname(c['command'][0])} (deploy/Dockerfile)")
+                user = spec.get("securityContext", {}).get("runAsUser")
+                f.check(user is None or user == image_user, f"{where}: runAsUser {user}, the image's USER is {image_user}")
                 if binary not in help_cache:
                     help_cache[binary] = lib.binary_flags(binary)
                 known = help_cache[binary]
@@ -66,6 +82,10 @@ def main():
                         value, missing = lib.expand(value, env)
                         f.check(not missing, f"{where}: {name} uses undefined $({', '.join(missing)})")
                     flags.setdefault(name, []).append(value)
+                for value in flags.get("--tokenizer-dir", []):
+                    src = copies.get(value.rstrip("/"))
+                    f.check(src and os.path.isdir(os.path.join(lib.SOURCE_DIR, src)),
+                            f"{where}: --tokenizer-dir {value} is not copied into the image")
                 if c not in spec["containers"]:
                     continue
                 ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
