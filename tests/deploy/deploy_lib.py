@@ -13,9 +13,9 @@ import sys
 
 import yaml
 
-SOURCE_DIR = os.environ.get(
-    "DMOE_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-BIN_DIR = os.environ.get("DMOE_BIN_DIR", os.path.join(SOURCE_DIR, "build", "bin"))
+SOURCE_DIR = os.path.abspath(os.environ.get(
+    "DMOE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN_DIR = os.path.abspath(os.environ.get("DMOE_BIN_DIR", os.path.join(SOURCE_DIR, "build", "bin")))
 DEPLOY_DIR = os.path.join(SOURCE_DIR, "deploy")
 K8S_DIR = os.path.join(DEPLOY_DIR, "k8s")
 OVERLAYS = ["dev-cpu", "gpu-prod", "canary"]
