@@ -70,3 +70,65 @@ TEST_F(MembershipTest, ReportedFailureRemovesThePodUntilItRegistersAgain) {
 
 }  // namespace
 }  // namespace dmoe::scheduler
+
+namespace dmoe::scheduler {
+namespace {
+
+// Expert autoscaling: heartbeats carry cumulative busy seconds; a shard's busy ratio is the
+// smoothed mean over its replicas and its desired replica count covers the summed busy time
+// at the target ratio (0.7).
+TEST(MembershipLoadTest, BusySecondsBecomeBusyRatioAndDesiredReplicas) {
+  absl::Time now = absl::FromUnixSeconds(1000);
+  Membership m({.num_experts = 16, .lease = absl::Seconds(10), .clock = [&] { return now; }});
+  auto a = m.Register({PodRole::kExpert, "a", 0, 8});
+  auto b = m.Register({PodRole::kExpert, "b", 8, 16});
+  ASSERT_TRUE(a.ok() && b.ok());
+  double busy_a = 0, busy_b = 0;
+  for (int i = 0; i < 40; ++i) {  // a computes 90% of the time, b 10%
+    now += absl::Seconds(1);
+    busy_a += 0.9;
+    busy_b += 0.1;
+    ASSERT_TRUE(m.Heartbeat(*a, busy_a).ok());
+    ASSERT_TRUE(m.Heartbeat(*b, busy_b).ok());
+  }
+  std::vector<ShardStatus> shards = m.ShardStatuses();
+  ASSERT_EQ(shards.size(), 2u);
+  EXPECT_EQ(shards[0].expert_first, 0);
+  EXPECT_NEAR(shards[0].busy_ratio, 0.9, 1e-3);
+  EXPECT_EQ(shards[0].desired_replicas, 2);  // ceil(0.9 / 0.7)
+  EXPECT_NEAR(shards[1].busy_ratio, 0.1, 1e-3);
+  EXPECT_EQ(shards[1].desired_replicas, 1);
+
+  // A second replica of the hot shard halves each replica's load; the sum still needs 2.
+  auto a2 = m.Register({PodRole::kExpert, "a2", 0, 8});
+  ASSERT_TRUE(a2.ok());
+  double busy_a2 = 0;
+  for (int i = 0; i < 40; ++i) {
+    now += absl::Seconds(1);
+    busy_a += 0.45;
+    busy_a2 += 0.45;
+    ASSERT_TRUE(m.Heartbeat(*a, busy_a).ok());
+    ASSERT_TRUE(m.Heartbeat(*a2, busy_a2).ok());
+    ASSERT_TRUE(m.Heartbeat(*b, busy_b).ok());
+  }
+  shards = m.ShardStatuses();
+  EXPECT_EQ(shards[0].replicas, 2);
+  EXPECT_NEAR(shards[0].busy_ratio, 0.45, 1e-3);
+  EXPECT_EQ(shards[0].desired_replicas, 2);
+  EXPECT_EQ(shards[1].desired_replicas, 1);  // idle shards keep one replica
+}
+
+TEST(MembershipLoadTest, RemovedPodLeavesThePlacementAtOnce) {
+  Membership m({.num_experts = 16});
+  auto a = m.Register({PodRole::kExpert, "a", 0, 16});
+  auto b = m.Register({PodRole::kExpert, "b", 0, 16});
+  ASSERT_TRUE(a.ok() && b.ok());
+  const uint64_t v = m.placement_version();
+  m.Remove(*b);
+  EXPECT_GT(m.placement_version(), v);
+  EXPECT_THAT(m.CurrentPlacement().shards[0].replicas, ::testing::ElementsAre("a"));
+  EXPECT_EQ(m.ShardStatuses()[0].replicas, 1);
+}
+
+}  // namespace
+}  // namespace dmoe::scheduler

@@ -19,7 +19,10 @@
 #include "engine/engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "metrics/endpoint.h"
+#include "prometheus/registry.h"
 #include "scheduler/in_process_model.h"
+#include "scheduler/scheduler_metrics.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -506,6 +509,93 @@ TEST_F(SchedulerExactnessTest, SixteenConcurrentMixedRequestsEqualSoloEngineRuns
 
 TEST_F(SchedulerExactnessTest, SixteenRequestsUnderATightTokenBudget) {
   RunConcurrently(MixedCases(16), 48);
+}
+
+}  // namespace
+}  // namespace dmoe::scheduler
+
+namespace dmoe::scheduler {
+namespace {
+
+// The value of series `name` with label `label`=`value` (any labels when label is empty) in
+// the registry; counters, gauges, and histogram counts.
+double Collected(prometheus::Registry& registry, const std::string& name,
+                 const std::string& label = "", const std::string& value = "") {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    double sum = 0;
+    for (const prometheus::ClientMetric& m : family.metric) {
+      bool match = label.empty();
+      for (const prometheus::ClientMetric::Label& l : m.label) {
+        match = match || (l.name == label && l.value == value);
+      }
+      if (!match) continue;
+      sum += family.type == prometheus::MetricType::Counter   ? m.counter.value
+             : family.type == prometheus::MetricType::Gauge   ? m.gauge.value
+             : family.type == prometheus::MetricType::Histogram
+                 ? static_cast<double>(m.histogram.sample_count)
+                 : 0;
+    }
+    return sum;
+  }
+  return -1;
+}
+
+TEST_F(SchedulerTest, MetricsCountRequestsTokensForwardsAndOutcomes) {
+  metrics::ProcessMetrics process = metrics::NewProcessMetrics("scheduler", "v7");
+  SchedulerMetrics scheduler_metrics(process);
+  SchedulerOptions options = Manual();
+  options.metrics = &scheduler_metrics;
+  Init(options);
+  prometheus::Registry& r = *process.registry;
+
+  // Rejected at submission: counted by code, never admitted.
+  EXPECT_FALSE(Submit("bad", {}, OnePerStep(8, 8)).ok());
+  EXPECT_EQ(Collected(r, "dmoe_requests_rejected_total", "grpc_code", "INVALID_ARGUMENT"), 1);
+
+  // Two blocks of 8 at one token per forward: 8 forwards per block, 16 tokens.
+  DMOE_ASSERT_OK_AND_ASSIGN(RequestHandle a, Submit("a", Prompt(5, 1), OnePerStep(8, 16)));
+  DMOE_ASSERT_OK_AND_ASSIGN(RequestHandle b, Submit("b", Prompt(7, 2), OnePerStep(8, 64)));
+  scheduler_->Step();
+  EXPECT_EQ(Collected(r, "dmoe_num_requests_running"), 2);
+  EXPECT_EQ(Collected(r, "dmoe_prompt_tokens_total"), 12);
+  EXPECT_GT(Collected(r, "dmoe_kv_cache_pages_used"), 0);
+  EXPECT_GT(Collected(r, "dmoe_kv_cache_usage_perc"), 0);
+  while (!outcomes_["a"].done) scheduler_->Step();
+  scheduler_->Cancel(b);
+  scheduler_->Step();
+  ASSERT_TRUE(outcomes_["a"].result.ok());
+  const RequestResult& result = *outcomes_["a"].result;
+
+  EXPECT_EQ(Collected(r, "dmoe_requests_finished_total", "finished_reason", "length"), 1);
+  EXPECT_EQ(Collected(r, "dmoe_requests_finished_total", "finished_reason", "cancelled"), 1);
+  EXPECT_EQ(Collected(r, "dmoe_e2e_request_latency_seconds"), 1);  // only normal ends
+  EXPECT_EQ(Collected(r, "dmoe_tokens_per_forward"), 1);
+  // One observation per committed block (on_tokens call); the first of each request is TTFB.
+  // (The first block is partial: it starts with the prompt's tail.)
+  const double blocks =
+      static_cast<double>(outcomes_["a"].offsets.size() + outcomes_["b"].offsets.size());
+  EXPECT_EQ(Collected(r, "dmoe_time_to_first_block_seconds"), 2);
+  EXPECT_EQ(Collected(r, "dmoe_inter_block_latency_seconds"), blocks - 2);
+  EXPECT_EQ(Collected(r, "dmoe_denoise_steps_per_block"), blocks);
+  // Generated tokens: a's 16 plus b's first block.
+  EXPECT_EQ(Collected(r, "dmoe_generation_tokens_total"),
+            static_cast<double>(result.ids.size() + outcomes_["b"].streamed.size()));
+  // Per-request forwards = sum of batch sizes over iterations.
+  EXPECT_EQ(Collected(r, "dmoe_iterations_total"),
+            Collected(r, "dmoe_iteration_sequences"));
+  EXPECT_GE(Collected(r, "dmoe_forwards_total"), static_cast<double>(result.forwards));
+  EXPECT_EQ(Collected(r, "dmoe_num_requests_running"), 0);
+  EXPECT_EQ(Collected(r, "dmoe_kv_cache_pages_used"), 0);
+  EXPECT_EQ(Collected(r, "dmoe_info", "role", "scheduler"), 1);
+  // Every family carries the process's model_version.
+  for (const prometheus::MetricFamily& family : r.Collect()) {
+    for (const prometheus::ClientMetric& m : family.metric) {
+      bool versioned = false;
+      for (const auto& l : m.label) versioned |= l.name == "model_version" && l.value == "v7";
+      EXPECT_TRUE(versioned) << family.name;
+    }
+  }
 }
 
 }  // namespace
