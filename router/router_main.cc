@@ -1,6 +1,6 @@
 // dmoe-router: the public Generation API in front of one scheduler per model version, with a
 // weighted, sticky traffic split, the RouterAdmin API and automatic canary rollback
-// (docs/canary.md).
+// (docs/canary.md). --metrics-listen serves /metrics (router/router_metrics.h).
 //
 //   dmoe-router --backend 127.0.0.1:7000 --listen 127.0.0.1:0
 //   dmoe-router --version-backend v1=127.0.0.1:7000 --version-backend v2=127.0.0.1:7001
@@ -21,13 +21,15 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "prometheus/registry.h"
+#include "metrics/endpoint.h"
+#include "metrics/grpc_metrics.h"
 #include "router/generation_proxy.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dmoe router: the public dmoe.v1.Generation API in front of the schedulers of "
                "one or more model versions"};
   std::string backend, model_version = "v1", split, stable, listen = "127.0.0.1:0";
+  std::string metrics_listen;
   std::vector<std::string> version_backends;
   double drain_seconds = 30;
   dmoe::router::CanaryPolicyOptions rollback;
@@ -59,6 +61,8 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port; port 0 picks a free port")->capture_default_str();
   app.add_option("--drain-seconds", drain_seconds, "Time calls in flight get on SIGTERM")
       ->capture_default_str();
+  app.add_option("--metrics-listen", metrics_listen,
+                 "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   CLI11_PARSE(app, argc, argv);
 
   dmoe::router::GenerationProxyOptions options;
@@ -90,9 +94,14 @@ int main(int argc, char** argv) {
   rollback.window = absl::Seconds(window_seconds);
   rollback.max_latency_p95 = absl::Seconds(latency_p95_seconds);
   options.rollback = rollback;
-  // The process's registry: the router's series (router/router_metrics.h) go here.
-  auto registry = std::make_shared<prometheus::Registry>();
-  options.registry = registry;
+  // The process's registry (dmoe_info and the gRPC handled counter carry the initial stable
+  // version as model_version; the router's own series label each version they describe).
+  dmoe::metrics::ProcessMetrics metrics;
+  if (!metrics_listen.empty()) {
+    metrics = dmoe::metrics::NewProcessMetrics(
+        "router", stable.empty() ? options.backends.front().version : stable);
+    options.registry = metrics.registry;
+  }
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -105,8 +114,16 @@ int main(int argc, char** argv) {
     std::cerr << "dmoe-router: " << proxy.status().message() << "\n";
     return 2;
   }
-  // --- metrics endpoint (--metrics-listen): wired here once metrics/ has its exposer; it
-  // serves `registry` above. ---
+  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
+  if (!metrics_listen.empty()) {
+    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
+    if (!endpoint.ok()) {
+      std::cerr << "dmoe-router: " << endpoint.status().message() << "\n";
+      return 2;
+    }
+    metrics_endpoint = *std::move(endpoint);
+    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -116,6 +133,7 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(proxy->get());
   builder.RegisterService(&(*proxy)->admin_service());
+  dmoe::metrics::AddGrpcServerMetrics(builder, metrics);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::cerr << "dmoe-router: cannot listen on " << listen << "\n";

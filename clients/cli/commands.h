@@ -20,6 +20,7 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code);
 void RegisterClientCommand(CLI::App& app, int* exit_code);
 void RegisterBenchCommand(CLI::App& app, int* exit_code);
 void RegisterMetricsCommand(CLI::App& app, int* exit_code);
+void RegisterAdminCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

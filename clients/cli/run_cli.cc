@@ -15,6 +15,7 @@ int RunCli(int argc, char** argv) {
   RegisterClientCommand(app, &exit_code);
   RegisterBenchCommand(app, &exit_code);
   RegisterMetricsCommand(app, &exit_code);
+  RegisterAdminCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
