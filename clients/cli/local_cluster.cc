@@ -170,9 +170,11 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
 
   ClusterProcess router{.role = "router", .name = "router"};
   router.log = (fs::path(o.run_dir) / "router.log").string();
-  auto router_pid = Spawn({(fs::path(o.bin_dir) / "dmoe-router").string(), "--backend",
-                           cluster.scheduler, "--listen", absl::StrCat("127.0.0.1:", o.port)},
-                          router.log);
+  std::vector<std::string> router_argv = {(fs::path(o.bin_dir) / "dmoe-router").string(),
+                                          "--backend", cluster.scheduler, "--listen",
+                                          absl::StrCat("127.0.0.1:", o.port)};
+  if (o.metrics) router_argv.insert(router_argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+  auto router_pid = Spawn(router_argv, router.log);
   if (!router_pid.ok()) return fail(router_pid.status());
   router.pid = *router_pid;
   cluster.processes.push_back(router);
@@ -180,6 +182,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   if (!router_address.ok()) return fail(router_address.status());
   cluster.router = *router_address;
   cluster.processes.back().address = *router_address;
+  cluster.processes.back().metrics = MetricsAddress(router.log);
 
   const int64_t experts = config.num_experts;
   for (int s = 0; s < o.expert_shards; ++s) {

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <regex>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -35,14 +37,28 @@ constexpr int32_t kStop = 4001;
 class Prometheus {
  public:
   // Starts prometheus scraping `targets` every second; waits until its API answers.
+  // `rule_files`: loaded with every group's interval cut to 1 s (the expressions unchanged).
   static std::unique_ptr<Prometheus> Start(const std::string& dir,
-                                           const std::vector<std::string>& targets) {
+                                           const std::vector<std::string>& targets,
+                                           const std::vector<std::string>& rule_files) {
     auto p = std::unique_ptr<Prometheus>(new Prometheus());
     p->port_ = dmoe_testing::PickFreePort();
     const std::string config = dir + "/prometheus.yml";
-    std::ofstream(config) << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                          << "scrape_configs:\n  - job_name: dmoe\n    static_configs:\n"
-                          << "      - targets: ['" << absl::StrJoin(targets, "', '") << "']\n";
+    std::ofstream out(config);
+    out << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        << "scrape_configs:\n  - job_name: dmoe\n    static_configs:\n"
+        << "      - targets: ['" << absl::StrJoin(targets, "', '") << "']\n"
+        << "rule_files:\n";
+    for (size_t i = 0; i < rule_files.size(); ++i) {
+      std::ifstream in(rule_files[i]);
+      std::stringstream text;
+      text << in.rdbuf();
+      const std::string copy = absl::StrCat(dir, "/rules-", i, ".yml");
+      std::ofstream(copy) << std::regex_replace(text.str(), std::regex("interval: [0-9]+[sm]"),
+                                                "interval: 1s");
+      out << "  - " << copy << "\n";
+    }
+    out.close();
     const std::string log = dir + "/prometheus.log";
     p->pid_ = fork();
     if (p->pid_ == 0) {
@@ -155,13 +171,20 @@ TEST(PrometheusIntegrationTest, KeySeriesExistAndMoveUnderLoad) {
   } stop{*cluster};
 
   std::vector<std::string> targets;
+  std::string scheduler;
   for (const ClusterProcess& p : cluster->processes) {
     if (!p.metrics.empty()) targets.push_back(p.metrics);
+    if (p.role == "scheduler") scheduler = p.metrics;
   }
-  // scheduler, 2 expert pods, 1 attention replica (the router forwards; its series come with
-  // the canary).
-  ASSERT_GE(targets.size(), 4u);
-  auto prometheus = Prometheus::Start(dir.path(), targets);
+  ASSERT_EQ(targets.size(), 5u);  // router, scheduler, 2 expert pods, 1 attention replica
+  // The shipped recording and alerting rules (deploy/prometheus/rules).
+  std::vector<std::string> rules;
+  for (const auto& f :
+       fs::directory_iterator(fs::path(DMOE_TEST_SOURCE_DIR) / "deploy/prometheus/rules")) {
+    rules.push_back(f.path().string());
+  }
+  ASSERT_FALSE(rules.empty());
+  auto prometheus = Prometheus::Start(dir.path(), targets, rules);
   ASSERT_NE(prometheus, nullptr);
   ASSERT_TRUE(prometheus->WaitFor("count(up == 1)", [&](double v) {
     return v == static_cast<double>(targets.size());
@@ -183,9 +206,12 @@ TEST(PrometheusIntegrationTest, KeySeriesExistAndMoveUnderLoad) {
   // Every dmoe series carries model_version.
   EXPECT_TRUE(prometheus->Query("{__name__=~\"dmoe_.+\", model_version=\"\"}").empty());
   EXPECT_EQ(prometheus->Value("sum(dmoe_requests_finished_total{finished_reason=~\"stop|length\"})"), 12);
-  EXPECT_EQ(prometheus->Value(
-                "sum(dmoe_grpc_server_handled_total{grpc_method=\"Generate\",grpc_code=\"OK\"})"),
+  EXPECT_EQ(prometheus->Value("sum(dmoe_grpc_server_handled_total{grpc_method=\"Generate\","
+                              "grpc_code=\"OK\",instance=\"" + scheduler + "\"})"),
             12);
+  // The router is another target, scraped at its own moments.
+  EXPECT_TRUE(prometheus->WaitFor("sum(dmoe_router_requests_total{grpc_code=\"OK\"})",
+                                  [](double v) { return v == 12; }));
   // TPF from the counters, as the recording rule computes it.
   const double tpf =
       prometheus->Value("sum(dmoe_generation_tokens_total) / sum(dmoe_forwards_total)");
@@ -212,6 +238,25 @@ TEST(PrometheusIntegrationTest, KeySeriesExistAndMoveUnderLoad) {
   EXPECT_EQ(prometheus->Value("sum(dmoe_cluster_members)"), 3);
   EXPECT_EQ(prometheus->Value("sum(dmoe_num_requests_running)"), 0);
   EXPECT_GT(prometheus->Value("max(dmoe_kv_cache_pages_capacity)"), 0);
+
+  // The shipped rules evaluate without errors on real series, and the TPF recording rule
+  // agrees with the counters.
+  EXPECT_TRUE(prometheus->WaitFor("dmoe:tokens_per_forward:ratio_rate1m",
+                                  [](double v) { return v > 0; }))
+      << "the TPF recording rule never produced a value";
+  auto rules_state = HttpGet(prometheus->url("/api/v1/rules"));
+  ASSERT_TRUE(rules_state.ok());
+  int evaluated = 0;
+  const nlohmann::json rules_json = nlohmann::json::parse(*rules_state);
+  for (const auto& group : rules_json["data"]["groups"]) {
+    for (const auto& rule : group["rules"]) {
+      EXPECT_EQ(rule.value("health", ""), "ok") << rule.dump();
+      ++evaluated;
+    }
+  }
+  EXPECT_GT(evaluated, 10);
+  // A healthy cluster fires no alert.
+  EXPECT_TRUE(prometheus->Query("ALERTS{alertstate=\"firing\"}").empty());
 }
 
 }  // namespace

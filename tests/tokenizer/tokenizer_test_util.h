@@ -16,8 +16,7 @@
 namespace dmoe::model::testing {
 
 inline std::string SourceDir() {
-  const char* dir = std::getenv("DMOE_SOURCE_DIR");
-  return dir != nullptr ? dir : DMOE_TEST_SOURCE_DIR;
+  return DMOE_TEST_SOURCE_DIR;
 }
 
 inline std::string TinyTokenizerDir() { return SourceDir() + "/tools/data/tiny_tokenizer"; }
