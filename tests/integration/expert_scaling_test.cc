@@ -17,14 +17,13 @@
 #include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/testing/http.h"
-#include "tests/testing/temp_dir.h"
-#include "tests/testing/tiny_checkpoint.h"
+#include "tests/integration/tiny_cluster.h"
 
 namespace dmoe::cli {
 namespace {
 
-constexpr int32_t kMask = 4000;
-constexpr int32_t kStop = 4001;
+constexpr int32_t kMask = TinyCluster::kMask;
+constexpr int32_t kStop = TinyCluster::kStop;
 constexpr int kVariants = 4;
 
 std::vector<int32_t> Prompt(int i) {
@@ -56,38 +55,18 @@ double Scraped(const std::string& text, const std::string& name, const std::stri
 }
 
 TEST(ExpertScalingTest, ReplicasJoinAndLeaveUnderLoadWithoutFailedRequests) {
-  dmoe_testing::TempDir dir;
-  tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-  spec.tokenizer_dir = "";
-  spec.lm_head_std = 0.6;
-  ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(dir.Join("model"), spec).ok());
-  auto engine = engine::Engine::Create({.model_dir = dir.Join("model"), .num_threads = 1});
+  TinyCluster tiny;
+  ASSERT_TRUE(tiny.Start(/*attention=*/1, /*expert_shards=*/2, /*expert_replicas=*/2).ok());
+  LocalCluster* cluster = &tiny.cluster();
+  auto engine = engine::Engine::Create({.model_dir = tiny.model_dir(), .num_threads = 1});
   ASSERT_TRUE(engine.ok());
   std::vector<engine::GenerationRequest> requests;
   for (int i = 0; i < kVariants; ++i) requests.push_back({Prompt(i), Params(i)});
   auto expected = (*engine)->Generate(requests);
   ASSERT_TRUE(expected.ok());
 
-  const char* bin = std::getenv("DMOE_BIN_DIR");
-  LocalClusterOptions options{.model_dir = dir.Join("model"),
-                              .bin_dir = bin ? bin : ".",
-                              .run_dir = dir.Join("run"),
-                              .attention = 1,
-                              .expert_shards = 2,
-                              .expert_replicas = 2,
-                              .scheduler_args = {"--mask-id", std::to_string(kMask),
-                                                 "--stop-ids", std::to_string(kStop)}};
-  auto cluster = StartLocalCluster(options);
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
-  struct Stop {
-    LocalCluster& c;
-    ~Stop() { StopLocalCluster(c); }
-  } stop{*cluster};
-  std::string scheduler_metrics;
-  for (const ClusterProcess& p : cluster->processes) {
-    if (p.role == "scheduler") scheduler_metrics = "http://" + p.metrics + "/metrics";
-  }
-  ASSERT_FALSE(scheduler_metrics.empty());
+  ASSERT_NE(tiny.Find("scheduler"), nullptr);
+  const std::string scheduler_metrics = "http://" + tiny.Find("scheduler")->metrics + "/metrics";
   auto scrape = [&](const std::string& name, const std::string& label) {
     auto text = dmoe_testing::HttpGet(scheduler_metrics);
     EXPECT_TRUE(text.ok()) << text.status();
@@ -142,7 +121,7 @@ TEST(ExpertScalingTest, ReplicasJoinAndLeaveUnderLoadWithoutFailedRequests) {
   wait_requests(2);
 
   // Scale out: a third replica of shard 0 joins.
-  auto added = StartPod(options, *cluster, "expert", 0, 8, "expert-0-r2");
+  auto added = StartPod(tiny.options(), *cluster, "expert", 0, 8, "expert-0-r2");
   ASSERT_TRUE(added.ok()) << added.status();
   EXPECT_TRUE(wait_for("dmoe_expert_shard_replicas", shard0, 3));
   wait_requests(4);

@@ -22,8 +22,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/http.h"
+#include "tests/integration/tiny_cluster.h"
 #include "tests/testing/temp_dir.h"
-#include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::cli {
 namespace {
@@ -31,8 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using dmoe_testing::HttpGet;
 
-constexpr int32_t kMask = 4000;
-constexpr int32_t kStop = 4001;
+constexpr int32_t kStop = TinyCluster::kStop;
 
 class Prometheus {
  public:
@@ -149,26 +148,10 @@ int64_t Load(const std::string& router, int n, int salt) {
 }
 
 TEST(PrometheusIntegrationTest, KeySeriesExistAndMoveUnderLoad) {
+  TinyCluster tiny;
+  ASSERT_TRUE(tiny.Start(/*attention=*/1, /*expert_shards=*/2, /*expert_replicas=*/1).ok());
+  LocalCluster* cluster = &tiny.cluster();
   dmoe_testing::TempDir dir;
-  tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-  spec.tokenizer_dir = "";
-  spec.lm_head_std = 0.6;
-  ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(dir.Join("model"), spec).ok());
-  const char* bin = std::getenv("DMOE_BIN_DIR");
-  LocalClusterOptions options{.model_dir = dir.Join("model"),
-                              .bin_dir = bin ? bin : ".",
-                              .run_dir = dir.Join("run"),
-                              .attention = 1,
-                              .expert_shards = 2,
-                              .expert_replicas = 1,
-                              .scheduler_args = {"--mask-id", std::to_string(kMask),
-                                                 "--stop-ids", std::to_string(kStop)}};
-  auto cluster = StartLocalCluster(options);
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
-  struct Stop {
-    LocalCluster& c;
-    ~Stop() { StopLocalCluster(c); }
-  } stop{*cluster};
 
   std::vector<std::string> targets;
   std::string scheduler;
