@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -30,6 +31,7 @@ class FakeGeneration final : public dmoe::v1::Generation::CallbackService {
   explicit FakeGeneration(std::string tag) : tag_(std::move(tag)) {}
 
   std::atomic<int> fail{0};  // a grpc::StatusCode; 0 = answer normally
+  std::atomic<int> delay_ms{0};  // Generate answers this late (from its own thread)
   std::atomic<int> calls{0};
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
@@ -49,6 +51,13 @@ class FakeGeneration final : public dmoe::v1::Generation::CallbackService {
     response->set_text(tag_);
     response->add_ids(1);
     response->mutable_model()->set_name("tiny");
+    if (const int delay = delay_ms.load(); delay > 0) {
+      std::thread([reactor, delay] {
+        absl::SleepFor(absl::Milliseconds(delay));
+        reactor->Finish(grpc::Status::OK);
+      }).detach();
+      return reactor;
+    }
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
@@ -384,6 +393,23 @@ TEST_F(CanaryRouterTest, StoppedCanaryBackendIsRolledBack) {
   EXPECT_TRUE(status.rolled_back());
   EXPECT_EQ(status.last_rollback().version(), "v2");
   EXPECT_EQ(status.versions(0).percent(), 100);
+}
+
+TEST_F(CanaryRouterTest, SlowCanaryIsRolledBackOnP95) {
+  StartRouter({{"v1", 50}, {"v2", 50}},
+              {.min_requests = 5, .max_error_ratio = 0.05,
+               .max_latency_p95 = absl::Milliseconds(20)});
+  v2_.service.delay_ms = 60;
+  for (int i = 0; i < 100 && !GetSplit().rolled_back(); ++i) EXPECT_NE(Generate(""), "");
+  dmoe::v1::SplitStatus status = GetSplit();
+  EXPECT_TRUE(status.rolled_back());
+  EXPECT_EQ(status.last_rollback().version(), "v2");
+  EXPECT_EQ(status.last_rollback().bound(), "latency_p95_seconds");
+  EXPECT_DOUBLE_EQ(status.last_rollback().limit(), 0.02);
+  EXPECT_GE(status.last_rollback().measured(), 0.06);
+  EXPECT_EQ(status.last_rollback().window_requests(), 5);
+  EXPECT_GE(status.versions(1).window_p95_latency_seconds(), 0.06);
+  EXPECT_EQ(status.versions(1).window_errors(), 0);
 }
 
 TEST_F(CanaryRouterTest, StableVersionErrorsDoNotRollBack) {
