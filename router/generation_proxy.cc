@@ -171,6 +171,8 @@ grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerCont
         start](grpc::Status status) {
          if constexpr (requires { response->mutable_model(); }) {
            if (status.ok()) response->mutable_model()->set_version(version);
+         } else {
+           (void)response;  // TokenizeResponse names no model
          }
          OnCallDone(version, start, status);
          reactor->Finish(status);
