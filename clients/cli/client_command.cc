@@ -168,7 +168,9 @@ absl::Status RunClientModels(const ClientFlags& c) {
                    {"block_length", m.block_length()},
                    {"mask_id", m.mask_id()},
                    {"stop_ids", std::vector<int32_t>(m.stop_ids().begin(), m.stop_ids().end())},
-                   {"has_tokenizer", m.has_tokenizer()}});
+                   {"has_tokenizer", m.has_tokenizer()},
+                   {"traffic_percent", m.traffic_percent()},
+                   {"stable", m.stable()}});
   }
   std::cout << out.dump(2) << std::endl;
   return absl::OkStatus();
