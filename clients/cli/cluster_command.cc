@@ -42,7 +42,8 @@ absl::Status RunUp(LocalClusterOptions options, const std::string& state_file) {
   DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, StartLocalCluster(options));
   DMOE_RETURN_IF_ERROR(WriteClusterState(cluster, state_file));
   for (const ClusterProcess& p : cluster.processes) {
-    std::fprintf(stderr, "  %-14s pid %-7d %s\n", p.name.c_str(), p.pid, p.address.c_str());
+    std::fprintf(stderr, "  %-14s pid %-7d %-22s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
+                 p.metrics.empty() ? "" : ("metrics http://" + p.metrics + "/metrics").c_str());
   }
   std::fprintf(stderr, "logs and state in %s\n", options.run_dir.c_str());
   std::printf("%s\n", cluster.router.c_str());  // the router address, alone on stdout
