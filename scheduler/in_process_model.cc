@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "scheduler/cuda_step_executor.h"
 
 namespace dmoe::scheduler {
 
@@ -13,6 +14,10 @@ absl::Status InProcessModelOptions::Validate() const {
   if (kv_max_pages < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kv_max_pages must be >= 1, got ", kv_max_pages));
   }
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device must be 'cpu' or 'cuda', got '", device, "'"));
+  }
   return absl::OkStatus();
 }
 
@@ -23,6 +28,15 @@ absl::StatusOr<std::unique_ptr<InProcessModel>> InProcessModel::Create(
   DMOE_ASSIGN_OR_RETURN(m->checkpoint_, model::Checkpoint::Open(options.model_dir));
   DMOE_ASSIGN_OR_RETURN(m->weights_, model::LoadModelWeights(*m->checkpoint_, {}));
   m->model_ = std::make_unique<model::Model>(m->checkpoint_->config(), m->weights_);
+  m->device_ = options.device;
+  if (options.device == "cuda") {
+    DMOE_ASSIGN_OR_RETURN(m->executor_,
+                          CreateCudaStepExecutor(m->checkpoint_->config(), m->weights_,
+                                                 {.device = options.cuda_device,
+                                                  .kv_page_tokens = options.kv_page_tokens,
+                                                  .kv_max_pages = options.kv_max_pages}));
+    return m;
+  }
   const model::ModelWeights& weights = m->weights_;
   DMOE_ASSIGN_OR_RETURN(
       m->attention_,
