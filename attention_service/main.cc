@@ -61,7 +61,21 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
+  std::string device = "cpu";
+  app.add_option("--device", device,
+                 "cpu, or cuda (not implemented yet for this role: see docs/cuda.md)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (device == "cuda") {
+    // The GPU forward (gpu::CudaModel) computes the routed experts from weights it holds; an
+    // attention replica must send them to the expert shards (ExpertExecutor) per MoE layer,
+    // which CudaModel cannot do yet.
+    return Fail(
+        "UNIMPLEMENTED: --device cuda is not wired for dmoe-attention yet: the GPU forward "
+        "cannot hand its routed rows to the cluster's expert shards (docs/cuda.md). Use "
+        "--device cpu, or `dmoe serve --device cuda` for one GPU holding the whole model");
+  }
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
   sigset_t signals;

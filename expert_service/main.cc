@@ -85,7 +85,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--metrics-listen", metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
+  std::string device = "cpu";
+  app.add_option("--device", device,
+                 "cpu, or cuda (not implemented yet for this role: see docs/cuda.md)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (device == "cuda") {
+    return Fail(
+        "UNIMPLEMENTED: --device cuda is not wired for dmoe-expert yet: its gRPC handler "
+        "computes on the CPU (the GPU expert compute exists only behind the NCCL transport, "
+        "docs/cuda.md). Use --device cpu");
+  }
 
   dmoe::metrics::ProcessMetrics metrics;
   std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;

@@ -31,6 +31,15 @@ absl::Status EmbeddedServerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("listen must be host:port, got '", listen, "'"));
   }
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device must be 'cpu' or 'cuda', got '", device, "'"));
+  }
+  if (compute == ComputeMode::kCluster && device != "cpu") {
+    return absl::InvalidArgumentError(
+        "--device cuda applies to in-process serving; a cluster scheduler computes nothing "
+        "(start the attention replicas on the GPUs instead)");
+  }
   return scheduler.Validate();
 }
 
@@ -54,7 +63,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
                                           .kernels = options.kernels,
                                           .num_threads = options.num_threads,
                                           .kv_page_tokens = options.kv_page_tokens,
-                                          .kv_max_pages = options.kv_pages}));
+                                          .kv_max_pages = options.kv_pages,
+                                          .device = options.device}));
     executor = &s->model_->step_executor();
   } else {
     DMOE_ASSIGN_OR_RETURN(model::ModelConfig cluster_config,

@@ -48,6 +48,9 @@ struct EmbeddedServerOptions {
   std::string model_name;
   std::string model_version;
   std::string kernels = "cpu";   // "cpu" or "reference"
+  // In-process mode: where the forward runs, "cpu" or "cuda" (scheduler::InProcessModel;
+  // greedy requests only on "cuda"). Cluster mode computes nothing here: must be "cpu".
+  std::string device = "cpu";
   int num_threads = 0;           // compute threads; <= 0: all hardware threads
   int64_t kv_page_tokens = 32;
   int64_t kv_pages = 8192;       // KV capacity in pages; bounds admission
@@ -88,7 +91,7 @@ class EmbeddedServer {
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
   scheduler::Scheduler& scheduler() { return *scheduler_; }
-  // In-process mode only.
+  // In-process mode on device "cpu" only.
   const model::KvCachePool& kv_pool() const { return model_->kv_pool(); }
   // Cluster mode only (null otherwise).
   scheduler::Membership* membership() { return membership_.get(); }

@@ -1,12 +1,16 @@
-// dmoe generate: one prompt through the single-process engine.
+// dmoe generate: one prompt through the single-process engine (--device cpu), or through the
+// GPU step executor (--device cuda: scheduler::InProcessModel, greedy decoding only).
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -14,8 +18,11 @@
 #include "clients/cli/commands.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "model/config.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "scheduler/cuda_step_executor.h"
+#include "scheduler/in_process_model.h"
 
 namespace dmoe::cli {
 namespace {
@@ -38,6 +45,7 @@ struct GenerateFlags {
   bool visual = false;
   std::string kernels = "cpu";
   int threads = 0;
+  std::string device = "cpu";
 };
 
 // Renders the block being decoded on one terminal line: masks as ░, newlines as ⏎.
@@ -54,6 +62,50 @@ std::string RenderBlock(const model::Tokenizer* tokenizer, const engine::Sequenc
     }
   }
   return line;
+}
+
+using Observer = std::function<void(size_t, engine::Sequence&)>;
+
+// Engine::Generate for one request over a StepExecutor (the --device cuda path): the same
+// validation, the same plan -> forward -> Apply loop, the same observer calls.
+absl::StatusOr<engine::GenerationResult> GenerateWithExecutor(
+    scheduler::StepExecutor& executor, const model::ModelConfig& config,
+    const std::vector<int32_t>& prompt, const engine::GenerationParams& params,
+    const Observer& observer) {
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&start] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  DMOE_RETURN_IF_ERROR(params.Validate(config.vocab_size));
+  for (int32_t t : prompt) {
+    if (t < 0 || t >= config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", t, " is outside [0, ", config.vocab_size, ")"));
+    }
+  }
+  DMOE_RETURN_IF_ERROR(executor.CheckParams(params));
+  DMOE_ASSIGN_OR_RETURN(engine::Sequence sequence, engine::Sequence::Create(prompt, params));
+  engine::GenerationResult r;
+  const std::string id = "generate";
+  while (!sequence.done()) {
+    std::vector<scheduler::SequenceStep> steps = {{.sequence_id = id, .plan = sequence.NextStep()}};
+    absl::StatusOr<std::vector<engine::Proposal>> proposals = executor.Execute(steps);
+    if (!proposals.ok()) {
+      executor.Release({id});
+      return proposals.status();
+    }
+    DMOE_RETURN_IF_ERROR(sequence.Apply(steps[0].plan, (*proposals)[0]));
+    if (r.first_block_seconds == 0 && !sequence.FinalTokens().empty()) {
+      r.first_block_seconds = seconds();
+    }
+    if (observer) observer(0, sequence);
+  }
+  executor.Release({id});
+  r.seconds = seconds();
+  r.ids = sequence.FinalTokens();
+  r.finish_reason = sequence.finish_reason();
+  r.forwards = sequence.forwards();
+  return r;
 }
 
 absl::Status RunGenerate(const GenerateFlags& f) {
@@ -96,11 +148,16 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     if (stop_override) params.stop_ids = *stop_override;
   }
 
-  DMOE_ASSIGN_OR_RETURN(auto engine, engine::Engine::Create(
-                                         {.model_dir = f.model_dir,
-                                          .kernels = f.kernels,
-                                          .num_threads = f.threads}));
-  const model::ModelConfig& config = engine->config();
+  std::unique_ptr<engine::Engine> engine;
+  model::ModelConfig config;
+  if (f.device == "cpu") {
+    DMOE_ASSIGN_OR_RETURN(engine, engine::Engine::Create({.model_dir = f.model_dir,
+                                                          .kernels = f.kernels,
+                                                          .num_threads = f.threads}));
+    config = engine->config();
+  } else {
+    DMOE_ASSIGN_OR_RETURN(config, model::LoadModelConfig(f.model_dir));
+  }
   if (f.mode.empty()) {
     params.mode = config.kind == model::ModelKind::kAutoregressive
                       ? engine::DecodeMode::kAutoregressive
@@ -137,8 +194,27 @@ absl::Status RunGenerate(const GenerateFlags& f) {
       }
     }
   };
-  DMOE_ASSIGN_OR_RETURN(auto results, engine->Generate({{prompt, params}}, observer));
-  const engine::GenerationResult& r = results[0];
+  engine::GenerationResult r;
+  if (engine != nullptr) {
+    DMOE_ASSIGN_OR_RETURN(auto results, engine->Generate({{prompt, params}}, observer));
+    r = std::move(results[0]);
+  } else {
+    // Refuse what the device cannot compute before loading anything onto it.
+    DMOE_RETURN_IF_ERROR(params.Validate(config.vocab_size));
+    DMOE_RETURN_IF_ERROR(scheduler::CheckDeviceSampling(params.sampling));
+    // A KV pool on the device for this one request (prompt + generation + one block).
+    constexpr int64_t kPageTokens = 32;
+    const int64_t tokens = static_cast<int64_t>(prompt.size()) + params.max_new_tokens +
+                           params.block_length;
+    const int64_t pages = (tokens + kPageTokens - 1) / kPageTokens + 1;
+    DMOE_ASSIGN_OR_RETURN(auto device_model,
+                          scheduler::InProcessModel::Create({.model_dir = f.model_dir,
+                                                             .kv_page_tokens = kPageTokens,
+                                                             .kv_max_pages = pages,
+                                                             .device = "cuda"}));
+    DMOE_ASSIGN_OR_RETURN(r, GenerateWithExecutor(device_model->step_executor(), config, prompt,
+                                                  params, observer));
+  }
   std::string text = tokenizer ? tokenizer->Decode(r.ids, /*skip_special_tokens=*/true) : "";
   if (f.json) {
     nlohmann::json out = {{"ids", r.ids},
@@ -192,6 +268,11 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kernels", flags->kernels, "cpu (fast) or reference (naive)")
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
+  cmd->add_option("--device", flags->device,
+                  "Where the forward runs: cpu, or cuda (one GPU; greedy decoding only: "
+                  "--temperature 0, no --top-k / --top-p)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->callback([flags, exit_code] {
     absl::Status status = RunGenerate(*flags);
     *exit_code = status.ok() ? 0 : ReportError(status);

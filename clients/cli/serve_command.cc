@@ -31,6 +31,7 @@ struct ServeFlags {
   int64_t max_batch_tokens = 4096;
   int64_t max_batch_sequences = 64;
   std::string kernels = "cpu";
+  std::string device = "cpu";
   int32_t mask_id = -1;
   std::string stop_ids;
   double drain_seconds = 30;
@@ -55,6 +56,7 @@ absl::Status RunServe(const ServeFlags& f) {
       .model_name = f.model_name,
       .model_version = f.model_version,
       .kernels = f.kernels,
+      .device = f.device,
       .num_threads = f.threads,
       .kv_page_tokens = f.kv_page_tokens,
       .kv_pages = f.kv_pages,
@@ -111,6 +113,12 @@ void RegisterServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-batch-sequences", flags->max_batch_sequences, "Sequences per step")
       ->capture_default_str();
   cmd->add_option("--kernels", flags->kernels, "cpu (fast) or reference (naive)")
+      ->capture_default_str();
+  cmd->add_option("--device", flags->device,
+                  "Where the forward runs: cpu, or cuda (one GPU holds the weights and the "
+                  "--kv-pages KV pool, allocated up front; greedy requests only; not with "
+                  "--cluster)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--mask-id", flags->mask_id, "Override the mask token id");
   cmd->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
