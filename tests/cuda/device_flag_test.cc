@@ -1,0 +1,174 @@
+// `--device cpu|cuda` without a GPU (runs on every machine, in CUDA and CPU-only builds): the
+// documented errors of the options, the greedy-only rule (refused before any device is
+// touched), and the real binaries ($DMOE_BIN_DIR): `dmoe serve --device cuda` without a GPU
+// (or without CUDA in the build) exits non-zero naming --device; `dmoe generate --device cuda
+// --temperature 0.7` is refused as non-greedy; the roles that are not wired answer
+// UNIMPLEMENTED.
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "router/embedded_server.h"
+#include "scheduler/cuda_step_executor.h"
+#include "scheduler/in_process_model.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+#include "tests/testing/tiny_checkpoint.h"
+#if DMOE_TEST_CUDA_BUILD
+#include "tests/cuda/gpu_test_util.h"
+#endif
+
+namespace dmoe::scheduler {
+namespace {
+
+using ::dmoe_testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+// True when this build could really run on a GPU of this machine (then "no GPU" errors are
+// not what happens, and those cases skip).
+bool GpuUsable() {
+#if DMOE_TEST_CUDA_BUILD
+  std::string why;
+  return gpu_testing::GpuAvailable(&why);
+#else
+  return false;
+#endif
+}
+
+TEST(DeviceSamplingTest, GreedyIsAccepted) {
+  EXPECT_THAT(CheckDeviceSampling({}), dmoe_testing::IsOk());
+  EXPECT_THAT(CheckDeviceSampling({.temperature = 0.0f, .seed = 9}), dmoe_testing::IsOk());
+}
+
+TEST(DeviceSamplingTest, SamplingAndFiltersAreRefused) {
+  for (engine::SamplingParams p : {engine::SamplingParams{.temperature = 0.7f},
+                                   engine::SamplingParams{.top_k = 5},
+                                   engine::SamplingParams{.top_p = 0.9f}}) {
+    EXPECT_THAT(CheckDeviceSampling(p),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("--device cuda computes greedy proposals only (temperature 0")));
+  }
+}
+
+TEST(DeviceOptionsTest, UnknownDeviceIsInvalid) {
+  InProcessModelOptions options{.model_dir = "/nonexistent", .device = "tpu"};
+  EXPECT_THAT(options.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'cpu' or 'cuda'")));
+  router::EmbeddedServerOptions server;
+  server.model_dir = "/nonexistent";
+  server.device = "tpu";
+  EXPECT_THAT(server.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DeviceOptionsTest, ClusterSchedulerRefusesCuda) {
+  router::EmbeddedServerOptions server;
+  server.model_dir = "/nonexistent";
+  server.compute = router::ComputeMode::kCluster;
+  server.device = "cuda";
+  EXPECT_THAT(server.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--device cuda")));
+}
+
+TEST(DeviceOptionsTest, CudaExecutorOptionsNameTheField) {
+  EXPECT_THAT(CudaStepExecutorOptions{.max_rows = 0}.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_rows")));
+}
+
+TEST(DeviceOptionsTest, InProcessCudaWithoutGpuIsFailedPrecondition) {
+  if (GpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
+  spec.tokenizer_dir = "";
+  dmoe_testing::TinyCheckpointDir tiny(spec);
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  auto model =
+      InProcessModel::Create({.model_dir = tiny.dir(), .kv_max_pages = 8, .device = "cuda"});
+#if DMOE_TEST_CUDA_BUILD
+  EXPECT_THAT(model.status(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                       HasSubstr("--device cuda: cannot use GPU 0")));
+#else
+  EXPECT_THAT(model.status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("--device cuda"), HasSubstr("DMOE_ENABLE_CUDA=OFF"))));
+#endif
+}
+
+// Runs `command` with stdout+stderr captured; returns the exit code (-1: not exited).
+int RunBinary(const std::string& command, std::string* output) {
+  dmoe_testing::TempDir tmp;
+  const std::string out = tmp.Join("output");
+  const int status = std::system((command + " >" + out + " 2>&1 </dev/null").c_str());
+  *output = dmoe_testing::ReadFileOrDie(out);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+class DeviceFlagBinaryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin_dir = std::getenv("DMOE_BIN_DIR");
+    if (bin_dir == nullptr) GTEST_SKIP() << "DMOE_BIN_DIR is not set";
+    bin_ = bin_dir;
+    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
+    spec.tokenizer_dir = "";
+    tiny_ = std::make_unique<dmoe_testing::TinyCheckpointDir>(spec);
+    ASSERT_TRUE(tiny_->ok()) << tiny_->status();
+  }
+  std::string bin_;
+  std::unique_ptr<dmoe_testing::TinyCheckpointDir> tiny_;
+};
+
+TEST_F(DeviceFlagBinaryTest, ServeCudaWithoutGpuExitsNamingDevice) {
+  if (GpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  std::string output;
+  const int code = RunBinary(bin_ + "/dmoe serve --model " + tiny_->dir() +
+                                 " --mask-id 4000 --kv-pages 8 --device cuda",
+                             &output);
+  EXPECT_NE(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("--device cuda")) << output;
+}
+
+TEST_F(DeviceFlagBinaryTest, ServeRejectsUnknownDevice) {
+  std::string output;
+  EXPECT_NE(RunBinary(bin_ + "/dmoe serve --model " + tiny_->dir() + " --device tpu", &output), 0);
+  EXPECT_THAT(output, HasSubstr("--device")) << output;
+}
+
+TEST_F(DeviceFlagBinaryTest, GenerateCudaRefusesSamplingBeforeTheDevice) {
+  // Refused whether or not a GPU (or CUDA) exists: the check comes first.
+  std::string output;
+  const int code = RunBinary(bin_ + "/dmoe generate --model " + tiny_->dir() +
+                                 " --prompt-ids 1,2,3 --mask-id 4000 --max-new-tokens 8"
+                                 " --device cuda --temperature 0.7",
+                             &output);
+  EXPECT_NE(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("--device cuda computes greedy proposals only")) << output;
+}
+
+TEST_F(DeviceFlagBinaryTest, GenerateCudaWithoutGpuExitsNamingDevice) {
+  if (GpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  std::string output;
+  const int code = RunBinary(bin_ + "/dmoe generate --model " + tiny_->dir() +
+                                 " --prompt-ids 1,2,3 --mask-id 4000 --max-new-tokens 8"
+                                 " --device cuda",
+                             &output);
+  EXPECT_NE(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("--device cuda")) << output;
+}
+
+TEST_F(DeviceFlagBinaryTest, RolesAnswerUnimplementedForCuda) {
+  std::string output;
+  EXPECT_EQ(RunBinary(bin_ + "/dmoe-attention --model " + tiny_->dir() +
+                          " --scheduler 127.0.0.1:1 --device cuda",
+                      &output),
+            2);
+  EXPECT_THAT(output, AllOf(HasSubstr("UNIMPLEMENTED"), HasSubstr("--device cuda"))) << output;
+  EXPECT_EQ(RunBinary(bin_ + "/dmoe-expert --model " + tiny_->dir() + " --device cuda", &output),
+            2);
+  EXPECT_THAT(output, AllOf(HasSubstr("UNIMPLEMENTED"), HasSubstr("--device cuda"))) << output;
+}
+
+}  // namespace
+}  // namespace dmoe::scheduler
