@@ -1,17 +1,20 @@
 // A process's Prometheus endpoint: serves its registry at http://HOST:PORT/metrics, on a port
 // of its own (never the gRPC port: scrapes must work while the gRPC server is saturated).
+//
+// A deliberately small HTTP/1.1 server (GET /metrics, one connection at a time, Connection:
+// close) instead of prometheus-cpp's civetweb Exposer: civetweb starts its threads with a fixed
+// ~100 KB stack, and a process that links cuBLAS has more static TLS than that, so the Exposer
+// failed in every CUDA build (pthread_create EINVAL). Serialisation is prometheus-cpp's.
 #ifndef DMOE_METRICS_ENDPOINT_H_
 #define DMOE_METRICS_ENDPOINT_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "prometheus/registry.h"
-
-namespace prometheus {
-class Exposer;
-}
 
 namespace dmoe::metrics {
 
@@ -26,8 +29,8 @@ ProcessMetrics NewProcessMetrics(const std::string& role, const std::string& mod
 
 class MetricsEndpoint {
  public:
-  // `listen`: host:port; port 0 picks a free one. INVALID_ARGUMENT for a malformed address,
-  // UNAVAILABLE when it cannot bind.
+  // `listen`: IPv4 host:port (0.0.0.0 for every interface); port 0 picks a free one.
+  // INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot bind.
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
       const std::string& listen, std::shared_ptr<prometheus::Registry> registry);
   ~MetricsEndpoint();
@@ -37,8 +40,14 @@ class MetricsEndpoint {
 
  private:
   MetricsEndpoint() = default;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  void Serve();
+  void Answer(int connection);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  int listen_fd_ = -1;
   std::string address_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 }  // namespace dmoe::metrics
