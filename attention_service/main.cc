@@ -92,17 +92,14 @@ int main(int argc, char** argv) {
   auto fingerprint = dmoe::expert::ConfigFingerprintOfDir(model_dir);
   if (!fingerprint.ok()) return Fail(fingerprint.status().ToString());
 
-  dmoe::metrics::ProcessMetrics metrics;
-  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
+  auto served_metrics =
+      dmoe::metrics::ServeProcessMetrics("attention", model_version, metrics_listen);
+  if (!served_metrics.ok()) return Fail(served_metrics.status().ToString());
+  const dmoe::metrics::ProcessMetrics& metrics = served_metrics->metrics;
   std::shared_ptr<dmoe::transport::DispatchMetrics> dispatch_metrics;
-  if (!metrics_listen.empty()) {
-    metrics = dmoe::metrics::NewProcessMetrics("attention", model_version);
-    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
-    if (!endpoint.ok()) return Fail(endpoint.status().ToString());
-    metrics_endpoint = *std::move(endpoint);
+  if (metrics.registry) {
     dispatch_metrics = std::make_shared<dmoe::transport::DispatchMetrics>(
         metrics, model.config().num_experts);
-    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
   }
   dmoe::attention::ClusterExperts experts(model.config().num_experts, dispatch_metrics);
   auto engine = dmoe::attention::AttentionEngine::Create(

@@ -98,15 +98,9 @@ int main(int argc, char** argv) {
         "docs/cuda.md). Use --device cpu");
   }
 
-  dmoe::metrics::ProcessMetrics metrics;
-  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
-  if (!metrics_listen.empty()) {
-    metrics = dmoe::metrics::NewProcessMetrics("expert", model_version);
-    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
-    if (!endpoint.ok()) return Fail(std::string(endpoint.status().ToString()));
-    metrics_endpoint = *std::move(endpoint);
-    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
-  }
+  auto served_metrics = dmoe::metrics::ServeProcessMetrics("expert", model_version, metrics_listen);
+  if (!served_metrics.ok()) return Fail(std::string(served_metrics.status().ToString()));
+  const dmoe::metrics::ProcessMetrics& metrics = served_metrics->metrics;
 
   dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
                                                    .model_name = model_name,

@@ -72,6 +72,19 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   return endpoint;
 }
 
+absl::StatusOr<ServedMetrics> ServeProcessMetrics(const std::string& role,
+                                                  const std::string& model_version,
+                                                  const std::string& listen) {
+  ServedMetrics served;
+  if (listen.empty()) return served;
+  served.metrics = NewProcessMetrics(role, model_version);
+  auto endpoint = MetricsEndpoint::Start(listen, served.metrics.registry);
+  if (!endpoint.ok()) return endpoint.status();
+  served.endpoint = *std::move(endpoint);
+  DMOE_LOG(INFO) << "metrics on http://" << served.endpoint->address() << "/metrics";
+  return served;
+}
+
 MetricsEndpoint::~MetricsEndpoint() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();

@@ -50,6 +50,17 @@ class MetricsEndpoint {
   std::thread thread_;
 };
 
+// What a role binary's --metrics-listen starts: the process registry and its endpoint, logging
+// "metrics on http://ADDR/metrics" (the line `dmoe cluster up` reads). An empty `listen` gives
+// no registry and no endpoint (every component then skips its metrics).
+struct ServedMetrics {
+  ProcessMetrics metrics;
+  std::unique_ptr<MetricsEndpoint> endpoint;
+};
+absl::StatusOr<ServedMetrics> ServeProcessMetrics(const std::string& role,
+                                                  const std::string& model_version,
+                                                  const std::string& listen);
+
 }  // namespace dmoe::metrics
 
 #endif  // DMOE_METRICS_ENDPOINT_H_
