@@ -63,11 +63,12 @@ void AttentionServer::StartDraining() {
   draining_ = true;
 }
 
-bool AttentionServer::Post(std::function<void()> work) {
+bool AttentionServer::Post(std::function<void()> work, bool is_step) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (queue_.size() >= options_.max_queued_steps) return false;
-    queue_.push_back(std::move(work));
+    if (is_step && queued_steps_ >= options_.max_queued_steps) return false;
+    queued_steps_ += is_step ? 1 : 0;
+    queue_.push_back({std::move(work), is_step});
   }
   cv_.notify_one();
   return true;
@@ -75,15 +76,16 @@ bool AttentionServer::Post(std::function<void()> work) {
 
 void AttentionServer::WorkerLoop() {
   for (;;) {
-    std::function<void()> work;
+    Work work;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping and drained
       work = std::move(queue_.front());
       queue_.pop_front();
+      queued_steps_ -= work.is_step ? 1 : 0;
     }
-    work();
+    work.run();
   }
 }
 
@@ -148,11 +150,15 @@ grpc::ServerUnaryReactor* AttentionServer::Release(grpc::CallbackServerContext* 
                                                    dmoe::v1::ReleaseResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::vector<std::string> ids(request->sequence_ids().begin(), request->sequence_ids().end());
-  // Release waits for a running step, so it too goes through the step thread.
-  if (!Post([this, reactor, ids, response] {
-        response->set_released(engine_.Release(ids));
-        reactor->Finish(grpc::Status::OK);
-      })) {
+  // Release waits for a running step, so it too goes through the step thread; it is never
+  // refused (max_queued_steps bounds steps only): a dropped Release would leak KV pages, and
+  // a burst of them (a whole batch finishing) must not push the next Step out of the queue.
+  if (!Post(
+          [this, reactor, ids, response] {
+            response->set_released(engine_.Release(ids));
+            reactor->Finish(grpc::Status::OK);
+          },
+          /*is_step=*/false)) {
     reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue is full"));
   }
   return reactor;

@@ -52,7 +52,12 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
 
  private:
   void WorkerLoop();
-  bool Post(std::function<void()> work);
+  struct Work {
+    std::function<void()> run;
+    bool is_step = true;
+  };
+  // Queues work for the worker; false when `is_step` and max_queued_steps steps are queued.
+  bool Post(std::function<void()> work, bool is_step = true);
 
   AttentionServerOptions options_;
   AttentionEngine& engine_;
@@ -60,7 +65,8 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
   prometheus::Gauge* sequences_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
+  std::deque<Work> queue_;                   // guarded by mu_
+  size_t queued_steps_ = 0;                  // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
   bool draining_ = false;                    // guarded by mu_
   std::thread worker_;
