@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "attention_service/device_attention.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 
@@ -54,6 +56,13 @@ absl::Status AttentionEngineOptions::Validate() const {
   if (kv_page_tokens <= 0 || kv_max_pages <= 0) {
     return absl::InvalidArgumentError("kv_page_tokens and kv_max_pages must be positive");
   }
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device must be \"cpu\" or \"cuda\", got \"", device, "\""));
+  }
+  if (cuda_device < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda_device must be >= 0, got ", cuda_device));
+  }
   return absl::OkStatus();
 }
 
@@ -69,12 +78,28 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
   auto engine = std::unique_ptr<AttentionEngine>(new AttentionEngine(options, model));
   int threads = options.num_threads > 0 ? options.num_threads
                                         : static_cast<int>(std::thread::hardware_concurrency());
-  const int per_lane = std::max(1, threads / options.micro_batches);
-  for (int i = 0; i < options.micro_batches; ++i) {
+  const bool cuda = options.device == "cuda";
+  if (cuda && options.micro_batches > 1) {
+    DMOE_LOG(INFO) << "--device cuda: one micro-batch per step (" << options.micro_batches
+                   << " requested): the device runs one forward at a time";
+    engine->options_.micro_batches = 1;
+  }
+  const int lanes = engine->options_.micro_batches;
+  const int per_lane = std::max(1, threads / lanes);
+  for (int i = 0; i < lanes; ++i) {
     auto lane = std::make_unique<Lane>();
     DMOE_ASSIGN_OR_RETURN(lane->kernels, engine::MakeKernels(options.kernels, per_lane));
     lane->experts = std::make_unique<TimedExecutor>(experts(*lane->kernels));
     engine->lanes_.push_back(std::move(lane));
+  }
+  if (cuda) {
+    DMOE_ASSIGN_OR_RETURN(
+        engine->device_,
+        CreateCudaAttention(model.config(), model.weights(),
+                            {.device = options.cuda_device,
+                             .kv_page_tokens = options.kv_page_tokens,
+                             .kv_max_pages = options.kv_max_pages},
+                            engine->lanes_[0]->experts.get()));
   }
   return engine;
 }
@@ -82,6 +107,7 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   std::lock_guard<std::mutex> step_lock(step_mu_);
+  if (device_ != nullptr) return DeviceStep(segments, timings, deadline);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<model::KvSequence*> caches(segments.size());
   {
@@ -166,8 +192,38 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
   return proposals;
 }
 
+absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::DeviceStep(
+    const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::set<std::string> seen;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const SegmentRequest& s = segments[i];
+    if (s.sequence_id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("segments[", i, "].sequence_id is empty"));
+    }
+    if (!seen.insert(s.sequence_id).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
+    }
+    DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
+    DMOE_RETURN_IF_ERROR(CheckDeviceGreedy(s.plan.sampling));
+  }
+  TimedExecutor& experts = *lanes_[0]->experts;
+  experts.seconds = 0;
+  experts.failed = false;
+  experts.SetStepDeadline(deadline);
+  absl::StatusOr<std::vector<engine::Proposal>> result = device_->Step(segments);
+  if (timings) {
+    timings->expert_failure |= !result.ok() && experts.failed;
+    timings->forward_seconds = Seconds(t0);
+    timings->expert_seconds = experts.seconds;
+  }
+  return result;
+}
+
 int64_t AttentionEngine::Release(const std::vector<std::string>& sequence_ids) {
   std::lock_guard<std::mutex> step_lock(step_mu_);  // a running step may hold these caches
+  if (device_ != nullptr) return device_->Release(sequence_ids);
   std::lock_guard<std::mutex> lock(sequences_mu_);
   int64_t released = 0;
   for (const std::string& id : sequence_ids) released += sequences_.erase(id);
@@ -175,6 +231,11 @@ int64_t AttentionEngine::Release(const std::vector<std::string>& sequence_ids) {
 }
 
 AttentionInfo AttentionEngine::Info() const {
+  if (device_ != nullptr) {
+    return {.kv_pages_total = options_.kv_max_pages,
+            .kv_pages_used = device_->pages_in_use(),
+            .sequences = device_->sequences()};
+  }
   std::lock_guard<std::mutex> lock(sequences_mu_);
   return {.kv_pages_total = options_.kv_max_pages,
           .kv_pages_used = pool_.pages_in_use(),

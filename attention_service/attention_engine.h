@@ -23,6 +23,8 @@
 
 namespace dmoe::attention {
 
+class DeviceAttention;
+
 struct AttentionEngineOptions {
   std::string kernels = "cpu";   // "cpu" or "reference"
   int num_threads = 0;           // compute threads over all lanes (<= 0: all cores)
@@ -31,6 +33,13 @@ struct AttentionEngineOptions {
   // Micro-batches per step, each on its own lane (kernels + expert executor + thread): while
   // one waits for its experts the other computes attention. 1 = one batched forward.
   int micro_batches = 1;
+  // "cpu", or "cuda": the forward runs on GPU `cuda_device` (gpu::CudaModel, device KV pool of
+  // kv_max_pages pages, routed experts through the expert executor per MoE layer; see
+  // device_attention.h and docs/cuda.md §9). On cuda there is one lane (micro_batches > 1 is
+  // reduced to 1: the device thread runs one forward at a time), `kernels` / `num_threads`
+  // serve only the expert executor's host side, and only greedy plans are accepted.
+  std::string device = "cpu";
+  int cuda_device = 0;
 
   absl::Status Validate() const;
 };
@@ -89,17 +98,21 @@ class AttentionEngine {
   AttentionInfo Info() const;
   const model::Model& model() const { return model_; }
   const AttentionEngineOptions& options() const { return options_; }
-  // The KV pages of this replica (for tests and metrics: pages_in_use()).
+  // The KV pages of this replica (for tests and metrics: pages_in_use()). Unused (empty) on
+  // --device cuda, whose pages live on the device (Info() reports them).
   const model::KvCachePool& kv_pool() const { return pool_; }
 
  private:
   struct Lane;
   AttentionEngine(const AttentionEngineOptions& options, const model::Model& model);
+  absl::StatusOr<std::vector<engine::Proposal>> DeviceStep(
+      const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline);
 
   AttentionEngineOptions options_;
   const model::Model& model_;
   model::KvCachePool pool_;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  std::unique_ptr<DeviceAttention> device_;  // options_.device == "cuda"
   std::mutex step_mu_;                // serialises Step
   mutable std::mutex sequences_mu_;   // guards sequences_
   std::map<std::string, std::unique_ptr<model::KvSequence>> sequences_;

@@ -63,19 +63,12 @@ int main(int argc, char** argv) {
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   std::string device = "cpu";
   app.add_option("--device", device,
-                 "cpu, or cuda (not implemented yet for this role: see docs/cuda.md)")
+                 "cpu, or cuda: attention, dense layers, routers, shared experts and the KV "
+                 "cache on GPU 0; routed experts still go to the expert shards (greedy only, "
+                 "one micro-batch; see docs/cuda.md)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (device == "cuda") {
-    // The GPU forward (gpu::CudaModel) computes the routed experts from weights it holds; an
-    // attention replica must send them to the expert shards (ExpertExecutor) per MoE layer,
-    // which CudaModel cannot do yet.
-    return Fail(
-        "UNIMPLEMENTED: --device cuda is not wired for dmoe-attention yet: the GPU forward "
-        "cannot hand its routed rows to the cluster's expert shards (docs/cuda.md). Use "
-        "--device cpu, or `dmoe serve --device cuda` for one GPU holding the whole model");
-  }
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
   sigset_t signals;
@@ -104,7 +97,7 @@ int main(int argc, char** argv) {
   dmoe::attention::ClusterExperts experts(model.config().num_experts, dispatch_metrics);
   auto engine = dmoe::attention::AttentionEngine::Create(
       {.kernels = kernels, .num_threads = threads, .kv_max_pages = kv_pages,
-       .micro_batches = micro_batches},
+       .micro_batches = micro_batches, .device = device},
       model, [&](dmoe::model::Kernels&) { return experts.NewExecutor(); });
   if (!engine.ok()) return Fail(engine.status().ToString());
   dmoe::attention::AttentionServer service({.model_name = model_name, .metrics = metrics},
@@ -131,8 +124,9 @@ int main(int argc, char** argv) {
       {.scheduler_address = scheduler,
        .registration = registration,
        .on_placement = [&](const dmoe::scheduler::Placement& p) { experts.Update(p); }});
-  DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", " << micro_batches
-                 << " micro-batch(es), KV " << kv_pages << " pages, scheduler " << scheduler;
+  DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", device " << device << ", "
+                 << (*engine)->options().micro_batches << " micro-batch(es), KV " << kv_pages
+                 << " pages, scheduler " << scheduler;
   DMOE_LOG(INFO) << "listening on " << address;
 
   int signal_number = 0;

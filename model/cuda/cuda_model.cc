@@ -1,6 +1,7 @@
 #include "model/cuda/cuda_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -117,6 +118,12 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
           offset += AlignUp(parts[i]->nbytes());
         }
         ++dl.experts_held;
+      }
+      // Weights loaded without experts (an attention replica, load_experts = false): no
+      // table, the pointers stay null (CudaModel with a host expert hook never reads them).
+      if (dl.experts_held == 0) {
+        w->layers_.push_back(dl);
+        continue;
       }
       DMOE_ASSIGN_OR_RETURN(void* table, w->Alloc(ptrs.size() * sizeof(void*)));
       DMOE_CUDA_RETURN_IF_ERROR(
@@ -320,7 +327,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const CudaWeights& 
                                                              const DeviceContext& ctx) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   const model::ModelConfig& c = weights.config();
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < c.num_hidden_layers && options.host_experts == nullptr; ++l) {
     if (IsMoeLayer(c, l) && weights.layer(l).experts_held != c.num_experts) {
       return absl::FailedPreconditionError(
           absl::StrCat("CudaModel runs every routed expert locally; layer ", l, " holds ",
@@ -341,6 +348,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const CudaWeights& 
 
 CudaModel::~CudaModel() {
   for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  if (hook_copied_ != nullptr) cudaEventDestroy(hook_copied_);
 }
 
 absl::Status CudaModel::Allocate() {
@@ -370,7 +378,15 @@ absl::Status CudaModel::Allocate() {
   DMOE_RETURN_IF_ERROR(alloc(&expert_counts_, e * 4));
   DMOE_RETURN_IF_ERROR(alloc(&expert_offsets_, (e + 1) * 4));
   DMOE_RETURN_IF_ERROR(alloc(&sorted_slots_, r * k * 4));
-  DMOE_RETURN_IF_ERROR(alloc(&expert_act_, r * k * c.moe_intermediate_size * 4));
+  if (options_.host_experts == nullptr) {
+    DMOE_RETURN_IF_ERROR(alloc(&expert_act_, r * k * c.moe_intermediate_size * 4));
+  } else if (k > 0) {
+    DMOE_ASSIGN_OR_RETURN(hook_hidden_, PinnedBuffer::Allocate(r * h * 4));
+    DMOE_ASSIGN_OR_RETURN(hook_experts_, PinnedBuffer::Allocate(r * k * 4));
+    DMOE_ASSIGN_OR_RETURN(hook_weights_, PinnedBuffer::Allocate(r * k * 4));
+    DMOE_ASSIGN_OR_RETURN(hook_slot_out_, PinnedBuffer::Allocate(r * k * h * 4));
+    DMOE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&hook_copied_, cudaEventDisableTiming));
+  }
   DMOE_RETURN_IF_ERROR(alloc(&slot_out_, r * k * h * 4));
   DMOE_RETURN_IF_ERROR(alloc(&shared_out_, r * h * 4));
   DMOE_RETURN_IF_ERROR(alloc(&head_x_, r * h * 4));
@@ -496,6 +512,30 @@ absl::Status CudaModel::Ffn(const CudaFfn& ffn, const float* x, int64_t rows, fl
   return LaunchMatMul(down, stream);
 }
 
+absl::Status CudaModel::HostExperts(int64_t l, int64_t rows, double* host_ms) {
+  const model::ModelConfig& c = weights_.config();
+  const int64_t h = c.hidden_size, top_k = c.num_experts_per_tok;
+  const size_t n_slots = static_cast<size_t>(rows * top_k);
+  const auto t0 = std::chrono::steady_clock::now();
+  DMOE_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(hook_copied_));
+  model::Routing routing;
+  routing.num_tokens = rows;
+  routing.top_k = top_k;
+  const int32_t* experts = hook_experts_.as<int32_t>();
+  const float* weights = hook_weights_.as<float>();
+  routing.experts.assign(experts, experts + n_slots);
+  routing.weights.assign(weights, weights + n_slots);
+  DMOE_RETURN_IF_ERROR(options_.host_experts->RunExperts(l, hook_hidden_.as<float>(), rows, h,
+                                                         routing, hook_slot_out_.as<float>()));
+  // The combine reads slot_out_ after this copy (stream order); the device's slot_weights_ are
+  // the ones just copied out, so the weighting is the in-device path's.
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slot_out_.data(), hook_slot_out_.data(),
+                                            n_slots * h * 4, cudaMemcpyHostToDevice, ctx_.stream));
+  *host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                 .count();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     std::vector<CudaForwardSegment>& segments, CudaForwardTimings* timings) {
   DMOE_RETURN_IF_ERROR(Validate(segments));
@@ -505,6 +545,7 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
   const int64_t top_k = c.num_experts_per_tok;
   cudaStream_t stream = ctx_.stream;
   const bool timed = timings != nullptr && options_.time_phases;
+  double host_experts_ms = 0;
 
   // Host-side layout of the batch.
   const int64_t num_segments = static_cast<int64_t>(segments.size());
@@ -718,42 +759,71 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     route.weights = slot_weights_.as<float>();
     DMOE_RETURN_IF_ERROR(LaunchMoeRouter(route, stream));
 
-    MoeGroupArgs group;
-    group.experts = slot_experts_.as<int32_t>();
-    group.num_slots = rows * top_k;
-    group.num_experts = static_cast<int32_t>(c.num_experts);
-    group.counts = expert_counts_.as<int32_t>();
-    group.offsets = expert_offsets_.as<int32_t>();
-    group.sorted_slots = sorted_slots_.as<int32_t>();
-    DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, stream));
-    if (timed) {
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host + l * c.num_experts,
-                                                expert_counts_.data(), c.num_experts * 4,
-                                                cudaMemcpyDeviceToHost, stream));
-    }
-
-    DMOE_RETURN_IF_ERROR(record(4 * l + 2));
-    GroupedExpertsArgs ex;
-    ex.hidden = hn;
-    ex.hidden_size = h;
-    ex.intermediate_size = c.moe_intermediate_size;
-    ex.top_k = static_cast<int32_t>(top_k);
-    ex.num_slots = rows * top_k;
-    ex.num_experts = static_cast<int32_t>(c.num_experts);
-    ex.offsets = expert_offsets_.as<int32_t>();
-    ex.sorted_slots = sorted_slots_.as<int32_t>();
-    ex.gate = lw.expert_gate;
-    ex.up = lw.expert_up;
-    ex.down = lw.expert_down;
-    ex.weight_dtype = lw.expert_dtype;
-    ex.act = expert_act_.as<float>();
-    ex.slot_out = slot_out_.as<float>();
-    DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, stream));
-    DMOE_RETURN_IF_ERROR(record(4 * l + 3));
-
     const bool has_shared = !lw.shared.empty();
-    if (has_shared) {
-      DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
+    if (options_.host_experts != nullptr) {
+      // Routed experts on the host executor (remote shards); the shared expert computes on the
+      // device meanwhile (HostExperts waits only for the copies, not for the stream).
+      const size_t n_slots = static_cast<size_t>(rows * top_k);
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_hidden_.data(), hn, rows * h * 4,
+                                                cudaMemcpyDeviceToHost, stream));
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_experts_.data(), slot_experts_.data(),
+                                                n_slots * 4, cudaMemcpyDeviceToHost, stream));
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_weights_.data(), slot_weights_.data(),
+                                                n_slots * 4, cudaMemcpyDeviceToHost, stream));
+      DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(hook_copied_, stream));
+      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
+      if (has_shared) {
+        DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
+      }
+      double host_ms = 0;
+      DMOE_RETURN_IF_ERROR(HostExperts(l, rows, &host_ms));
+      if (timings != nullptr) host_experts_ms += host_ms;
+      if (timed) {
+        int32_t* counts = counts_host + l * c.num_experts;
+        std::fill(counts, counts + c.num_experts, 0);
+        const int32_t* slot_experts = hook_experts_.as<int32_t>();
+        for (size_t i = 0; i < n_slots; ++i) {
+          if (slot_experts[i] >= 0 && slot_experts[i] < c.num_experts) ++counts[slot_experts[i]];
+        }
+      }
+      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
+    } else {
+      MoeGroupArgs group;
+      group.experts = slot_experts_.as<int32_t>();
+      group.num_slots = rows * top_k;
+      group.num_experts = static_cast<int32_t>(c.num_experts);
+      group.counts = expert_counts_.as<int32_t>();
+      group.offsets = expert_offsets_.as<int32_t>();
+      group.sorted_slots = sorted_slots_.as<int32_t>();
+      DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, stream));
+      if (timed) {
+        DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host + l * c.num_experts,
+                                                  expert_counts_.data(), c.num_experts * 4,
+                                                  cudaMemcpyDeviceToHost, stream));
+      }
+
+      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
+      GroupedExpertsArgs ex;
+      ex.hidden = hn;
+      ex.hidden_size = h;
+      ex.intermediate_size = c.moe_intermediate_size;
+      ex.top_k = static_cast<int32_t>(top_k);
+      ex.num_slots = rows * top_k;
+      ex.num_experts = static_cast<int32_t>(c.num_experts);
+      ex.offsets = expert_offsets_.as<int32_t>();
+      ex.sorted_slots = sorted_slots_.as<int32_t>();
+      ex.gate = lw.expert_gate;
+      ex.up = lw.expert_up;
+      ex.down = lw.expert_down;
+      ex.weight_dtype = lw.expert_dtype;
+      ex.act = expert_act_.as<float>();
+      ex.slot_out = slot_out_.as<float>();
+      DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, stream));
+      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
+
+      if (has_shared) {
+        DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
+      }
     }
     MoeCombineArgs combine;
     combine.x = x;
@@ -843,7 +913,10 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
         t.touched_experts.push_back(touched);
       }
     }
+    t.host_experts_ms = host_experts_ms;
     *timings = std::move(t);
+  } else if (timings != nullptr) {
+    timings->host_experts_ms = host_experts_ms;
   }
   return proposals;
 }

@@ -25,6 +25,7 @@
 #include "model/cuda/device_buffer.h"
 #include "model/cuda/device_worker.h"
 #include "model/cuda/kv_layout.h"
+#include "model/expert_executor.h"
 #include "model/weights.h"
 
 namespace dmoe::gpu {
@@ -177,6 +178,9 @@ struct CudaForwardTimings {
   double head_ms = 0;       // final norm + lm_head + top-1
   // Per MoE layer: experts that received at least one row (the roofline's expert bytes).
   std::vector<int64_t> touched_experts;
+  // With CudaModelOptions::host_experts: wall time of the host round trips (copy out,
+  // RunExperts, copy back), summed over layers. experts_ms is then the device idle gap.
+  double host_experts_ms = 0;
 };
 
 struct CudaModelOptions {
@@ -185,6 +189,15 @@ struct CudaModelOptions {
   int64_t max_pages_per_segment = 1024;  // prefix capacity per segment: pages x page_tokens
   int64_t lm_head_chunk_rows = 64;       // rows of F32 logits held on the device at once
   bool time_phases = false;              // record events per phase (small overhead)
+  // Host expert hook (an attention replica: routed experts run on remote shards). When set,
+  // every MoE layer copies its routed rows (the post-attention-norm hidden states, F32 [n, H])
+  // and the device router's choice (experts and weights per slot) to pinned host memory, calls
+  // host_experts->RunExperts on the device thread, copies the slot outputs back and runs the
+  // same MoeCombine as the in-device path (same slot order and arithmetic as the CPU model).
+  // The model then needs no routed-expert weights on the device (CudaWeights::Upload of host
+  // weights loaded with load_experts = false); the expert pointers are never read. The
+  // executor must not call back into the DeviceWorker. Not owned; must outlive the model.
+  model::ExpertExecutor* host_experts = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -215,6 +228,9 @@ class CudaModel {
   absl::Status Allocate();
   absl::Status Validate(const std::vector<CudaForwardSegment>& segments) const;
   absl::Status Ffn(const CudaFfn& ffn, const float* x, int64_t rows, float* y, bool accumulate);
+  // The host expert hook of MoE layer `l` (options_.host_experts): fills slot_out_ from the
+  // routed rows in h_ and the routing in slot_experts_ / slot_weights_.
+  absl::Status HostExperts(int64_t l, int64_t rows, double* host_ms);
 
   const CudaWeights& weights_;
   CudaKvPool* kv_pool_;
@@ -226,6 +242,9 @@ class CudaModel {
       slot_weights_, expert_counts_, expert_offsets_, sorted_slots_, expert_act_, slot_out_,
       shared_out_, head_x_, logits_, ids_, confidence_, inv_freq_, meta_;
   PinnedBuffer meta_host_, result_host_;
+  // Host expert hook staging (pinned): hidden rows, slot experts, slot weights, slot outputs.
+  PinnedBuffer hook_hidden_, hook_experts_, hook_weights_, hook_slot_out_;
+  cudaEvent_t hook_copied_ = nullptr;  // the routed rows and routing reached the host
   std::vector<cudaEvent_t> events_;
 };
 

@@ -2,8 +2,9 @@
 // documented errors of the options, the greedy-only rule (refused before any device is
 // touched), and the real binaries ($DMOE_BIN_DIR): `dmoe serve --device cuda` without a GPU
 // (or without CUDA in the build) exits non-zero naming --device; `dmoe generate --device cuda
-// --temperature 0.7` is refused as non-greedy; the roles that are not wired answer
-// UNIMPLEMENTED.
+// --temperature 0.7` is refused as non-greedy; `dmoe-attention --device cuda` without a GPU
+// fails with FAILED_PRECONDITION naming --device; `dmoe-expert --device cuda` (not wired)
+// answers UNIMPLEMENTED.
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -158,13 +159,20 @@ TEST_F(DeviceFlagBinaryTest, GenerateCudaWithoutGpuExitsNamingDevice) {
   EXPECT_THAT(output, HasSubstr("--device cuda")) << output;
 }
 
-TEST_F(DeviceFlagBinaryTest, RolesAnswerUnimplementedForCuda) {
+TEST_F(DeviceFlagBinaryTest, AttentionCudaWithoutGpuExitsNamingDevice) {
+  // With a usable GPU the replica would start serving; that path is cuda_attention_test's.
+  if (GpuUsable()) GTEST_SKIP() << "a GPU is usable here";
   std::string output;
   EXPECT_EQ(RunBinary(bin_ + "/dmoe-attention --model " + tiny_->dir() +
                           " --scheduler 127.0.0.1:1 --device cuda",
                       &output),
             2);
-  EXPECT_THAT(output, AllOf(HasSubstr("UNIMPLEMENTED"), HasSubstr("--device cuda"))) << output;
+  EXPECT_THAT(output, AllOf(HasSubstr("FAILED_PRECONDITION"), HasSubstr("--device cuda")))
+      << output;
+}
+
+TEST_F(DeviceFlagBinaryTest, ExpertRoleAnswersUnimplementedForCuda) {
+  std::string output;
   EXPECT_EQ(RunBinary(bin_ + "/dmoe-expert --model " + tiny_->dir() + " --device cuda", &output),
             2);
   EXPECT_THAT(output, AllOf(HasSubstr("UNIMPLEMENTED"), HasSubstr("--device cuda"))) << output;
