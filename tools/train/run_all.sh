@@ -9,8 +9,7 @@
 #
 # Environment: SEED (0), PRESET (full|smoke), WORK (build/tiny-recipe), THREADS (2),
 # DMOE_BIN (build/bin; built with scripts/build when missing), OUT_AR / OUT_DIFFUSION / DOCS.
-# Needs: apt-get install -y python3-torch python3-numpy python3-matplotlib python3-regex \
-#        fortunes fortunes-min
+# Installs what it needs with apt (Debian's PyTorch, fortunes) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEED=${SEED:-0}
@@ -37,10 +36,15 @@ case "$PRESET" in
   *) echo "run_all: PRESET must be full or smoke" >&2; exit 2 ;;
 esac
 
-if ! $PY -c "import torch, numpy, matplotlib, regex" 2>/dev/null; then
-  echo "run_all: needs Debian's PyTorch: apt-get install -y python3-torch python3-numpy" \
-       "python3-matplotlib python3-regex fortunes fortunes-min" >&2
-  exit 1
+# Debian's PyTorch and the corpus packages (not part of scripts/setup: only training needs them).
+train_packages=(python3-torch python3-numpy python3-matplotlib python3-regex fortunes fortunes-min)
+if ! $PY -c "import torch, numpy, matplotlib, regex" 2>/dev/null || [ ! -d /usr/share/games/fortunes ]; then
+  echo "run_all: installing ${train_packages[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    "${train_packages[@]}"
 fi
 if [ ! -x "$DMOE_BIN/dmoe" ] || [ ! -x "$DMOE_BIN/dmoe-train-tokenizer" ]; then
   scripts/build
