@@ -27,14 +27,13 @@ class CudaAttention final : public DeviceAttention {
   static absl::StatusOr<std::unique_ptr<DeviceAttention>> Create(
       const model::ModelConfig& config, const model::ModelWeights& weights,
       const DeviceAttentionOptions& options, model::ExpertExecutor* experts) {
-    if (experts == nullptr) return absl::InvalidArgumentError("CreateCudaAttention: no experts");
     if (options.kv_page_tokens < 1 || options.kv_max_pages < 1 || options.max_rows < 1 ||
-        options.max_segments < 1 || options.device < 0) {
+        options.max_segments < 1 || options.max_queue < 1 || options.device < 0) {
       return absl::InvalidArgumentError("CreateCudaAttention: sizes must be positive");
     }
     auto a = std::unique_ptr<CudaAttention>(new CudaAttention(options));
     absl::StatusOr<std::unique_ptr<gpu::DeviceWorker>> worker =
-        gpu::DeviceWorker::Create({.device = options.device});
+        gpu::DeviceWorker::Create({.device = options.device, .max_queue = options.max_queue});
     if (!worker.ok()) {
       return absl::Status(worker.status().code(),
                           absl::StrCat("--device cuda: cannot use GPU ", options.device, ": ",
@@ -66,10 +65,10 @@ class CudaAttention final : public DeviceAttention {
                                              .host_experts = experts},
                                             ctx));
       DMOE_LOG(INFO) << "--device cuda: GPU " << ctx.device << " holds "
-                     << a->weights_->AllocatedBytes() / (1 << 20)
-                     << " MiB of non-expert weights and " << options.kv_max_pages
-                     << " KV pages of " << options.kv_page_tokens
-                     << " tokens; routed experts go to the expert executor";
+                     << a->weights_->AllocatedBytes() / (1 << 20) << " MiB of weights and "
+                     << options.kv_max_pages << " KV pages of " << options.kv_page_tokens
+                     << " tokens; routed experts "
+                     << (experts ? "go to the expert executor" : "run on the device");
       return absl::OkStatus();
     });
     if (!s.ok()) return s;  // the destructor frees what was created, on the device thread

@@ -1,8 +1,9 @@
-// The GPU forward of an attention replica (`dmoe-attention --device cuda`): gpu::CudaModel on
-// a DeviceWorker, a paged device KV pool and one CudaKvSequence per sequence id, with the
-// routed experts of every MoE layer handed to the replica's ExpertExecutor through
-// CudaModelOptions::host_experts (the cluster's expert shards). AttentionEngine uses it when
-// AttentionEngineOptions::device is "cuda".
+// The GPU forward over sequences: gpu::CudaModel on a DeviceWorker, a paged device KV pool and
+// one CudaKvSequence per sequence id. An attention replica (`dmoe-attention --device cuda`,
+// AttentionEngineOptions::device "cuda") hands the routed experts of every MoE layer to its
+// ExpertExecutor (the cluster's expert shards) through CudaModelOptions::host_experts; the
+// in-process StepExecutor (`dmoe serve|generate --device cuda`, scheduler/cuda_step_executor.h)
+// passes no executor and the device computes the experts it holds.
 //
 // This header has no CUDA types: it is compiled into every build. In a build without CUDA
 // (DMOE_ENABLE_CUDA=OFF) CreateCudaAttention answers FAILED_PRECONDITION.
@@ -32,6 +33,7 @@ struct DeviceAttentionOptions {
   // plan longer than this is INVALID_ARGUMENT.
   int64_t max_rows = 4096;
   int64_t max_segments = 256;
+  int max_queue = 64;  // the DeviceWorker's queue
 };
 
 // Thread-safe (every call hands its work to the DeviceWorker and waits). The caller
@@ -50,12 +52,13 @@ class DeviceAttention {
 };
 
 // OK when `sampling` is greedy and unfiltered; otherwise INVALID_ARGUMENT "--device cuda
-// computes greedy proposals only ..." (the wording of scheduler::CheckDeviceSampling).
+// computes greedy proposals only ..." (scheduler::CheckDeviceSampling is this check).
 absl::Status CheckDeviceGreedy(const engine::SamplingParams& sampling);
 
-// Starts a DeviceWorker, uploads the non-expert tensors of `weights` (experts it holds are
-// uploaded too but never read), allocates the KV pool and a CudaModel whose MoE layers call
-// `experts` (must outlive the result; called on the device thread). FAILED_PRECONDITION
+// Starts a DeviceWorker, uploads every tensor `weights` holds, allocates the KV pool and a
+// CudaModel. With `experts` its MoE layers call it (must outlive the result; called on the
+// device thread) and uploaded experts are never read; without, `weights` must hold every
+// expert. FAILED_PRECONDITION
 // "--device cuda: ..." without CUDA or without a usable GPU; RESOURCE_EXHAUSTED naming
 // --kv-pages when the pool does not fit.
 absl::StatusOr<std::unique_ptr<DeviceAttention>> CreateCudaAttention(
