@@ -104,6 +104,23 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
   return engine;
 }
 
+absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments, bool greedy_only) {
+  std::set<std::string> seen;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const SegmentRequest& s = segments[i];
+    if (s.sequence_id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("segments[", i, "].sequence_id is empty"));
+    }
+    if (!seen.insert(s.sequence_id).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
+    }
+    DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
+    if (greedy_only) DMOE_RETURN_IF_ERROR(CheckDeviceGreedy(s.plan.sampling));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   std::lock_guard<std::mutex> step_lock(step_mu_);
@@ -112,17 +129,9 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
   std::vector<model::KvSequence*> caches(segments.size());
   {
     std::lock_guard<std::mutex> lock(sequences_mu_);
-    std::set<std::string> seen;
+    DMOE_RETURN_IF_ERROR(ValidateSegments(segments, /*greedy_only=*/false));
     for (size_t i = 0; i < segments.size(); ++i) {
       const SegmentRequest& s = segments[i];
-      if (s.sequence_id.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("segments[", i, "].sequence_id is empty"));
-      }
-      if (!seen.insert(s.sequence_id).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
-      }
-      DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
       auto& kv = sequences_[s.sequence_id];
       if (!kv) kv = std::make_unique<model::KvSequence>(&pool_);
       if (s.reset_cache) kv->Clear();
@@ -195,19 +204,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::DeviceStep(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   const auto t0 = std::chrono::steady_clock::now();
-  std::set<std::string> seen;
-  for (size_t i = 0; i < segments.size(); ++i) {
-    const SegmentRequest& s = segments[i];
-    if (s.sequence_id.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("segments[", i, "].sequence_id is empty"));
-    }
-    if (!seen.insert(s.sequence_id).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
-    }
-    DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
-    DMOE_RETURN_IF_ERROR(CheckDeviceGreedy(s.plan.sampling));
-  }
+  DMOE_RETURN_IF_ERROR(ValidateSegments(segments, /*greedy_only=*/true));
   TimedExecutor& experts = *lanes_[0]->experts;
   experts.seconds = 0;
   experts.failed = false;

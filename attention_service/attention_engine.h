@@ -62,6 +62,11 @@ struct SegmentRequest {
   bool reset_cache = false;  // drop what is cached for the sequence first
 };
 
+// What every step checks before touching a cache: non-empty, distinct sequence ids and valid
+// sampling; with `greedy_only` (the GPU forward) also CheckDeviceGreedy. INVALID_ARGUMENT
+// naming the segment.
+absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments, bool greedy_only);
+
 struct StepTimings {
   double forward_seconds = 0;
   double expert_seconds = 0;

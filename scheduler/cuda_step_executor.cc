@@ -4,7 +4,6 @@
 // steps to segments, and turns a stale cache into ABORTED (the scheduler's re-prefill signal).
 #include "scheduler/cuda_step_executor.h"
 
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,23 +27,11 @@ class CudaStepExecutor final : public StepExecutor {
 
   absl::StatusOr<std::vector<engine::Proposal>> Execute(
       const std::vector<SequenceStep>& steps) override {
-    // Everything that can be refused is refused here, before the device sees the step.
-    std::set<std::string> seen;
     std::vector<attention::SegmentRequest> segments;
     segments.reserve(steps.size());
-    for (size_t i = 0; i < steps.size(); ++i) {
-      const SequenceStep& s = steps[i];
-      if (s.sequence_id.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat("steps[", i, "].sequence_id is empty"));
-      }
-      if (!seen.insert(s.sequence_id).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
-      }
-      DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
-      DMOE_RETURN_IF_ERROR(CheckDeviceSampling(s.plan.sampling));
-      segments.push_back({s.sequence_id, s.plan, s.reset_cache});
-    }
+    for (const SequenceStep& s : steps) segments.push_back({s.sequence_id, s.plan, s.reset_cache});
+    // Everything that can be refused is refused here, before the device sees the step.
+    DMOE_RETURN_IF_ERROR(attention::ValidateSegments(segments, /*greedy_only=*/true));
     absl::StatusOr<std::vector<engine::Proposal>> proposals = device_->Step(segments);
     if (proposals.status().code() == absl::StatusCode::kFailedPrecondition) {
       // The device no longer caches what the plan extends: the scheduler re-plans the batch

@@ -318,7 +318,7 @@ StepReport Scheduler::RunStep() {
   ended.clear();
   if (capacity == 0) {
     report.stalled = true;
-    PublishState();
+    PublishState(capacity);
     return report;
   }
 
@@ -346,7 +346,7 @@ StepReport Scheduler::RunStep() {
     steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache, e->deadline});
   }
   if (batch.empty()) {
-    PublishState();
+    PublishState(capacity);
     return report;
   }
 
@@ -458,14 +458,13 @@ StepReport Scheduler::RunStep() {
     options_.metrics->OnIteration(static_cast<int64_t>(batch.size()), report.batch_tokens,
                                   report.forward_seconds);
   }
-  PublishState();
+  PublishState(capacity);
   if (options_.step_observer) options_.step_observer(report);
   return report;
 }
 
-void Scheduler::PublishState() {
+void Scheduler::PublishState(int64_t capacity) {
   if (!options_.metrics) return;
-  const int64_t capacity = executor_.KvPagesCapacity();
   absl::MutexLock lock(&mu_);
   options_.metrics->SetState(static_cast<int64_t>(running_.size()),
                              static_cast<int64_t>(waiting_.size()), reserved_pages_, capacity);

@@ -207,7 +207,8 @@ class Scheduler {
   int64_t PagesNeeded(const SchedulerRequest& request) const;
   absl::Status ValidateRequest(const SchedulerRequest& request) const;
   absl::StatusOr<RequestHandle> Enqueue(SchedulerRequest request);
-  void PublishState();
+  // Running / waiting / KV gauges; `capacity` is the step's KvPagesCapacity().
+  void PublishState(int64_t capacity);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
   // One step on the step thread's state (running_); takes mu_ itself where needed.
