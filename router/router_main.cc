@@ -94,37 +94,28 @@ int main(int argc, char** argv) {
   rollback.window = absl::Seconds(window_seconds);
   rollback.max_latency_p95 = absl::Seconds(latency_p95_seconds);
   options.rollback = rollback;
-  // The process's registry (dmoe_info and the gRPC handled counter carry the initial stable
-  // version as model_version; the router's own series label each version they describe).
-  dmoe::metrics::ProcessMetrics metrics;
-  if (!metrics_listen.empty()) {
-    metrics = dmoe::metrics::NewProcessMetrics(
-        "router", stable.empty() ? options.backends.front().version : stable);
-    options.registry = metrics.registry;
-  }
-
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // The process's registry and /metrics (dmoe_info and the gRPC handled counter carry the
+  // initial stable version as model_version; the router's own series label each version).
+  auto served_metrics = dmoe::metrics::ServeProcessMetrics(
+      "router", stable.empty() ? options.backends.front().version : stable, metrics_listen);
+  if (!served_metrics.ok()) {
+    std::cerr << "dmoe-router: " << served_metrics.status().message() << "\n";
+    return 2;
+  }
+  const dmoe::metrics::ProcessMetrics& metrics = served_metrics->metrics;
+  options.registry = metrics.registry;
+
   auto proxy = dmoe::router::GenerationProxy::Create(options);
   if (!proxy.ok()) {
     std::cerr << "dmoe-router: " << proxy.status().message() << "\n";
     return 2;
   }
-  std::unique_ptr<dmoe::metrics::MetricsEndpoint> metrics_endpoint;
-  if (!metrics_listen.empty()) {
-    auto endpoint = dmoe::metrics::MetricsEndpoint::Start(metrics_listen, metrics.registry);
-    if (!endpoint.ok()) {
-      std::cerr << "dmoe-router: " << endpoint.status().message() << "\n";
-      return 2;
-    }
-    metrics_endpoint = *std::move(endpoint);
-    DMOE_LOG(INFO) << "metrics on http://" << metrics_endpoint->address() << "/metrics";
-  }
-
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
