@@ -6,19 +6,15 @@
 #include <map>
 #include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "model/cuda/cuda_model.h"
+#include "model/cuda/cuda_status.h"
 #include "model/cuda/device_worker.h"
 
 namespace dmoe::attention {
 namespace {
-
-bool IsSticky(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kInternal && absl::StrContains(s.message(), "sticky");
-}
 
 // The device objects are owned by the DeviceWorker thread (STYLE.md §8): created, used and
 // destroyed only inside worker_->Run, one item at a time, so they need no lock.
@@ -103,7 +99,7 @@ class CudaAttention final : public DeviceAttention {
       UpdateCounters();
       return s;
     });
-    if (IsSticky(status)) {
+    if (gpu::IsStickyStatus(status)) {
       // STYLE.md §5: the context is unusable; exit and let the supervisor restart the pod.
       DMOE_LOG(FATAL) << "--device cuda: " << status;
     }

@@ -62,6 +62,14 @@ absl::Status ExpertEngineOptions::Validate() const {
         absl::StrCat("threads_per_worker: ", threads_per_worker, " < 1"));
   }
   if (max_queue < 1) return absl::InvalidArgumentError(absl::StrCat("max_queue: ", max_queue, " < 1"));
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device: expected \"cpu\" or \"cuda\", got \"", device, "\""));
+  }
+  if (device_max_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device_max_rows: ", device_max_rows, " < 1"));
+  }
   return absl::OkStatus();
 }
 
@@ -113,14 +121,21 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
       DTypeName(engine->weights_.layers[c.first_k_dense_replace].experts[first].gate.dtype));
   DMOE_ASSIGN_OR_RETURN(info.config_fingerprint, ConfigFingerprintOfDir(options.model_dir));
 
-  for (int i = 0; i < options.num_workers; ++i) {
-    DMOE_ASSIGN_OR_RETURN(model::KernelsPtr kernels,
-                          engine::MakeKernels(options.kernels, options.threads_per_worker));
-    engine->kernels_.push_back(std::move(kernels));
+  if (options.device == "cuda") {
+    DMOE_ASSIGN_OR_RETURN(engine->device_,
+                          CreateCudaExperts(c, engine->weights_,
+                                            {.max_rows = options.device_max_rows,
+                                             .max_queue = options.max_queue}));
+  } else {
+    for (int i = 0; i < options.num_workers; ++i) {
+      DMOE_ASSIGN_OR_RETURN(model::KernelsPtr kernels,
+                            engine::MakeKernels(options.kernels, options.threads_per_worker));
+      engine->kernels_.push_back(std::move(kernels));
+    }
   }
   {
     absl::MutexLock lock(&engine->mu_);
-    engine->kernels_busy_.assign(engine->kernels_.size(), false);
+    engine->kernels_busy_.assign(options.num_workers, false);
   }
   for (int i = 0; i < options.num_workers; ++i) {
     engine->workers_.emplace_back([e = engine.get()] { e->WorkerLoop(); });
@@ -128,8 +143,10 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
   DMOE_LOG(INFO) << "expert engine: model '" << info.model_name << "' (" << info.model_type
                  << "), experts [" << first << ", " << last << ") of layers ["
                  << info.first_moe_layer << ", " << info.num_hidden_layers << "), "
-                 << info.weight_dtype << ", " << options.num_workers << " worker(s) x "
-                 << options.threads_per_worker << " thread(s), kernels " << options.kernels;
+                 << info.weight_dtype << ", " << options.num_workers << " worker(s), "
+                 << (engine->device_ ? std::string("on the GPU")
+                                     : absl::StrCat(options.threads_per_worker,
+                                                    " thread(s) each, kernels ", options.kernels));
   return engine;
 }
 
@@ -230,8 +247,12 @@ int64_t ExpertEngine::rows_computed() const {
   return rows_computed_;
 }
 
-void ExpertEngine::Compute(model::Kernels& kernels, const ExpertRequest& request,
-                           int64_t num_rows, float* out) {
+absl::Status ExpertEngine::Compute(int index, const ExpertRequest& request, int64_t num_rows,
+                                   float* out) {
+  if (device_) {
+    return device_->Compute(request.layer, request.hidden.data, request.expert_ids.data,
+                            num_rows, out);
+  }
   const int64_t h = config().hidden_size;
   const model::LayerWeights& layer = weights_.layers[request.layer];
   // Wire bytes carry no alignment guarantee; the kernels read floats.
@@ -259,7 +280,8 @@ void ExpertEngine::Compute(model::Kernels& kernels, const ExpertRequest& request
   for (model::ExpertTask& task : by_expert) {
     if (!task.input_rows.empty()) tasks.push_back(std::move(task));
   }
-  kernels.Experts(hidden, h, tasks, out);
+  kernels_[index]->Experts(hidden, h, tasks, out);
+  return absl::OkStatus();
 }
 
 absl::Status ExpertEngine::RunValidated(const ExpertRequest& request, int64_t num_rows,
@@ -277,9 +299,13 @@ absl::Status ExpertEngine::RunValidated(const ExpertRequest& request, int64_t nu
                                                     request.layer, " (", num_rows, " rows)"));
   }
   const auto start = std::chrono::steady_clock::now();
-  Compute(*kernels_[k], request, num_rows, out);
+  const absl::Status computed = Compute(k, request, num_rows, out);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!computed.ok()) {
+    ReleaseKernels(k, 0);
+    return computed;
+  }
   if (compute_seconds) *compute_seconds = seconds;
   busy_micros_ += static_cast<int64_t>(seconds * 1e6);
   if (rows_metric_) {

@@ -1,6 +1,7 @@
 // The expert shard's core (no gRPC headers): the routed experts [first, last) of every MoE
-// layer of one checkpoint, and the batched SwiGLU compute over rows routed to them. The gRPC
-// adapter (expert_server.h) and the in-process transport (transport/) both call it.
+// layer of one checkpoint, and the batched SwiGLU compute over rows routed to them, on the CPU
+// kernels or on one GPU (device "cuda", device_experts.h). The gRPC adapter (expert_server.h)
+// and the in-process transport (transport/) both call it.
 #ifndef DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
 #define DMOE_EXPERT_SERVICE_EXPERT_ENGINE_H_
 
@@ -18,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "expert_service/device_experts.h"
 #include "expert_service/shard_info.h"
 #include "metrics/endpoint.h"
 #include "model/checkpoint.h"
@@ -80,11 +82,17 @@ struct ExpertEngineOptions {
   // Routed experts [expert_first, expert_last) of every MoE layer; expert_last < 0 means all.
   int64_t expert_first = 0;
   int64_t expert_last = -1;
-  // Compute backend: "cpu" (fast, batch-invariant) or "reference" (naive oracle).
+  // Where the experts run: "cpu" (the kernels below) or "cuda" (GPU 0, grouped expert kernels;
+  // the kernels and threads settings then do not apply).
+  std::string device = "cpu";
+  // Rows per GPU launch with device "cuda"; larger calls run in chunks.
+  int64_t device_max_rows = 4096;
+  // CPU compute backend: "cpu" (fast, batch-invariant) or "reference" (naive oracle).
   std::string kernels = "cpu";
   // Concurrent computations: one Kernels instance (and one worker thread for Submit) each.
   // The kernels are thread-compatible only, so this is also the compute parallelism across
-  // calls.
+  // calls. On "cuda" the GPU runs one call at a time; more workers only overlap the copies
+  // into its queue.
   int num_workers = 1;
   // Threads inside each Kernels instance (parallel over experts within one call).
   int threads_per_worker = 1;
@@ -99,11 +107,13 @@ struct ExpertEngineOptions {
 };
 
 // Thread-safe. Holds the memory-mapped expert weights (load_dense = false), `num_workers`
-// kernels instances and the worker threads that run submitted work.
+// kernels instances (or the GPU copy of the experts) and the worker threads that run
+// submitted work.
 class ExpertEngine {
  public:
   // Loads the checkpoint's experts [expert_first, expert_last). Errors: INVALID_ARGUMENT for
-  // bad options or a range outside [0, num_experts); checkpoint errors pass through.
+  // bad options or a range outside [0, num_experts); checkpoint errors pass through; device
+  // "cuda": CreateCudaExperts's errors (FAILED_PRECONDITION without a GPU or CUDA build).
   static absl::StatusOr<std::unique_ptr<ExpertEngine>> Create(const ExpertEngineOptions& options);
   // Finishes queued work with UNAVAILABLE and joins the workers.
   ~ExpertEngine();
@@ -144,9 +154,8 @@ class ExpertEngine {
   explicit ExpertEngine(const ExpertEngineOptions& options) : options_(options) {}
   absl::Status RunValidated(const ExpertRequest& request, int64_t num_rows, absl::Time deadline,
                             float* out, double* compute_seconds);
-  // Computes `num_rows` validated rows with one kernels instance.
-  void Compute(model::Kernels& kernels, const ExpertRequest& request, int64_t num_rows,
-               float* out);
+  // Computes `num_rows` validated rows with kernels instance `index` (or on the GPU).
+  absl::Status Compute(int index, const ExpertRequest& request, int64_t num_rows, float* out);
   // Takes a free kernels instance, waiting until `deadline`; -1 on timeout.
   int AcquireKernels(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
   void ReleaseKernels(int index, int64_t rows) ABSL_LOCKS_EXCLUDED(mu_);
@@ -162,8 +171,10 @@ class ExpertEngine {
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights weights_;
   ShardInfo info_;
-  // kernels_[i] is used by whoever set kernels_busy_[i] (thread-compatible kernels).
+  // kernels_[i] is used by whoever set kernels_busy_[i] (thread-compatible kernels). Empty on
+  // "cuda", where device_ computes and kernels_busy_ only bounds the concurrent calls.
   std::vector<model::KernelsPtr> kernels_;
+  std::unique_ptr<DeviceExperts> device_;
 
   mutable absl::Mutex mu_;
   std::vector<bool> kernels_busy_ ABSL_GUARDED_BY(mu_);

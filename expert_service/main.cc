@@ -87,16 +87,11 @@ int main(int argc, char** argv) {
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   std::string device = "cpu";
   app.add_option("--device", device,
-                 "cpu, or cuda (not implemented yet for this role: see docs/cuda.md)")
+                 "cpu, or cuda: the shard's experts on GPU 0 (--kernels / --threads then do not "
+                 "apply)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (device == "cuda") {
-    return Fail(
-        "UNIMPLEMENTED: --device cuda is not wired for dmoe-expert yet: its gRPC handler "
-        "computes on the CPU (the GPU expert compute exists only behind the NCCL transport, "
-        "docs/cuda.md). Use --device cpu");
-  }
 
   auto served_metrics = dmoe::metrics::ServeProcessMetrics("expert", model_version, metrics_listen);
   if (!served_metrics.ok()) return Fail(std::string(served_metrics.status().ToString()));
@@ -104,6 +99,7 @@ int main(int argc, char** argv) {
 
   dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
                                                    .model_name = model_name,
+                                                   .device = device,
                                                    .kernels = kernels,
                                                    .num_workers = workers,
                                                    .threads_per_worker = threads,
@@ -122,7 +118,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   DMOE_LOG(INFO) << "dmoe-expert: model " << model_dir << ", experts " << experts << ", listen "
-                 << listen << ", kernels " << kernels << ", workers " << workers << " x "
+                 << listen << ", device " << device << ", kernels " << kernels << ", workers " << workers << " x "
                  << threads << " thread(s), max queue " << max_queue << ", drain timeout "
                  << drain_timeout_s << " s";
   auto engine = dmoe::expert::ExpertEngine::Create(engine_options);

@@ -4,7 +4,9 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace dmoe::gpu {
 
@@ -26,12 +28,18 @@ bool IsStickyCudaError(cudaError_t error) {
   }
 }
 
+constexpr absl::string_view kStickyMarker = "; sticky error, the CUDA context is unusable";
+
+bool IsStickyStatus(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInternal &&
+         absl::StrContains(status.message(), kStickyMarker);
+}
+
 absl::Status CudaErrorToStatus(cudaError_t error, const char* expr, const char* file, int line) {
   std::string message = absl::StrCat(expr, " failed: ", cudaGetErrorName(error), " (",
                                      cudaGetErrorString(error), ") at ", file, ":", line);
   if (IsStickyCudaError(error)) {
-    return absl::InternalError(
-        absl::StrCat(message, "; sticky error, the CUDA context is unusable"));
+    return absl::InternalError(absl::StrCat(message, kStickyMarker));
   }
   switch (error) {
     case cudaErrorMemoryAllocation:

@@ -24,6 +24,9 @@ absl::Status CudaErrorToStatus(cudaError_t error, const char* expr, const char* 
 // misaligned address, ...). STYLE.md §5: the process cannot recover; its owner logs, marks
 // itself unready and exits.
 bool IsStickyCudaError(cudaError_t error);
+// True for a status CudaErrorToStatus made from a sticky error (what a device owner checks
+// after a failed call to decide to exit).
+bool IsStickyStatus(const absl::Status& status);
 
 // cuBLAS status codes (cublasStatus_t, passed as int so this header needs no cuBLAS include).
 // CUBLAS_STATUS_ALLOC_FAILED -> RESOURCE_EXHAUSTED, INVALID_VALUE / NOT_SUPPORTED ->

@@ -3,8 +3,7 @@
 // touched), and the real binaries ($DMOE_BIN_DIR): `dmoe serve --device cuda` without a GPU
 // (or without CUDA in the build) exits non-zero naming --device; `dmoe generate --device cuda
 // --temperature 0.7` is refused as non-greedy; `dmoe-attention --device cuda` without a GPU
-// fails with FAILED_PRECONDITION naming --device; `dmoe-expert --device cuda` (not wired)
-// answers UNIMPLEMENTED.
+// and `dmoe-expert --device cuda` without a GPU fail with FAILED_PRECONDITION naming --device.
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -171,11 +170,14 @@ TEST_F(DeviceFlagBinaryTest, AttentionCudaWithoutGpuExitsNamingDevice) {
       << output;
 }
 
-TEST_F(DeviceFlagBinaryTest, ExpertRoleAnswersUnimplementedForCuda) {
+TEST_F(DeviceFlagBinaryTest, ExpertCudaWithoutGpuExitsNamingDevice) {
+  // With a usable GPU the shard would start serving; that path is cuda_expert_test's.
+  if (GpuUsable()) GTEST_SKIP() << "a GPU is usable here";
   std::string output;
   EXPECT_EQ(RunBinary(bin_ + "/dmoe-expert --model " + tiny_->dir() + " --device cuda", &output),
             2);
-  EXPECT_THAT(output, AllOf(HasSubstr("UNIMPLEMENTED"), HasSubstr("--device cuda"))) << output;
+  EXPECT_THAT(output, AllOf(HasSubstr("FAILED_PRECONDITION"), HasSubstr("--device cuda")))
+      << output;
 }
 
 }  // namespace

@@ -1,12 +1,13 @@
 #include "transport/nccl/nccl_expert_transport.h"
 
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "model/cuda/cuda_status.h"
-#include "model/cuda/grouped_experts.h"
-#include "model/cuda/moe_group.h"
+#include "model/cuda/expert_rows.h"
 
 namespace dmoe::transport {
 
@@ -149,30 +150,21 @@ NcclServeFn MakeHostServeFn(ExpertTransport& local, absl::Duration timeout) {
 }
 
 absl::StatusOr<NcclServeFn> MakeCudaServeFn(const gpu::CudaWeights& weights, int64_t max_rows) {
-  const model::ModelConfig& c = weights.config();
-  if (max_rows <= 0 || c.num_experts <= 0) {
-    return absl::InvalidArgumentError("MakeCudaServeFn: max_rows and num_experts must be positive");
-  }
-  struct Scratch {
-    gpu::DeviceBuffer counts, offsets, sorted, act;
+  DMOE_ASSIGN_OR_RETURN(gpu::CudaExpertRows rows, gpu::CudaExpertRows::Create(weights, max_rows));
+  struct State {
+    gpu::CudaExpertRows rows;
     std::vector<int32_t> ids;
   };
-  auto s = std::make_shared<Scratch>();
-  DMOE_ASSIGN_OR_RETURN(s->counts, gpu::DeviceBuffer::Allocate(c.num_experts * 4));
-  DMOE_ASSIGN_OR_RETURN(s->offsets, gpu::DeviceBuffer::Allocate((c.num_experts + 1) * 4));
-  DMOE_ASSIGN_OR_RETURN(s->sorted, gpu::DeviceBuffer::Allocate(max_rows * 4));
-  DMOE_ASSIGN_OR_RETURN(s->act,
-                        gpu::DeviceBuffer::Allocate(max_rows * c.moe_intermediate_size * 4));
-  return NcclServeFn([&weights, s, max_rows](const NcclServeRequest& r,
-                                             gpu::DeviceContext& ctx) -> absl::Status {
+  auto s = std::make_shared<State>(State{std::move(rows), {}});
+  return NcclServeFn([&weights, s](const NcclServeRequest& r,
+                                   gpu::DeviceContext& ctx) -> absl::Status {
     const model::ModelConfig& c = weights.config();
-    if (r.num_rows > max_rows) {
-      return absl::ResourceExhaustedError(absl::StrCat(r.num_rows, " rows, max ", max_rows));
+    if (r.hidden_size != c.hidden_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("hidden_size ", r.hidden_size, ", the model has ", c.hidden_size));
     }
-    if (r.layer < 0 || r.layer >= c.num_hidden_layers ||
-        weights.layer(r.layer).expert_gate == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("layer ", r.layer, " has no routed experts"));
-    }
+    // The ids come from a peer's device: check them on the host before any kernel reads the
+    // expert pointer table with them.
     s->ids.resize(r.num_rows);
     DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s->ids.data(), r.expert_ids, r.num_rows * 4,
                                               cudaMemcpyDeviceToHost, ctx.stream));
@@ -183,31 +175,7 @@ absl::StatusOr<NcclServeFn> MakeCudaServeFn(const gpu::CudaWeights& weights, int
             absl::StrCat("expert_ids[", i, "] = ", s->ids[i], " outside [0, ", c.num_experts, ")"));
       }
     }
-    const gpu::CudaLayer& layer = weights.layer(r.layer);
-    gpu::MoeGroupArgs group;
-    group.experts = r.expert_ids;
-    group.num_slots = r.num_rows;
-    group.num_experts = static_cast<int32_t>(c.num_experts);
-    group.counts = s->counts.as<int32_t>();
-    group.offsets = s->offsets.as<int32_t>();
-    group.sorted_slots = s->sorted.as<int32_t>();
-    DMOE_RETURN_IF_ERROR(gpu::LaunchMoeGroup(group, ctx.stream));
-    gpu::GroupedExpertsArgs ex;
-    ex.hidden = r.hidden;
-    ex.hidden_size = r.hidden_size;
-    ex.intermediate_size = c.moe_intermediate_size;
-    ex.top_k = 1;
-    ex.num_slots = r.num_rows;
-    ex.num_experts = static_cast<int32_t>(c.num_experts);
-    ex.offsets = s->offsets.as<int32_t>();
-    ex.sorted_slots = s->sorted.as<int32_t>();
-    ex.gate = layer.expert_gate;
-    ex.up = layer.expert_up;
-    ex.down = layer.expert_down;
-    ex.weight_dtype = layer.expert_dtype;
-    ex.act = s->act.as<float>();
-    ex.slot_out = r.out;
-    return gpu::LaunchGroupedExperts(ex, ctx.stream);
+    return s->rows.Enqueue(r.layer, r.hidden, r.expert_ids, r.num_rows, r.out, ctx.stream);
   });
 }
 
