@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
   registration.set_role(dmoe::v1::POD_ROLE_ATTENTION);
   registration.set_address(address);
   registration.set_config_fingerprint(*fingerprint);
+  registration.set_greedy_only(device == "cuda");
   dmoe::scheduler::MembershipAgent agent(
       {.scheduler_address = scheduler,
        .registration = registration,
