@@ -118,4 +118,18 @@ grpc::ServerUnaryReactor* ClusterServer::ListMembers(grpc::CallbackServerContext
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ClusterServer::GetCommunicator(
+    grpc::CallbackServerContext* context, const dmoe::v1::GetCommunicatorRequest* request,
+    dmoe::v1::GetCommunicatorResponse* response) {
+  absl::StatusOr<CommunicatorId> id =
+      communicators_.Get(request->group(), request->failed_generation());
+  if (id.ok()) {
+    response->set_unique_id(id->unique_id);
+    response->set_generation(id->generation);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(id.status()));
+  return reactor;
+}
+
 }  // namespace dmoe::scheduler

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proto/dmoe/v1/cluster.grpc.pb.h"
+#include "scheduler/communicator_ids.h"
 #include "scheduler/membership.h"
 
 namespace dmoe::scheduler {
@@ -12,9 +13,13 @@ namespace dmoe::scheduler {
 // Thread-safe (Membership is; every handler finishes inline without blocking).
 class ClusterServer final : public dmoe::v1::Cluster::CallbackService {
  public:
-  // Pods must present this config fingerprint (empty: accept any).
-  ClusterServer(Membership& membership, std::string config_fingerprint)
-      : membership_(membership), fingerprint_(std::move(config_fingerprint)) {}
+  // Pods must present this config fingerprint (empty: accept any). NCCL communicator ids come
+  // from `unique_ids` (DefaultUniqueIdFactory: NCCL when built with it).
+  ClusterServer(Membership& membership, std::string config_fingerprint,
+                UniqueIdFactory unique_ids = DefaultUniqueIdFactory())
+      : membership_(membership),
+        fingerprint_(std::move(config_fingerprint)),
+        communicators_(std::move(unique_ids)) {}
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
                                      const dmoe::v1::RegisterRequest* request,
@@ -31,10 +36,14 @@ class ClusterServer final : public dmoe::v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* ListMembers(grpc::CallbackServerContext* context,
                                         const dmoe::v1::ListMembersRequest* request,
                                         dmoe::v1::ListMembersResponse* response) override;
+  grpc::ServerUnaryReactor* GetCommunicator(grpc::CallbackServerContext* context,
+                                            const dmoe::v1::GetCommunicatorRequest* request,
+                                            dmoe::v1::GetCommunicatorResponse* response) override;
 
  private:
   Membership& membership_;
   std::string fingerprint_;
+  CommunicatorIds communicators_;
 };
 
 // Fills a proto placement.

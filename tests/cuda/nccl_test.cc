@@ -2,18 +2,25 @@
 // and combine of MoE layers through NCCL self send/recv on one device (a one-rank
 // communicator that is both the attention rank and the expert rank) equal the in-process
 // transport bit for bit; the GPU expert compute behind NCCL matches the CPU experts; a missing
-// peer gives DEADLINE_EXCEEDED within the timeout instead of a hang.
+// peer gives DEADLINE_EXCEEDED within the timeout instead of a hang. The communicators of the
+// transport tests get their unique id from a real scheduler Cluster service over gRPC
+// (Cluster.GetCommunicator), as pods do.
 #include <cstring>
 #include <memory>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/nccl/nccl_communicator.h"
 #include "expert_service/expert_engine.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "model/cuda/cuda_model.h"
 #include "model/cuda/device_worker.h"
 #include "model/moe_routing.h"
+#include "scheduler/cluster_server.h"
+#include "scheduler/communicator_client.h"
+#include "scheduler/membership.h"
 #include "tests/cuda/gpu_test_util.h"
 #include "tests/transport/expert_test_util.h"
 #include "transport/in_process_expert_transport.h"
@@ -87,9 +94,19 @@ class NcclExpertTransportTest : public ::testing::Test {
     auto worker = DeviceWorker::Create({});
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = *std::move(worker);
+    // The scheduler's Cluster service, which hands out the communicator ids.
+    cluster_ = std::make_unique<scheduler::ClusterServer>(membership_, "");
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(cluster_.get());
+    scheduler_ = builder.BuildAndStart();
+    ASSERT_TRUE(scheduler_ != nullptr && port != 0);
+    scheduler_address_ = absl::StrCat("127.0.0.1:", port);
   }
 
   void TearDown() override {
+    if (scheduler_) scheduler_->Shutdown();
     transports_.clear();  // frees staging on the device thread
     if (worker_ != nullptr) {
       absl::Status s = worker_->Run([&](DeviceContext&) {
@@ -109,11 +126,16 @@ class NcclExpertTransportTest : public ::testing::Test {
       const std::function<absl::StatusOr<NcclServeFn>()>& make_serve) {
     const int64_t h = tiny_->config().hidden_size;
     NcclExpertExchange* exchange = nullptr;
+    auto id = scheduler::FetchCommunicatorId(scheduler_address_,
+                                             absl::StrCat("self-", groups_++), 0,
+                                             absl::Now() + absl::Seconds(10));
+    EXPECT_TRUE(id.ok()) << id.status();
+    if (!id.ok()) return nullptr;
     absl::Status s = worker_->Run([&](DeviceContext&) -> absl::Status {
-      auto id = nccl::NewUniqueId();
-      if (!id.ok()) return id.status();
-      auto comm = nccl::NcclCommunicator::Create(
-          {.unique_id = *id, .num_ranks = 1, .rank = 0, .timeout = absl::Seconds(30)});
+      auto comm = nccl::NcclCommunicator::Create({.unique_id = id->unique_id,
+                                                  .num_ranks = 1,
+                                                  .rank = 0,
+                                                  .timeout = absl::Seconds(30)});
       if (!comm.ok()) return comm.status();
       comms_.push_back(*std::move(comm));
       auto serve = make_serve();
@@ -161,6 +183,11 @@ class NcclExpertTransportTest : public ::testing::Test {
   static expert_testing::TinyModel* tiny_;
   std::unique_ptr<expert::ExpertEngine> engine_;
   std::shared_ptr<InProcessExpertTransport> inproc_;
+  scheduler::Membership membership_{{.num_experts = 16}};
+  std::unique_ptr<scheduler::ClusterServer> cluster_;
+  std::unique_ptr<grpc::Server> scheduler_;
+  std::string scheduler_address_;
+  int groups_ = 0;
   std::unique_ptr<DeviceWorker> worker_;
   std::vector<std::shared_ptr<NcclExpertTransport>> transports_;
   // Device thread only.
