@@ -104,7 +104,7 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
   return engine;
 }
 
-absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments, bool greedy_only) {
+absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments) {
   std::set<std::string> seen;
   for (size_t i = 0; i < segments.size(); ++i) {
     const SegmentRequest& s = segments[i];
@@ -116,7 +116,6 @@ absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments, bool 
           absl::StrCat("sequence '", s.sequence_id, "' appears twice in one step"));
     }
     DMOE_RETURN_IF_ERROR(s.plan.sampling.Validate());
-    if (greedy_only) DMOE_RETURN_IF_ERROR(CheckDeviceGreedy(s.plan.sampling));
   }
   return absl::OkStatus();
 }
@@ -129,7 +128,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
   std::vector<model::KvSequence*> caches(segments.size());
   {
     std::lock_guard<std::mutex> lock(sequences_mu_);
-    DMOE_RETURN_IF_ERROR(ValidateSegments(segments, /*greedy_only=*/false));
+    DMOE_RETURN_IF_ERROR(ValidateSegments(segments));
     for (size_t i = 0; i < segments.size(); ++i) {
       const SegmentRequest& s = segments[i];
       auto& kv = sequences_[s.sequence_id];
@@ -204,7 +203,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::DeviceStep(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   const auto t0 = std::chrono::steady_clock::now();
-  DMOE_RETURN_IF_ERROR(ValidateSegments(segments, /*greedy_only=*/true));
+  DMOE_RETURN_IF_ERROR(ValidateSegments(segments));
   TimedExecutor& experts = *lanes_[0]->experts;
   experts.seconds = 0;
   experts.failed = false;

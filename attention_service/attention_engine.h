@@ -63,9 +63,8 @@ struct SegmentRequest {
 };
 
 // What every step checks before touching a cache: non-empty, distinct sequence ids and valid
-// sampling; with `greedy_only` (the GPU forward) also CheckDeviceGreedy. INVALID_ARGUMENT
-// naming the segment.
-absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments, bool greedy_only);
+// sampling. INVALID_ARGUMENT naming the segment.
+absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments);
 
 struct StepTimings {
   double forward_seconds = 0;

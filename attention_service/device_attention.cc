@@ -165,7 +165,9 @@ class CudaAttention final : public DeviceAttention {
                             .tokens = plan.tokens,
                             .persist = plan.persist,
                             .attention_block = plan.attention_block,
-                            .logits_from = plan.logits_from};
+                            .logits_from = plan.logits_from,
+                            // Sampling runs on the host, over the rows' logits.
+                            .return_logits = !plan.sampling.IsPlainGreedy()};
       }
       absl::StatusOr<std::vector<gpu::CudaProposals>> out = model_->Forward(batch);
       if (!out.ok()) {
@@ -175,9 +177,18 @@ class CudaAttention final : public DeviceAttention {
         }
         return out.status();
       }
+      const int64_t vocab = weights_->config().vocab_size;
       for (size_t i = begin; i < end; ++i) {
         gpu::CudaProposals& p = (*out)[i - begin];
-        proposals[i] = {.tokens = std::move(p.ids), .confidence = std::move(p.confidence)};
+        const engine::StepPlan& plan = segments[i].plan;
+        if (batch[i - begin].return_logits) {
+          // The CPU engine's own sampler (same counter-based RNG), so a sampled request gets
+          // the tokens it would get on the CPU up to the logits' rounding.
+          proposals[i] = engine::SampleRows(p.logits.data(), static_cast<int64_t>(p.ids.size()),
+                                            vocab, plan.sampling, plan.stream);
+        } else {
+          proposals[i] = {.tokens = std::move(p.ids), .confidence = std::move(p.confidence)};
+        }
       }
       begin = end;
     }

@@ -51,10 +51,6 @@ class DeviceAttention {
   virtual int64_t sequences() const = 0;
 };
 
-// OK when `sampling` is greedy and unfiltered; otherwise INVALID_ARGUMENT "--device cuda
-// computes greedy proposals only ..." (scheduler::CheckDeviceSampling is this check).
-absl::Status CheckDeviceGreedy(const engine::SamplingParams& sampling);
-
 // Starts a DeviceWorker, uploads every tensor `weights` holds, allocates the KV pool and a
 // CudaModel. With `experts` its MoE layers call it (must outlive the result; called on the
 // device thread) and uploaded experts are never read; without, `weights` must hold every

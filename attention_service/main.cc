@@ -64,8 +64,8 @@ int main(int argc, char** argv) {
   std::string device = "cpu";
   app.add_option("--device", device,
                  "cpu, or cuda: attention, dense layers, routers, shared experts and the KV "
-                 "cache on GPU 0; routed experts still go to the expert shards (greedy only, "
-                 "one micro-batch; see docs/cuda.md)")
+                 "cache on GPU 0; routed experts still go to the expert shards (one "
+                 "micro-batch; see docs/cuda.md)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -120,7 +120,6 @@ int main(int argc, char** argv) {
   registration.set_role(dmoe::v1::POD_ROLE_ATTENTION);
   registration.set_address(address);
   registration.set_config_fingerprint(*fingerprint);
-  registration.set_greedy_only(device == "cuda");
   dmoe::scheduler::MembershipAgent agent(
       {.scheduler_address = scheduler,
        .registration = registration,

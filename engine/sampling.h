@@ -20,6 +20,11 @@ struct SamplingParams {
   // INVALID_ARGUMENT naming the field: temperature < 0 or not finite, top_k < 0,
   // top_p outside (0, 1].
   absl::Status Validate() const;
+
+  // True when SampleRows is the plain argmax with confidence = the softmax probability over the
+  // full vocabulary (temperature 0, no top_k / top_p): what the GPU's fused lm_head reduction
+  // computes. Other settings need the row's logits.
+  bool IsPlainGreedy() const { return temperature == 0.0f && top_k == 0 && top_p >= 1.0f; }
 };
 
 // Proposals for a run of positions: token[i] and its confidence (the probability of token[i]

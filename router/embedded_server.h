@@ -48,8 +48,8 @@ struct EmbeddedServerOptions {
   std::string model_name;
   std::string model_version;
   std::string kernels = "cpu";   // "cpu" or "reference"
-  // In-process mode: where the forward runs, "cpu" or "cuda" (scheduler::InProcessModel;
-  // greedy requests only on "cuda"). Cluster mode computes nothing here: must be "cpu".
+  // In-process mode: where the forward runs, "cpu" or "cuda" (scheduler::InProcessModel).
+  // Cluster mode computes nothing here: must be "cpu".
   std::string device = "cpu";
   int num_threads = 0;           // compute threads; <= 0: all hardware threads
   int64_t kv_page_tokens = 32;

@@ -54,7 +54,6 @@ grpc::ServerUnaryReactor* ClusterServer::Register(grpc::CallbackServerContext* c
   pod.address = request->address();
   pod.expert_first = request->expert_first();
   pod.expert_last = request->expert_last();
-  pod.greedy_only = request->greedy_only();
   auto id = membership_.Register(pod);
   if (!id.ok()) {
     reactor->Finish(ToGrpcStatus(id.status()));

@@ -21,17 +21,13 @@ class CudaStepExecutor final : public StepExecutor {
                    std::unique_ptr<attention::DeviceAttention> device)
       : options_(options), device_(std::move(device)) {}
 
-  absl::Status CheckParams(const engine::GenerationParams& params) const override {
-    return CheckDeviceSampling(params.sampling);
-  }
-
   absl::StatusOr<std::vector<engine::Proposal>> Execute(
       const std::vector<SequenceStep>& steps) override {
     std::vector<attention::SegmentRequest> segments;
     segments.reserve(steps.size());
     for (const SequenceStep& s : steps) segments.push_back({s.sequence_id, s.plan, s.reset_cache});
     // Everything that can be refused is refused here, before the device sees the step.
-    DMOE_RETURN_IF_ERROR(attention::ValidateSegments(segments, /*greedy_only=*/true));
+    DMOE_RETURN_IF_ERROR(attention::ValidateSegments(segments));
     absl::StatusOr<std::vector<engine::Proposal>> proposals = device_->Step(segments);
     if (proposals.status().code() == absl::StatusCode::kFailedPrecondition) {
       // The device no longer caches what the plan extends: the scheduler re-plans the batch
@@ -66,10 +62,6 @@ absl::Status CudaStepExecutorOptions::Validate() const {
   DMOE_RETURN_IF_ERROR(at_least("max_rows", max_rows, 1));
   DMOE_RETURN_IF_ERROR(at_least("max_segments", max_segments, 1));
   return at_least("max_queue", max_queue, 1);
-}
-
-absl::Status CheckDeviceSampling(const engine::SamplingParams& sampling) {
-  return attention::CheckDeviceGreedy(sampling);
 }
 
 absl::StatusOr<std::unique_ptr<StepExecutor>> CreateCudaStepExecutor(

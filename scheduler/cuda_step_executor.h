@@ -1,9 +1,9 @@
 // A StepExecutor whose forwards run on one GPU (gpu::CudaModel): `dmoe serve --device cuda`,
 // `dmoe generate --device cuda`. The checkpoint's weights are uploaded once; each sequence's KV
-// cache lives in a paged device pool. Only greedy proposals exist on the device (the lm_head
-// kernel keeps the top-1 id and its probability; logits never leave the GPU), so requests
-// that sample (temperature > 0) or filter (top_k / top_p) are refused, never served
-// differently.
+// cache lives in a paged device pool. Greedy proposals come from the lm_head kernel (top-1 id
+// and its probability; logits stay on the GPU); for requests that sample (temperature > 0) or
+// filter (top_k / top_p) the rows' logits come back and engine::SampleRows, the CPU engine's
+// sampler, runs on the host.
 //
 // This header has no CUDA types: it is compiled into every build. In a build without CUDA
 // (DMOE_ENABLE_CUDA=OFF) CreateCudaStepExecutor answers FAILED_PRECONDITION.
@@ -37,17 +37,12 @@ struct CudaStepExecutorOptions {
   absl::Status Validate() const;
 };
 
-// OK when `sampling` is greedy and unfiltered (temperature 0, top_k 0, top_p 1): the only
-// proposals the device computes. Otherwise INVALID_ARGUMENT "--device cuda computes greedy
-// proposals only (temperature 0) ...". Needs no GPU.
-absl::Status CheckDeviceSampling(const engine::SamplingParams& sampling);
-
 // Starts a DeviceWorker on options.device, uploads every tensor `weights` holds, allocates the
 // KV pool and the forward's scratch. `config` / `weights` are only read during the call.
 // Errors: FAILED_PRECONDITION when built without CUDA or when no GPU is usable (the
 // DeviceWorker's message), RESOURCE_EXHAUSTED when weights + KV pool do not fit, INVALID_ARGUMENT
-// for bad options. The executor's CheckParams refuses non-greedy requests at admission (see
-// CheckDeviceSampling); Execute checks every plan again before anything reaches the device.
+// for bad options. Greedy requests get their proposals from the device's fused lm_head
+// reduction; requests that sample are sampled on the host over the returned logits.
 absl::StatusOr<std::unique_ptr<StepExecutor>> CreateCudaStepExecutor(
     const model::ModelConfig& config, const model::ModelWeights& weights,
     const CudaStepExecutorOptions& options);

@@ -1,7 +1,7 @@
 // A whole model inside this process, as a Scheduler's StepExecutor: the mapped checkpoint, its
 // weights, and either (device "cpu") an attention engine (KV cache, compute backend) whose
 // experts run in-process (model::LocalExpertExecutor), or (device "cuda") the whole forward on
-// one GPU (CreateCudaStepExecutor: weights uploaded, KV on the device, greedy proposals only).
+// one GPU (CreateCudaStepExecutor: weights uploaded, KV on the device).
 // The embedded deployment (`dmoe serve`), `dmoe generate --device cuda` and the tests use it;
 // the cluster uses RemoteAttentionExecutor instead.
 #ifndef DMOE_SCHEDULER_IN_PROCESS_MODEL_H_

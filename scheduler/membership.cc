@@ -158,15 +158,6 @@ std::vector<std::string> Membership::AttentionAddresses() {
   return out;
 }
 
-std::string Membership::GreedyOnlyAttention() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ExpireLocked();
-  for (const auto& [id, m] : members_) {
-    if (m.pod.role == PodRole::kAttention && m.pod.greedy_only) return m.pod.address;
-  }
-  return "";
-}
-
 std::vector<MemberView> Membership::Members() {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked();

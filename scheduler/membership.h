@@ -25,7 +25,6 @@ struct PodInfo {
   std::string address;
   int64_t expert_first = 0;  // expert pods: [expert_first, expert_last)
   int64_t expert_last = 0;
-  bool greedy_only = false;  // attention pods on --device cuda
 };
 
 struct ShardPlacement {
@@ -84,8 +83,6 @@ class Membership {
 
   Placement CurrentPlacement();
   std::vector<std::string> AttentionAddresses();
-  // The address of a live attention pod that computes greedy proposals only; "" when none.
-  std::string GreedyOnlyAttention();
   std::vector<MemberView> Members();
   uint64_t placement_version();
   // Expert shards (distinct live ranges) in expert order, with their load.

@@ -7,7 +7,6 @@
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "grpcpp/grpcpp.h"
-#include "scheduler/cuda_step_executor.h"
 
 namespace dmoe::scheduler {
 namespace {
@@ -38,15 +37,6 @@ bool ReplicaFault(absl::StatusCode code) {
 RemoteAttentionExecutor::RemoteAttentionExecutor(const RemoteAttentionExecutorOptions& options,
                                                  Membership& membership)
     : options_(options), membership_(membership) {}
-
-absl::Status RemoteAttentionExecutor::CheckParams(const engine::GenerationParams& params) const {
-  const absl::Status greedy = CheckDeviceSampling(params.sampling);
-  if (greedy.ok()) return greedy;
-  const std::string replica = membership_.GreedyOnlyAttention();
-  if (replica.empty()) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("attention replica ", replica, " of this cluster runs on ", greedy.message()));
-}
 
 dmoe::v1::AttentionService::Stub* RemoteAttentionExecutor::StubFor(const std::string& address) {
   auto& stub = stubs_[address];

@@ -29,9 +29,6 @@ class RemoteAttentionExecutor : public StepExecutor {
  public:
   RemoteAttentionExecutor(const RemoteAttentionExecutorOptions& options, Membership& membership);
 
-  // Refuses a request that samples while a greedy-only replica (--device cuda) is a member:
-  // its sequences could be placed there, and the replica would fail the whole batch.
-  absl::Status CheckParams(const engine::GenerationParams& params) const override;
   absl::StatusOr<std::vector<engine::Proposal>> Execute(
       const std::vector<SequenceStep>& steps) override;
   void Release(const std::vector<std::string>& sequence_ids) override;

@@ -90,7 +90,6 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
     }
   }
   DMOE_RETURN_IF_ERROR(request.params.Validate(config.vocab_size));
-  DMOE_RETURN_IF_ERROR(executor_.CheckParams(request.params));
   const int64_t prompt = static_cast<int64_t>(request.prompt.size());
   if (prompt + request.params.max_new_tokens > config.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(

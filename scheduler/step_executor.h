@@ -38,12 +38,6 @@ class StepExecutor {
   virtual void Release(const std::vector<std::string>& sequence_ids) = 0;
   // KV capacity in pages of `page_tokens` tokens, for admission.
   virtual int64_t KvPagesCapacity() = 0;
-  // Admission check of a request's parameters against what this executor can compute (e.g.
-  // a GPU executor computes greedy proposals only). Non-OK statuses refuse the request at
-  // Submit, so one unservable request never fails a whole batch. Default: everything.
-  virtual absl::Status CheckParams(const engine::GenerationParams& params) const {
-    return absl::OkStatus();
-  }
 };
 
 using StepExecutorPtr = std::unique_ptr<StepExecutor>;

@@ -1,5 +1,5 @@
 // dmoe generate: one prompt through the single-process engine (--device cpu), or through the
-// GPU step executor (--device cuda: scheduler::InProcessModel, greedy decoding only).
+// GPU step executor (--device cuda: scheduler::InProcessModel).
 #include <unistd.h>
 
 #include <chrono>
@@ -83,7 +83,6 @@ absl::StatusOr<engine::GenerationResult> GenerateWithExecutor(
           absl::StrCat("prompt token id ", t, " is outside [0, ", config.vocab_size, ")"));
     }
   }
-  DMOE_RETURN_IF_ERROR(executor.CheckParams(params));
   DMOE_ASSIGN_OR_RETURN(engine::Sequence sequence, engine::Sequence::Create(prompt, params));
   engine::GenerationResult r;
   const std::string id = "generate";
@@ -199,9 +198,8 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     DMOE_ASSIGN_OR_RETURN(auto results, engine->Generate({{prompt, params}}, observer));
     r = std::move(results[0]);
   } else {
-    // Refuse what the device cannot compute before loading anything onto it.
+    // Refuse bad parameters before loading anything onto the device.
     DMOE_RETURN_IF_ERROR(params.Validate(config.vocab_size));
-    DMOE_RETURN_IF_ERROR(scheduler::CheckDeviceSampling(params.sampling));
     // A KV pool on the device for this one request (prompt + generation + one block).
     constexpr int64_t kPageTokens = 32;
     const int64_t tokens = static_cast<int64_t>(prompt.size()) + params.max_new_tokens +
@@ -269,8 +267,7 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   cmd->add_option("--device", flags->device,
-                  "Where the forward runs: cpu, or cuda (one GPU; greedy decoding only: "
-                  "--temperature 0, no --top-k / --top-p)")
+                  "Where the forward runs: cpu, or cuda (one GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->callback([flags, exit_code] {

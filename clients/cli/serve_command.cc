@@ -116,8 +116,7 @@ void RegisterServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--device", flags->device,
                   "Where the forward runs: cpu, or cuda (one GPU holds the weights and the "
-                  "--kv-pages KV pool, allocated up front; greedy requests only; not with "
-                  "--cluster)")
+                  "--kv-pages KV pool, allocated up front; not with --cluster)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--mask-id", flags->mask_id, "Override the mask token id");

@@ -836,7 +836,18 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     DMOE_RETURN_IF_ERROR(LaunchMoeCombine(combine, stream));
   }
 
-  // Final norm + lm_head over every segment's output rows.
+  // Final norm + lm_head over every segment's output rows (and their logits, where asked).
+  std::vector<CudaProposals> proposals(num_segments);
+  std::vector<float*> row_logits;
+  for (int64_t i = 0; i < num_segments; ++i) {
+    if (!segments[i].return_logits) continue;
+    const int64_t n_out = out_begin[i + 1] - out_begin[i];
+    if (row_logits.empty()) row_logits.assign(out_rows, nullptr);
+    proposals[i].logits.resize(static_cast<size_t>(n_out * c.vocab_size));
+    for (int64_t r = 0; r < n_out; ++r) {
+      row_logits[out_begin[i] + r] = proposals[i].logits.data() + r * c.vocab_size;
+    }
+  }
   DMOE_RETURN_IF_ERROR(record(ev_head));
   float* head_x = head_x_.as<float>();
   for (int64_t i = 0; i < num_segments; ++i) {
@@ -869,6 +880,7 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     head.x_scratch = x16_.data();
     head.ids = ids_.as<int32_t>();
     head.confidence = confidence_.as<float>();
+    head.row_logits_host = row_logits.empty() ? nullptr : row_logits.data();
     DMOE_RETURN_IF_ERROR(LaunchLmHeadTop1(head, stream));
     DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.data(), ids_.data(), out_rows * 4,
                                               cudaMemcpyDeviceToHost, stream));
@@ -879,7 +891,6 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
   DMOE_RETURN_IF_ERROR(record(ev_end));
   DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
 
-  std::vector<CudaProposals> proposals(num_segments);
   const int32_t* ids = result_host_.as<int32_t>();
   const float* conf = reinterpret_cast<const float*>(result_host_.as<char>() + out_rows * 4);
   for (int64_t i = 0; i < num_segments; ++i) {

@@ -1,7 +1,8 @@
 // The LLaDA2.0 / Ling 2.0 forward pass on one GPU (MODEL-SPEC.md §1.2-1.3): the device form of
 // model::Model::Forward over the same segments, with weights, activations and the paged KV
 // cache resident on the device. What comes back is per output row the greedy proposal (top-1
-// id and its softmax probability, LaunchLmHeadTop1): logits never leave the GPU.
+// id and its softmax probability, LaunchLmHeadTop1); logits leave the GPU only for segments
+// that ask for them (return_logits: requests that sample, which the host does).
 //
 // Everything here is owned by the DeviceWorker thread of its device (STYLE.md §8): create,
 // use and destroy these objects inside DeviceWorker::Run.
@@ -10,7 +11,7 @@
 // rounded to the weight dtype (matmul.h); cuBLAS may pick a different reduction split for a
 // different batch size, so unlike the CPU backends a forward is not bit-identical across batch
 // compositions (the custom kernels are); only greedy (temperature 0) proposals are computed on
-// the device.
+// the device (sampling runs on the host over returned logits).
 #ifndef DMOE_MODEL_CUDA_CUDA_MODEL_H_
 #define DMOE_MODEL_CUDA_CUDA_MODEL_H_
 
@@ -161,12 +162,14 @@ struct CudaForwardSegment {
   int64_t persist = 0;
   int64_t attention_block = 32;
   int64_t logits_from = 0;
+  bool return_logits = false;  // also copy the rows' F32 logits to the host (CudaProposals)
 };
 
 // Greedy proposals of one segment's rows [logits_from, tokens.size()).
 struct CudaProposals {
   std::vector<int32_t> ids;
   std::vector<float> confidence;
+  std::vector<float> logits;  // F32 [rows, vocab] with return_logits, else empty
 };
 
 // Device time of one forward, measured with CUDA events (CudaModelOptions::time_phases).

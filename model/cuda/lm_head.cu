@@ -111,6 +111,22 @@ absl::Status LaunchLmHeadTop1(const LmHeadTop1Args& a, cudaStream_t stream) {
     DMOE_RETURN_IF_ERROR(LaunchMatMul(mm, stream));
     DMOE_RETURN_IF_ERROR(
         LaunchSoftmaxTop1(a.logits_scratch, rows, a.vocab, a.ids + r0, a.confidence + r0, stream));
+    if (a.row_logits_host == nullptr) continue;
+    // Runs of rows whose host rows are adjacent: one copy each, ordered on the stream before
+    // the next chunk's GEMM overwrites the scratch.
+    for (int64_t r = 0; r < rows;) {
+      float* dst = a.row_logits_host[r0 + r];
+      if (dst == nullptr) {
+        ++r;
+        continue;
+      }
+      int64_t run = 1;
+      while (r + run < rows && a.row_logits_host[r0 + r + run] == dst + run * a.vocab) ++run;
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, a.logits_scratch + r * a.vocab,
+                                                run * a.vocab * sizeof(float),
+                                                cudaMemcpyDeviceToHost, stream));
+      r += run;
+    }
   }
   return absl::OkStatus();
 }

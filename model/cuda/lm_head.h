@@ -3,8 +3,9 @@
 // then one pass over the row gives
 //   id[r]         = argmax_v logits[r, v]        (the lowest id among equal maxima)
 //   confidence[r] = softmax(logits[r])[id[r]] = 1 / sum_v exp(logits[r, v] - max)
-// the greedy (temperature 0) proposal of engine::SampleRows. Full logits never leave the GPU;
-// only ids and confidences do (8 bytes per row instead of 4 * vocab).
+// the greedy (temperature 0) proposal of engine::SampleRows. Full logits leave the GPU only for
+// rows that ask for them (row_logits_host: requests that sample, which the host does);
+// otherwise only ids and confidences do (8 bytes per row instead of 4 * vocab).
 #ifndef DMOE_MODEL_CUDA_LM_HEAD_H_
 #define DMOE_MODEL_CUDA_LM_HEAD_H_
 
@@ -32,6 +33,10 @@ struct LmHeadTop1Args {
   void* x_scratch = nullptr;        // w_dtype [min(m, scratch_rows), hidden] unless w is F32
   int32_t* ids = nullptr;           // I32 [m]
   float* confidence = nullptr;      // F32 [m]
+  // Optional host array [m]: a non-null row_logits_host[r] receives row r's F32 logits (vocab
+  // floats), copied out of the scratch before the next chunk reuses it. Rows whose
+  // destinations follow each other are copied in one transfer.
+  float* const* row_logits_host = nullptr;
 };
 
 // Enqueues ceil(m / scratch_rows) GEMM + reduction pairs on `stream`. m == 0 is a no-op.

@@ -288,14 +288,19 @@ TEST_F(CudaAttentionTest, EngineOnCudaStepsLikeTheCpuEngine) {
   // A plan that does not start at the cached length is refused as on the CPU.
   auto stale = (*gpu)->Step({{.sequence_id = "a", .plan = plan(0, Tokens(4, 3), 0, 0)}});
   EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition) << stale.status();
-  // Sampling is refused, never served greedily.
-  engine::StepPlan sampled = plan(0, Tokens(4, 3), 0, 0);
-  sampled.sampling.temperature = 0.7f;
-  auto refused = (*gpu)->Step({{.sequence_id = "c", .plan = sampled}});
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(refused.status().message()),
-              ::testing::HasSubstr("--device cuda computes greedy proposals only"));
-  EXPECT_EQ((*gpu)->Release({"a", "b", "zz"}), 2);
+  // A plan that samples is sampled on the host over the returned logits, as on the CPU.
+  engine::StepPlan sampled = plan(0, Tokens(6, 3), 6, 2);
+  sampled.sampling = {.temperature = 0.7f, .top_k = 40, .seed = 12};
+  sampled.stream = 5;
+  auto sampled_gpu = (*gpu)->Step({{.sequence_id = "c", .plan = sampled}});
+  auto sampled_cpu = (*cpu)->Step({{.sequence_id = "c", .plan = sampled}});
+  ASSERT_TRUE(sampled_gpu.ok()) << sampled_gpu.status();
+  ASSERT_TRUE(sampled_cpu.ok()) << sampled_cpu.status();
+  EXPECT_EQ((*sampled_gpu)[0].tokens, (*sampled_cpu)[0].tokens);
+  for (size_t r = 0; r < (*sampled_cpu)[0].confidence.size(); ++r) {
+    EXPECT_NEAR((*sampled_gpu)[0].confidence[r], (*sampled_cpu)[0].confidence[r], 1e-3);
+  }
+  EXPECT_EQ((*gpu)->Release({"a", "b", "c", "zz"}), 3);
   EXPECT_EQ((*gpu)->Info().kv_pages_used, 0);
 }
 

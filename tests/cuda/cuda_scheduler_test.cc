@@ -48,7 +48,7 @@ struct Case {
   engine::GenerationParams params;
 };
 
-// Greedy only: thresholds 0 .. 0.95, block lengths 32 / 8 / 4 / 16, one AR request.
+// Greedy: thresholds 0 .. 0.95, block lengths 32 / 8 / 4 / 16, one AR request.
 std::vector<Case> GreedyCases(int n) {
   std::vector<Case> cases;
   for (int i = 0; i < n; ++i) {
@@ -164,26 +164,19 @@ TEST_F(CudaSchedulerTest, StepsSplitIntoSeveralForwardsGiveTheSameIds) {
   RunConcurrently(**executor, (*checkpoint)->config(), GreedyCases(8));
 }
 
-TEST_F(CudaSchedulerTest, SamplingRequestIsRefusedAtSubmit) {
+// Requests that sample or filter get their rows' logits back and the CPU engine's sampler
+// (same counter-based RNG): the same tokens as the CPU engine.
+TEST_F(CudaSchedulerTest, SamplingRequestsMatchTheCpuEngine) {
   auto model = InProcessModel::Create(
-      {.model_dir = tiny_->dir(), .kv_max_pages = 64, .device = "cuda"});
+      {.model_dir = tiny_->dir(), .kv_max_pages = 256, .device = "cuda"});
   ASSERT_TRUE(model.ok()) << model.status();
-  auto scheduler = Scheduler::Create({}, (*model)->config(), (*model)->step_executor());
-  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
-  engine::GenerationParams p;
-  p.mask_id = kMask;
-  p.sampling = {.temperature = 0.8f, .seed = 3};
-  EXPECT_THAT((*scheduler)->Submit({.request_id = "s", .prompt = Prompt(5, 1), .params = p}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("--device cuda computes greedy proposals only")));
-  // Execute checks every plan again, before the device.
-  engine::StepPlan plan;
-  plan.tokens = Prompt(5, 1);
-  plan.persist = 5;
-  plan.logits_from = 4;
-  plan.sampling.temperature = 0.8f;
-  EXPECT_THAT((*model)->step_executor().Execute({{.sequence_id = "s", .plan = plan}}),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  std::vector<Case> cases = GreedyCases(6);
+  const std::vector<engine::SamplingParams> sampling = {
+      {.temperature = 0.8f, .seed = 3}, {.temperature = 1.0f, .top_k = 20, .seed = 4},
+      {.temperature = 0.7f, .top_p = 0.9f, .seed = 5}, {.top_k = 5},
+      {.top_p = 0.5f}, {.temperature = 1.2f, .top_k = 50, .top_p = 0.95f, .seed = 6}};
+  for (size_t i = 0; i < cases.size(); ++i) cases[i].params.sampling = sampling[i];
+  RunConcurrently((*model)->step_executor(), (*model)->config(), cases);
 }
 
 }  // namespace

@@ -1,17 +1,13 @@
-// Membership and placement with a fake clock: registration, leases, placement versions; the
-// cluster executor's admission check against greedy-only (--device cuda) replicas.
+// Membership and placement with a fake clock: registration, leases, placement versions.
 #include "scheduler/membership.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "scheduler/remote_attention_executor.h"
 
 namespace dmoe::scheduler {
 namespace {
 
-using ::testing::AllOf;
 using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 
 class MembershipTest : public ::testing::Test {
  protected:
@@ -132,31 +128,6 @@ TEST(MembershipLoadTest, RemovedPodLeavesThePlacementAtOnce) {
   EXPECT_GT(m.placement_version(), v);
   EXPECT_THAT(m.CurrentPlacement().shards[0].replicas, ::testing::ElementsAre("a"));
   EXPECT_EQ(m.ShardStatuses()[0].replicas, 1);
-}
-
-TEST_F(MembershipTest, SamplingIsRefusedAtAdmissionWhileAGreedyOnlyReplicaServes) {
-  RemoteAttentionExecutor executor({}, m_);
-  engine::GenerationParams sampling;
-  sampling.sampling.temperature = 0.7f;
-  const engine::GenerationParams greedy;
-  EXPECT_TRUE(executor.CheckParams(sampling).ok());
-  auto cpu = m_.Register({PodRole::kAttention, "a-cpu"});
-  ASSERT_TRUE(cpu.ok());
-  EXPECT_TRUE(executor.CheckParams(sampling).ok());
-  auto gpu = m_.Register({.role = PodRole::kAttention, .address = "a-gpu", .greedy_only = true});
-  ASSERT_TRUE(gpu.ok());
-  EXPECT_EQ(m_.GreedyOnlyAttention(), "a-gpu");
-  const absl::Status refused = executor.CheckParams(sampling);
-  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(refused.message()),
-              AllOf(HasSubstr("a-gpu"), HasSubstr("--device cuda"), HasSubstr("temperature 0.7")));
-  EXPECT_TRUE(executor.CheckParams(greedy).ok());
-  // Once the GPU replica's lease is gone, sampling is admitted again.
-  now_ += absl::Milliseconds(1500);
-  ASSERT_TRUE(m_.Heartbeat(*cpu).ok());
-  now_ += absl::Milliseconds(1500);
-  EXPECT_EQ(m_.GreedyOnlyAttention(), "");
-  EXPECT_TRUE(executor.CheckParams(sampling).ok());
 }
 
 }  // namespace
