@@ -146,15 +146,25 @@ class CudaAttention final : public DeviceAttention {
       }
       caches[i] = kv.get();
     }
+    // Rows of a plan that samples bring their logits to the host (4 x vocab bytes each):
+    // bounded per forward so host memory stays bounded.
+    constexpr int64_t kMaxSampledRowsPerForward = 256;
+    auto sampled_rows = [](const engine::StepPlan& plan) -> int64_t {
+      return plan.sampling.IsPlainGreedy()
+                 ? 0
+                 : static_cast<int64_t>(plan.tokens.size()) - plan.logits_from;
+    };
     size_t begin = 0;
     while (begin < segments.size()) {
       size_t end = begin;
-      int64_t rows = 0;
+      int64_t rows = 0, sampled = 0;
       while (end < segments.size() &&
              static_cast<int64_t>(end - begin) < options_.max_segments &&
-             (end == begin || rows + static_cast<int64_t>(segments[end].plan.tokens.size()) <=
-                                  options_.max_rows)) {
+             (end == begin ||
+              (rows + static_cast<int64_t>(segments[end].plan.tokens.size()) <= options_.max_rows &&
+               sampled + sampled_rows(segments[end].plan) <= kMaxSampledRowsPerForward))) {
         rows += static_cast<int64_t>(segments[end].plan.tokens.size());
+        sampled += sampled_rows(segments[end].plan);
         ++end;
       }
       std::vector<gpu::CudaForwardSegment> batch(end - begin);
@@ -183,7 +193,9 @@ class CudaAttention final : public DeviceAttention {
         const engine::StepPlan& plan = segments[i].plan;
         if (batch[i - begin].return_logits) {
           // The CPU engine's own sampler (same counter-based RNG), so a sampled request gets
-          // the tokens it would get on the CPU up to the logits' rounding.
+          // the tokens it would get on the CPU up to the logits' rounding. It runs here, on the
+          // device thread, because the step waits for it either way and the logits of the next
+          // forward reuse no memory of this one.
           proposals[i] = engine::SampleRows(p.logits.data(), static_cast<int64_t>(p.ids.size()),
                                             vocab, plan.sampling, plan.stream);
         } else {

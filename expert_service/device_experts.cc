@@ -58,9 +58,10 @@ class CudaExperts final : public DeviceExperts {
     if (!s.ok()) {
       // The destructor frees what was created, on the device thread.
       if (s.code() == absl::StatusCode::kResourceExhausted) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("--device cuda: the shard's experts do not fit on GPU ", options.device,
-                         " (use a smaller --experts range): ", s.message()));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "--device cuda: the shard's experts and staging buffers do not fit in the memory of "
+            "GPU ", options.device, " or in pinned host memory (use a smaller --experts range): ",
+            s.message()));
       }
       return s;
     }
@@ -113,6 +114,9 @@ class CudaExperts final : public DeviceExperts {
   absl::Status ComputeOnDevice(int64_t layer, const char* hidden, const char* ids, int64_t n,
                                float* out, cudaStream_t stream) {
     const size_t row_bytes = static_cast<size_t>(hidden_size_) * sizeof(float);
+    // Refuse before the first copy: an error return must not leave a transfer in flight out
+    // of the staging buffers the next call overwrites.
+    DMOE_RETURN_IF_ERROR(rows_->Check(layer, std::min(options_.max_rows, n)));
     for (int64_t first = 0; first < n; first += options_.max_rows) {
       const int64_t m = std::min(options_.max_rows, n - first);
       std::memcpy(host_hidden_.data(), hidden + first * row_bytes, m * row_bytes);

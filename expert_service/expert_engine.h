@@ -91,8 +91,8 @@ struct ExpertEngineOptions {
   std::string kernels = "cpu";
   // Concurrent computations: one Kernels instance (and one worker thread for Submit) each.
   // The kernels are thread-compatible only, so this is also the compute parallelism across
-  // calls. On "cuda" the GPU runs one call at a time; more workers only overlap the copies
-  // into its queue.
+  // calls. On "cuda" the GPU runs one call at a time (staging copies included); more workers
+  // only queue calls on it.
   int num_workers = 1;
   // Threads inside each Kernels instance (parallel over experts within one call).
   int threads_per_worker = 1;

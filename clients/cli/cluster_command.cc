@@ -87,6 +87,15 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   up->add_option("--port", options->port, "The router's port (0 = a free one)")->capture_default_str();
   up->add_option("--threads", options->threads, "Compute threads per pod")->capture_default_str();
+  up->add_option("--attention-device", options->attention_device,
+                 "Where attention replicas compute: cpu, or cuda (GPU 0 of this host)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  up->add_option("--expert-device", options->expert_device,
+                 "Where expert pods compute: cpu, or cuda (GPU 0 of this host, shared by every "
+                 "expert pod)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   up->callback([options, run_dir, state_file, exit_code] {
     options->run_dir = *run_dir;
     options->bin_dir = SelfBinDir();

@@ -101,6 +101,14 @@ absl::Status LocalClusterOptions::Validate() const {
   if (attention < 1) return absl::InvalidArgumentError("--attention must be >= 1");
   if (expert_shards < 1) return absl::InvalidArgumentError("--expert-shards must be >= 1");
   if (expert_replicas < 1) return absl::InvalidArgumentError("--expert-replicas must be >= 1");
+  auto check_device = [](const char* flag, const std::string& device) {
+    return device == "cpu" || device == "cuda"
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(
+                     absl::StrCat(flag, " must be cpu or cuda, got '", device, "'"));
+  };
+  DMOE_RETURN_IF_ERROR(check_device("--attention-device", attention_device));
+  DMOE_RETURN_IF_ERROR(check_device("--expert-device", expert_device));
   for (const char* bin : {"dmoe-router", "dmoe-scheduler", "dmoe-attention", "dmoe-expert"}) {
     if (!fs::exists(fs::path(bin_dir) / bin)) {
       return absl::FailedPreconditionError(absl::StrCat(bin, " not found in ", bin_dir));
@@ -124,11 +132,12 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
   const std::string threads = std::to_string(o.threads);
   if (role == "attention") {
     argv = {(fs::path(o.bin_dir) / "dmoe-attention").string(), "--model", o.model_dir,
-            "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads};
+            "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
+            "--device", o.attention_device};
   } else {
     argv = {(fs::path(o.bin_dir) / "dmoe-expert").string(), "--model", o.model_dir,
             "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
-            "--experts", absl::StrCat(first, ":", last)};
+            "--experts", absl::StrCat(first, ":", last), "--device", o.expert_device};
   }
   if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));

@@ -24,6 +24,8 @@ struct LocalClusterOptions {
   int expert_replicas = 1;        // pods per range
   int port = 0;                   // the router's (public) port; 0 = free
   int threads = 1;                // compute threads per pod
+  std::string attention_device = "cpu";  // --device of the attention replicas: cpu | cuda
+  std::string expert_device = "cpu";     // --device of the expert pods: cpu | cuda
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
   bool metrics = true;            // every process serves /metrics on a free loopback port
   absl::Duration startup_timeout = absl::Seconds(60);

@@ -81,6 +81,7 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const model::LayerWeights& hl = host.layers[l];
     CudaLayer dl;
+    std::vector<bool>& held = w->held_.emplace_back();
     DMOE_ASSIGN_OR_RETURN(dl.input_norm, vector(hl.input_norm));
     DMOE_ASSIGN_OR_RETURN(dl.qkv, matrix(hl.qkv));
     DMOE_ASSIGN_OR_RETURN(dl.q_norm, vector(hl.q_norm));
@@ -106,10 +107,12 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
         base = static_cast<char*>(p);
       }
       std::vector<const void*> ptrs(3 * e_count, nullptr);
+      held.assign(e_count, false);
       size_t offset = 0;
       for (int64_t e = 0; e < e_count; ++e) {
         const model::FfnWeights& f = hl.experts[e];
         if (f.empty()) continue;
+        held[e] = true;
         const model::WeightMatrix* parts[3] = {&f.gate, &f.up, &f.down};
         for (int i = 0; i < 3; ++i) {
           DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(base + offset, parts[i]->data, parts[i]->nbytes(),
@@ -135,6 +138,10 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
     }
     w->layers_.push_back(dl);
   }
+  // cudaMemcpy from pageable (or memory-mapped) host memory may return before the DMA has
+  // landed, and the worker's stream is not ordered after the legacy stream: wait here so the
+  // first forward reads complete weights.
+  DMOE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return w;
 }
 
@@ -222,6 +229,7 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Random(const model::Mo
       dl.expert_dtype = dtype;
       dl.experts_held = e_count;
     }
+    w->held_.emplace_back(dl.experts_held, true);
     w->layers_.push_back(dl);
   }
   DMOE_ASSIGN_OR_RETURN(w->final_norm_, vector(h, 1.0f, 0.05f));

@@ -85,6 +85,12 @@ class CudaWeights {
   const model::ModelConfig& config() const { return config_; }
   const CudaMatrix& embed() const { return embed_; }
   const CudaLayer& layer(int64_t l) const { return layers_[l]; }
+  // Whether routed expert `e` of layer `l` has weights on this device (host-side copy of the
+  // pointer table's non-null entries, for checking ids before a kernel reads the table).
+  bool HoldsExpert(int64_t l, int64_t e) const {
+    return l >= 0 && l < static_cast<int64_t>(held_.size()) && e >= 0 &&
+           e < static_cast<int64_t>(held_[l].size()) && held_[l][e];
+  }
   const float* final_norm() const { return final_norm_; }
   const CudaMatrix& lm_head() const { return lm_head_; }
 
@@ -105,6 +111,7 @@ class CudaWeights {
   std::vector<DeviceBuffer> buffers_;
   CudaMatrix embed_;
   std::vector<CudaLayer> layers_;
+  std::vector<std::vector<bool>> held_;  // [layer][expert]
   const float* final_norm_ = nullptr;
   CudaMatrix lm_head_;
 };

@@ -22,6 +22,11 @@ bool IsStickyCudaError(cudaError_t error) {
     case cudaErrorAssert:
     case cudaErrorLaunchTimeout:
     case cudaErrorECCUncorrectable:
+    // "The process ... must be terminated and relaunched" (driver_types.h, CUDA 13).
+    case cudaErrorContained:
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorMpsClientTerminated:
+    case cudaErrorExternalDevice:
       return true;
     default:
       return false;

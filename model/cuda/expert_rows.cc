@@ -23,8 +23,7 @@ absl::StatusOr<CudaExpertRows> CudaExpertRows::Create(const CudaWeights& weights
   return rows;
 }
 
-absl::Status CudaExpertRows::Enqueue(int64_t layer, const float* hidden, const int32_t* ids,
-                                     int64_t n, float* out, cudaStream_t stream) const {
+absl::Status CudaExpertRows::Check(int64_t layer, int64_t n) const {
   const model::ModelConfig& c = weights_->config();
   if (n > max_rows_) {
     return absl::ResourceExhaustedError(absl::StrCat(n, " rows, max ", max_rows_));
@@ -33,7 +32,14 @@ absl::Status CudaExpertRows::Enqueue(int64_t layer, const float* hidden, const i
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer, " has no routed experts on this device"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaExpertRows::Enqueue(int64_t layer, const float* hidden, const int32_t* ids,
+                                     int64_t n, float* out, cudaStream_t stream) {
+  DMOE_RETURN_IF_ERROR(Check(layer, n));
   if (n == 0) return absl::OkStatus();
+  const model::ModelConfig& c = weights_->config();
   const CudaLayer& weights = weights_->layer(layer);
   MoeGroupArgs group;
   group.experts = ids;

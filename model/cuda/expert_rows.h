@@ -25,12 +25,16 @@ class CudaExpertRows {
 
   int64_t max_rows() const { return max_rows_; }
 
-  // Enqueues on `stream`: out[i] = expert_{ids[i]}(hidden[i]) for i < n, F32 [n, H],
-  // unweighted. The caller has checked every id against the experts held (an expert without
-  // weights reads null pointers). n == 0 enqueues nothing. INVALID_ARGUMENT for a layer
+  // What Enqueue refuses, checked without touching the device: INVALID_ARGUMENT for a layer
   // without routed experts on the device, RESOURCE_EXHAUSTED for n > max_rows.
+  absl::Status Check(int64_t layer, int64_t n) const;
+
+  // Enqueues on `stream`: out[i] = expert_{ids[i]}(hidden[i]) for i < n, F32 [n, H],
+  // unweighted. The caller has checked every id against the experts held
+  // (CudaWeights::HoldsExpert; the kernel writes NaN rows for an expert without weights).
+  // n == 0 enqueues nothing. Errors as Check. Uses this object's scratch: one stream at a time.
   absl::Status Enqueue(int64_t layer, const float* hidden, const int32_t* ids, int64_t n,
-                       float* out, cudaStream_t stream) const;
+                       float* out, cudaStream_t stream);
 
  private:
   CudaExpertRows(const CudaWeights& weights, int64_t max_rows)

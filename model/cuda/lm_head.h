@@ -35,7 +35,9 @@ struct LmHeadTop1Args {
   float* confidence = nullptr;      // F32 [m]
   // Optional host array [m]: a non-null row_logits_host[r] receives row r's F32 logits (vocab
   // floats), copied out of the scratch before the next chunk reuses it. Rows whose
-  // destinations follow each other are copied in one transfer.
+  // destinations follow each other are copied in one transfer. The destinations must stay valid
+  // until the stream is synchronised (with pageable memory each copy also waits for the work
+  // queued before it).
   float* const* row_logits_host = nullptr;
 };
 

@@ -177,5 +177,27 @@ TEST_F(ClusterTest, WithoutAReplicaRequestsFailUnavailableThenAReplacementServes
   StopLocalCluster(*cluster);
 }
 
+// `dmoe cluster up --attention-device / --expert-device` reach the pods' --device. Without a
+// usable GPU (this machine, or a build without CUDA) the first cuda pod exits at startup and the
+// error names it and quotes its log; on a GPU machine the cluster serves.
+TEST_F(ClusterTest, DeviceOptionsReachThePods) {
+  LocalClusterOptions bad = Options(1, 1, 1);
+  bad.attention_device = "tpu";
+  EXPECT_EQ(StartLocalCluster(bad).status().code(), absl::StatusCode::kInvalidArgument);
+
+  LocalClusterOptions options = Options(1, 1, 1);
+  options.expert_device = "cuda";
+  auto cluster = StartLocalCluster(options);
+  if (cluster.ok()) {
+    auto results = Run(cluster->router, 2);
+    for (const auto& r : results) EXPECT_TRUE(r.ok()) << r.status();
+    StopLocalCluster(*cluster);
+    return;
+  }
+  const std::string message(cluster.status().message());
+  EXPECT_NE(message.find("expert-0-r0"), std::string::npos) << message;
+  EXPECT_NE(message.find("--device cuda"), std::string::npos) << message;
+}
+
 }  // namespace
 }  // namespace dmoe::cli

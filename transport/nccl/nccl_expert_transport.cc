@@ -174,6 +174,11 @@ absl::StatusOr<NcclServeFn> MakeCudaServeFn(const gpu::CudaWeights& weights, int
         return absl::InvalidArgumentError(
             absl::StrCat("expert_ids[", i, "] = ", s->ids[i], " outside [0, ", c.num_experts, ")"));
       }
+      if (!weights.HoldsExpert(r.layer, s->ids[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("expert_ids[", i, "] = ", s->ids[i],
+                                                       ": this rank holds no weights for it in "
+                                                       "layer ", r.layer));
+      }
     }
     return s->rows.Enqueue(r.layer, r.hidden, r.expert_ids, r.num_rows, r.out, ctx.stream);
   });

@@ -75,9 +75,10 @@ class NcclExpertTransport final : public ExpertTransport {
 NcclServeFn MakeHostServeFn(ExpertTransport& local, absl::Duration timeout = absl::Seconds(60));
 
 // Serves rows on the GPU with LaunchMoeGroup + LaunchGroupedExperts (top_k 1: each row is its
-// own slot) over the routed experts of `weights` (which must outlive the function and hold
-// every expert the peers send). Scratch for `max_rows` rows is allocated here, on the calling
-// (device) thread. Ids outside [0, num_experts) are INVALID_ARGUMENT (checked on the host).
+// own slot) over the routed experts of `weights` (which must outlive the function). Scratch
+// for `max_rows` rows is allocated here, on the calling (device) thread. Ids outside
+// [0, num_experts) or of experts `weights` does not hold are INVALID_ARGUMENT (checked on the
+// host before any kernel runs).
 absl::StatusOr<NcclServeFn> MakeCudaServeFn(const gpu::CudaWeights& weights, int64_t max_rows);
 
 }  // namespace dmoe::transport
