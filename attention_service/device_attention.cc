@@ -28,14 +28,8 @@ class CudaAttention final : public DeviceAttention {
       return absl::InvalidArgumentError("CreateCudaAttention: sizes must be positive");
     }
     auto a = std::unique_ptr<CudaAttention>(new CudaAttention(options));
-    absl::StatusOr<std::unique_ptr<gpu::DeviceWorker>> worker =
-        gpu::DeviceWorker::Create({.device = options.device, .max_queue = options.max_queue});
-    if (!worker.ok()) {
-      return absl::Status(worker.status().code(),
-                          absl::StrCat("--device cuda: cannot use GPU ", options.device, ": ",
-                                       worker.status().message()));
-    }
-    a->worker_ = *std::move(worker);
+    DMOE_ASSIGN_OR_RETURN(a->worker_, gpu::CreateDeviceWorkerForFlag(
+                                          {.device = options.device, .max_queue = options.max_queue}));
     const int64_t max_pages_per_segment =
         std::min(options.kv_max_pages,
                  (config.max_position_embeddings + options.kv_page_tokens - 1) /

@@ -29,14 +29,8 @@ class CudaExperts final : public DeviceExperts {
           "CreateCudaExperts: device must be >= 0, max_rows and max_queue positive");
     }
     auto e = std::unique_ptr<CudaExperts>(new CudaExperts(config, options));
-    absl::StatusOr<std::unique_ptr<gpu::DeviceWorker>> worker =
-        gpu::DeviceWorker::Create({.device = options.device, .max_queue = options.max_queue});
-    if (!worker.ok()) {
-      return absl::Status(worker.status().code(),
-                          absl::StrCat("--device cuda: cannot use GPU ", options.device, ": ",
-                                       worker.status().message()));
-    }
-    e->worker_ = *std::move(worker);
+    DMOE_ASSIGN_OR_RETURN(e->worker_, gpu::CreateDeviceWorkerForFlag(
+                                          {.device = options.device, .max_queue = options.max_queue}));
     const size_t h = static_cast<size_t>(config.hidden_size), rows = options.max_rows;
     absl::Status s = e->worker_->Run([&](gpu::DeviceContext& ctx) -> absl::Status {
       DMOE_ASSIGN_OR_RETURN(e->weights_, gpu::CudaWeights::Upload(config, weights));

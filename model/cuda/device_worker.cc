@@ -149,4 +149,13 @@ void DeviceWorker::Post(Work work, Done done) {
   done(rejection);  // outside the lock: `done` may call back into the worker
 }
 
+absl::StatusOr<std::unique_ptr<DeviceWorker>> CreateDeviceWorkerForFlag(
+    const DeviceWorkerOptions& options) {
+  absl::StatusOr<std::unique_ptr<DeviceWorker>> worker = DeviceWorker::Create(options);
+  if (worker.ok()) return worker;
+  return absl::Status(worker.status().code(),
+                      absl::StrCat("--device cuda: cannot use GPU ", options.device, ": ",
+                                   worker.status().message()));
+}
+
 }  // namespace dmoe::gpu

@@ -101,6 +101,11 @@ class DeviceWorker {
   std::thread thread_;
 };
 
+// DeviceWorker::Create for a role started with `--device cuda`: the same errors, phrased for
+// the operator ("--device cuda: cannot use GPU 0: no usable CUDA device: ...").
+absl::StatusOr<std::unique_ptr<DeviceWorker>> CreateDeviceWorkerForFlag(
+    const DeviceWorkerOptions& options);
+
 }  // namespace dmoe::gpu
 
 #endif  // DMOE_MODEL_CUDA_DEVICE_WORKER_H_
