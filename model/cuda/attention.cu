@@ -133,7 +133,8 @@ absl::Status LaunchAttention(const AttentionArgs& a, cudaStream_t stream) {
     return absl::InvalidArgumentError("LaunchAttention: null pointer or bad segment count");
   }
   if (a.head_dim <= 0 || a.head_dim > kMaxHeadDim || a.num_kv_heads <= 0 ||
-      a.num_heads % a.num_kv_heads != 0 || a.num_heads / a.num_kv_heads > kMaxWarps) {
+      a.num_heads <= 0 || a.num_heads % a.num_kv_heads != 0 ||
+      a.num_heads / a.num_kv_heads > kMaxWarps) {
     return absl::InvalidArgumentError(
         "LaunchAttention: needs head_dim <= 128 and num_heads / num_kv_heads in [1, 16]");
   }

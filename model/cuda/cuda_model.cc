@@ -62,6 +62,17 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
         cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
     return static_cast<const float*>(p);
   };
+  // The router runs in F32 (router_dtype fp32, as the reference's gate): a 16-bit router
+  // matrix is widened once here, so the GEMM never rounds its activations to 16 bits.
+  auto f32_matrix = [&](const model::WeightMatrix& m) -> absl::StatusOr<CudaMatrix> {
+    if (m.empty() || m.dtype == DType::kF32) return matrix(m);
+    std::vector<float> wide(static_cast<size_t>(m.rows * m.cols));
+    ConvertToF32(m.dtype, m.data, wide.data(), wide.size());
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(wide.size() * sizeof(float)));
+    DMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(p, wide.data(), wide.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return CudaMatrix{p, DType::kF32, m.rows, m.cols};
+  };
   auto ffn = [&](const model::FfnWeights& f) -> absl::StatusOr<CudaFfn> {
     CudaFfn out;
     DMOE_ASSIGN_OR_RETURN(out.gate, matrix(f.gate));
@@ -89,7 +100,7 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
     DMOE_ASSIGN_OR_RETURN(dl.o_proj, matrix(hl.o_proj));
     DMOE_ASSIGN_OR_RETURN(dl.post_norm, vector(hl.post_norm));
     DMOE_ASSIGN_OR_RETURN(dl.dense, ffn(hl.dense));
-    DMOE_ASSIGN_OR_RETURN(dl.router, matrix(hl.router));
+    DMOE_ASSIGN_OR_RETURN(dl.router, f32_matrix(hl.router));
     DMOE_ASSIGN_OR_RETURN(dl.expert_bias, vector(hl.expert_bias));
     DMOE_ASSIGN_OR_RETURN(dl.shared, ffn(hl.shared));
     if (!hl.experts.empty()) {

@@ -44,6 +44,8 @@ absl::Status LaunchEmbedding(const EmbeddingArgs& a, cudaStream_t stream) {
       EmbeddingKernel<<<grid, block, 0, stream>>>(a.ids, static_cast<const __half*>(a.table),
                                                   a.vocab_size, a.hidden, a.out);
       break;
+    default:
+      return absl::InvalidArgumentError("LaunchEmbedding: unsupported table dtype");
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

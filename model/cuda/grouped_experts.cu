@@ -173,8 +173,9 @@ absl::Status LaunchGroupedExperts(const GroupedExpertsArgs& a, cudaStream_t stre
       a.slot_out == nullptr) {
     return absl::InvalidArgumentError("LaunchGroupedExperts: null pointer");
   }
+  // num_experts is the grid's y dimension (at most 65535).
   if (a.hidden_size <= 0 || a.intermediate_size <= 0 || a.top_k <= 0 || a.num_experts <= 0 ||
-      a.num_slots < 0) {
+      a.num_experts > 65535 || a.num_slots < 0) {
     return absl::InvalidArgumentError("LaunchGroupedExperts: bad shape");
   }
   switch (a.weight_dtype) {

@@ -45,6 +45,8 @@ absl::Status LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
       RmsNormKernel<<<grid, kThreads, 0, stream>>>(a.x, a.n, a.weight, a.eps,
                                                    static_cast<__half*>(a.y));
       break;
+    default:
+      return absl::InvalidArgumentError("LaunchRmsNorm: unsupported output dtype");
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
