@@ -11,10 +11,18 @@ namespace {
 // Indices of the k largest values, descending; ties resolve to the lower index (stable), the
 // order torch.topk gives on CPU for distinct values.
 std::vector<int32_t> TopK(const std::vector<float>& values, int64_t k) {
+  // torch.topk's order: larger first, equal values by lower index. With that tie rule (and
+  // NaN ranked as -inf) the order is total, so a partial sort picks exactly what a stable full
+  // sort would, in O(n log k).
+  auto key = [&](int32_t i) {
+    return std::isnan(values[i]) ? -std::numeric_limits<float>::infinity() : values[i];
+  };
   std::vector<int32_t> idx(values.size());
   std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(),
-                   [&](int32_t a, int32_t b) { return values[a] > values[b]; });
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    const float ka = key(a), kb = key(b);
+    return ka > kb || (ka == kb && a < b);
+  });
   idx.resize(k);
   return idx;
 }
