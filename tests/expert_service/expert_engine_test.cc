@@ -213,6 +213,11 @@ TEST_F(ExpertEngineTest, CreateRejectsBadOptions) {
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   auto workers = ExpertEngine::Create({.model_dir = tiny_->dir(), .num_workers = 0});
   EXPECT_THAT(std::string(workers.status().message()), HasSubstr("num_workers"));
+  auto device = ExpertEngine::Create({.model_dir = tiny_->dir(), .device = "tpu"});
+  EXPECT_EQ(device.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(device.status().message()), HasSubstr("device"));
+  auto rows = ExpertEngine::Create({.model_dir = tiny_->dir(), .device_max_rows = 0});
+  EXPECT_THAT(std::string(rows.status().message()), HasSubstr("device_max_rows"));
 }
 
 TEST_F(ExpertEngineTest, ConcurrentCallersGetTheSameBits) {
