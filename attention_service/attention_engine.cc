@@ -120,6 +120,13 @@ absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments) {
   return absl::OkStatus();
 }
 
+absl::Status CheckCachedLength(const SegmentRequest& segment, int64_t cached_length) {
+  if (cached_length == segment.plan.start) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "sequence '", segment.sequence_id, "': this replica caches ", cached_length,
+      " positions but the plan starts at ", segment.plan.start, "; re-plan with reset_cache"));
+}
+
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
   std::lock_guard<std::mutex> step_lock(step_mu_);
@@ -134,11 +141,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
       auto& kv = sequences_[s.sequence_id];
       if (!kv) kv = std::make_unique<model::KvSequence>(&pool_);
       if (s.reset_cache) kv->Clear();
-      if (kv->length() != s.plan.start) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "sequence '", s.sequence_id, "': this replica caches ", kv->length(),
-            " positions but the plan starts at ", s.plan.start, "; re-plan with reset_cache"));
-      }
+      DMOE_RETURN_IF_ERROR(CheckCachedLength(s, kv->length()));
       caches[i] = kv.get();
     }
   }

@@ -66,6 +66,10 @@ struct SegmentRequest {
 // sampling. INVALID_ARGUMENT naming the segment.
 absl::Status ValidateSegments(const std::vector<SegmentRequest>& segments);
 
+// FAILED_PRECONDITION unless the replica's cached length for the segment's sequence equals
+// plan.start (the scheduler then re-plans with reset_cache).
+absl::Status CheckCachedLength(const SegmentRequest& segment, int64_t cached_length);
+
 struct StepTimings {
   double forward_seconds = 0;
   double expert_seconds = 0;

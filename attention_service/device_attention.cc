@@ -133,11 +133,7 @@ class CudaAttention final : public DeviceAttention {
       auto& kv = sequences_[s.sequence_id];
       if (kv == nullptr) kv = std::make_unique<gpu::CudaKvSequence>(pool_.get());
       if (s.reset_cache) kv->Clear();
-      if (kv->length() != s.plan.start) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "sequence '", s.sequence_id, "': this replica caches ", kv->length(),
-            " positions but the plan starts at ", s.plan.start, "; re-plan with reset_cache"));
-      }
+      DMOE_RETURN_IF_ERROR(CheckCachedLength(s, kv->length()));
       caches[i] = kv.get();
     }
     // Rows of a plan that samples bring their logits to the host (4 x vocab bytes each):

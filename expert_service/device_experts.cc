@@ -33,17 +33,19 @@ class CudaExperts final : public DeviceExperts {
                                           {.device = options.device, .max_queue = options.max_queue}));
     const size_t h = static_cast<size_t>(config.hidden_size), rows = options.max_rows;
     absl::Status s = e->worker_->Run([&](gpu::DeviceContext& ctx) -> absl::Status {
-      DMOE_ASSIGN_OR_RETURN(e->weights_, gpu::CudaWeights::Upload(config, weights));
+      e->device_ = std::make_unique<DeviceState>();
+      DeviceState& d = *e->device_;
+      DMOE_ASSIGN_OR_RETURN(d.weights, gpu::CudaWeights::Upload(config, weights));
       DMOE_ASSIGN_OR_RETURN(gpu::CudaExpertRows expert_rows,
-                            gpu::CudaExpertRows::Create(*e->weights_, options.max_rows));
-      e->rows_ = std::make_unique<gpu::CudaExpertRows>(std::move(expert_rows));
-      DMOE_ASSIGN_OR_RETURN(e->hidden_, gpu::DeviceBuffer::Allocate(rows * h * 4));
-      DMOE_ASSIGN_OR_RETURN(e->ids_, gpu::DeviceBuffer::Allocate(rows * 4));
-      DMOE_ASSIGN_OR_RETURN(e->out_, gpu::DeviceBuffer::Allocate(rows * h * 4));
-      DMOE_ASSIGN_OR_RETURN(e->host_hidden_, gpu::PinnedBuffer::Allocate(rows * h * 4));
-      DMOE_ASSIGN_OR_RETURN(e->host_ids_, gpu::PinnedBuffer::Allocate(rows * 4));
-      DMOE_ASSIGN_OR_RETURN(e->host_out_, gpu::PinnedBuffer::Allocate(rows * h * 4));
-      e->weight_bytes_ = e->weights_->AllocatedBytes();
+                            gpu::CudaExpertRows::Create(*d.weights, options.max_rows));
+      d.rows = std::make_unique<gpu::CudaExpertRows>(std::move(expert_rows));
+      DMOE_ASSIGN_OR_RETURN(d.hidden, gpu::DeviceBuffer::Allocate(rows * h * 4));
+      DMOE_ASSIGN_OR_RETURN(d.ids, gpu::DeviceBuffer::Allocate(rows * 4));
+      DMOE_ASSIGN_OR_RETURN(d.out, gpu::DeviceBuffer::Allocate(rows * h * 4));
+      DMOE_ASSIGN_OR_RETURN(d.host_hidden, gpu::PinnedBuffer::Allocate(rows * h * 4));
+      DMOE_ASSIGN_OR_RETURN(d.host_ids, gpu::PinnedBuffer::Allocate(rows * 4));
+      DMOE_ASSIGN_OR_RETURN(d.host_out, gpu::PinnedBuffer::Allocate(rows * h * 4));
+      e->weight_bytes_ = d.weights->AllocatedBytes();
       DMOE_LOG(INFO) << "--device cuda: GPU " << ctx.device << " holds "
                      << e->weight_bytes_ / (1 << 20) << " MiB of expert weights; "
                      << options.max_rows << " rows per launch";
@@ -65,14 +67,7 @@ class CudaExperts final : public DeviceExperts {
   ~CudaExperts() override {
     if (worker_ == nullptr) return;
     absl::Status s = worker_->Run([this](gpu::DeviceContext&) {
-      rows_.reset();
-      hidden_ = {};
-      ids_ = {};
-      out_ = {};
-      host_hidden_ = {};
-      host_ids_ = {};
-      host_out_ = {};
-      weights_.reset();
+      device_.reset();
       return absl::OkStatus();
     });
     if (!s.ok()) DMOE_LOG(ERROR) << "freeing the device experts: " << s;
@@ -110,22 +105,23 @@ class CudaExperts final : public DeviceExperts {
     const size_t row_bytes = static_cast<size_t>(hidden_size_) * sizeof(float);
     // Refuse before the first copy: an error return must not leave a transfer in flight out
     // of the staging buffers the next call overwrites.
-    DMOE_RETURN_IF_ERROR(rows_->Check(layer, std::min(options_.max_rows, n)));
+    DeviceState& d = *device_;
+    DMOE_RETURN_IF_ERROR(d.rows->Check(layer, std::min(options_.max_rows, n)));
     for (int64_t first = 0; first < n; first += options_.max_rows) {
       const int64_t m = std::min(options_.max_rows, n - first);
-      std::memcpy(host_hidden_.data(), hidden + first * row_bytes, m * row_bytes);
-      std::memcpy(host_ids_.data(), ids + first * sizeof(int32_t), m * sizeof(int32_t));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hidden_.data(), host_hidden_.data(),
+      std::memcpy(d.host_hidden.data(), hidden + first * row_bytes, m * row_bytes);
+      std::memcpy(d.host_ids.data(), ids + first * sizeof(int32_t), m * sizeof(int32_t));
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.hidden.data(), d.host_hidden.data(),
                                                 m * row_bytes, cudaMemcpyHostToDevice, stream));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_.data(), host_ids_.data(),
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.ids.data(), d.host_ids.data(),
                                                 m * sizeof(int32_t), cudaMemcpyHostToDevice,
                                                 stream));
-      DMOE_RETURN_IF_ERROR(rows_->Enqueue(layer, hidden_.as<float>(), ids_.as<int32_t>(), m,
-                                          out_.as<float>(), stream));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_out_.data(), out_.data(), m * row_bytes,
+      DMOE_RETURN_IF_ERROR(d.rows->Enqueue(layer, d.hidden.as<float>(), d.ids.as<int32_t>(), m,
+                                           d.out.as<float>(), stream));
+      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.host_out.data(), d.out.data(), m * row_bytes,
                                                 cudaMemcpyDeviceToHost, stream));
       DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-      std::memcpy(reinterpret_cast<char*>(out) + first * row_bytes, host_out_.data(),
+      std::memcpy(reinterpret_cast<char*>(out) + first * row_bytes, d.host_out.data(),
                   m * row_bytes);
     }
     return absl::OkStatus();
@@ -135,11 +131,15 @@ class CudaExperts final : public DeviceExperts {
   const DeviceExpertsOptions options_;
   uint64_t weight_bytes_ = 0;
   std::unique_ptr<gpu::DeviceWorker> worker_;
-  // Device thread only.
-  std::unique_ptr<gpu::CudaWeights> weights_;
-  std::unique_ptr<gpu::CudaExpertRows> rows_;
-  gpu::DeviceBuffer hidden_, ids_, out_;
-  gpu::PinnedBuffer host_hidden_, host_ids_, host_out_;
+  // Everything on the device, created and destroyed on the device thread. Members are
+  // destroyed in reverse order: the scratch (rows) before the weights it points at.
+  struct DeviceState {
+    std::unique_ptr<gpu::CudaWeights> weights;
+    std::unique_ptr<gpu::CudaExpertRows> rows;
+    gpu::DeviceBuffer hidden, ids, out;            // one launch's rows
+    gpu::PinnedBuffer host_hidden, host_ids, host_out;  // their host staging
+  };
+  std::unique_ptr<DeviceState> device_;  // device thread only
 };
 
 }  // namespace

@@ -168,7 +168,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void GemmRowsAvx51
   // before computing this one keeps the memory busy (about 2x on few-token GEMVs).
   const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(w.dtype);
   auto prefetch_rows = [&](int64_t first, int64_t count) {
-    const char* p = static_cast<const char*>(w.Row(first));
+    const char* p = static_cast<const char*>(w.data) + static_cast<size_t>(first) * row_bytes;
     const size_t bytes = static_cast<size_t>(count) * row_bytes;
     for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
   };

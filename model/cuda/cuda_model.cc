@@ -249,6 +249,18 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Random(const model::Mo
   return w;
 }
 
+GroupedExpertsArgs LayerExpertsArgs(const CudaLayer& layer, const model::ModelConfig& config) {
+  GroupedExpertsArgs args;
+  args.hidden_size = config.hidden_size;
+  args.intermediate_size = config.moe_intermediate_size;
+  args.num_experts = static_cast<int32_t>(config.num_experts);
+  args.gate = layer.expert_gate;
+  args.up = layer.expert_up;
+  args.down = layer.expert_down;
+  args.weight_dtype = layer.expert_dtype;
+  return args;
+}
+
 uint64_t CudaWeights::NonExpertBytes() const {
   const uint64_t h = static_cast<uint64_t>(config_.hidden_size);
   uint64_t bytes = lm_head_.nbytes() + h * sizeof(float);
@@ -822,19 +834,12 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
       }
 
       DMOE_RETURN_IF_ERROR(record(4 * l + 2));
-      GroupedExpertsArgs ex;
+      GroupedExpertsArgs ex = LayerExpertsArgs(lw, c);
       ex.hidden = hn;
-      ex.hidden_size = h;
-      ex.intermediate_size = c.moe_intermediate_size;
       ex.top_k = static_cast<int32_t>(top_k);
       ex.num_slots = rows * top_k;
-      ex.num_experts = static_cast<int32_t>(c.num_experts);
       ex.offsets = expert_offsets_.as<int32_t>();
       ex.sorted_slots = sorted_slots_.as<int32_t>();
-      ex.gate = lw.expert_gate;
-      ex.up = lw.expert_up;
-      ex.down = lw.expert_down;
-      ex.weight_dtype = lw.expert_dtype;
       ex.act = expert_act_.as<float>();
       ex.slot_out = slot_out_.as<float>();
       DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, stream));

@@ -25,6 +25,7 @@
 #include "model/config.h"
 #include "model/cuda/device_buffer.h"
 #include "model/cuda/device_worker.h"
+#include "model/cuda/grouped_experts.h"
 #include "model/cuda/kv_layout.h"
 #include "model/expert_executor.h"
 #include "model/weights.h"
@@ -67,6 +68,10 @@ struct CudaLayer {
   DType expert_dtype = DType::kBF16;
   int64_t experts_held = 0;  // experts with weights on this device
 };
+
+// GroupedExperts arguments for `layer`'s routed experts under `config` (shapes, expert count,
+// pointer tables, dtype); the caller adds the rows, grouping, scratch and output.
+GroupedExpertsArgs LayerExpertsArgs(const CudaLayer& layer, const model::ModelConfig& config);
 
 // Device-resident weights of one model. Owned by the DeviceWorker thread.
 class CudaWeights {

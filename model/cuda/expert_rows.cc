@@ -40,7 +40,6 @@ absl::Status CudaExpertRows::Enqueue(int64_t layer, const float* hidden, const i
   DMOE_RETURN_IF_ERROR(Check(layer, n));
   if (n == 0) return absl::OkStatus();
   const model::ModelConfig& c = weights_->config();
-  const CudaLayer& weights = weights_->layer(layer);
   MoeGroupArgs group;
   group.experts = ids;
   group.num_slots = n;
@@ -49,19 +48,12 @@ absl::Status CudaExpertRows::Enqueue(int64_t layer, const float* hidden, const i
   group.offsets = offsets_.as<int32_t>();
   group.sorted_slots = sorted_.as<int32_t>();
   DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, stream));
-  GroupedExpertsArgs ex;
+  GroupedExpertsArgs ex = LayerExpertsArgs(weights_->layer(layer), c);
   ex.hidden = hidden;
-  ex.hidden_size = c.hidden_size;
-  ex.intermediate_size = c.moe_intermediate_size;
   ex.top_k = 1;  // each row is its own slot
   ex.num_slots = n;
-  ex.num_experts = static_cast<int32_t>(c.num_experts);
   ex.offsets = offsets_.as<int32_t>();
   ex.sorted_slots = sorted_.as<int32_t>();
-  ex.gate = weights.expert_gate;
-  ex.up = weights.expert_up;
-  ex.down = weights.expert_down;
-  ex.weight_dtype = weights.expert_dtype;
   ex.act = act_.as<float>();
   ex.slot_out = out;
   return LaunchGroupedExperts(ex, stream);
