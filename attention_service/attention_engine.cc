@@ -9,6 +9,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 
 namespace dmoe::attention {
 namespace {
@@ -88,7 +89,7 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
   const int per_lane = std::max(1, threads / lanes);
   for (int i = 0; i < lanes; ++i) {
     auto lane = std::make_unique<Lane>();
-    DMOE_ASSIGN_OR_RETURN(lane->kernels, engine::MakeKernels(options.kernels, per_lane));
+    DMOE_ASSIGN_OR_RETURN(lane->kernels, model::MakeKernels(options.kernels, per_lane));
     lane->experts = std::make_unique<TimedExecutor>(experts(*lane->kernels));
     engine->lanes_.push_back(std::move(lane));
   }

@@ -48,7 +48,7 @@ class FollowingExecutor : public model::ExpertExecutor, public StepDeadlineAware
 
 }  // namespace
 
-void ClusterExperts::Update(const scheduler::Placement& placement) {
+void ClusterExperts::Update(const cluster::Placement& placement) {
   if (!placement.complete) {
     DMOE_LOG(WARNING) << "expert placement v" << placement.version
                       << " does not cover every expert; keeping v" << version();
@@ -57,7 +57,7 @@ void ClusterExperts::Update(const scheduler::Placement& placement) {
   std::lock_guard<std::mutex> lock(mu_);
   transport::ExpertPlacement next;
   next.version = placement.version;
-  for (const scheduler::ShardPlacement& shard : placement.shards) {
+  for (const cluster::ShardPlacement& shard : placement.shards) {
     transport::ExpertShard s{shard.expert_first, shard.expert_last, {}};
     for (const std::string& address : shard.replicas) {
       auto& transport = transports_[address];

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "model/expert_executor.h"
-#include "scheduler/membership.h"
+#include "cluster/placement.h"
 #include "transport/sharded_expert_executor.h"
 
 namespace dmoe::attention {
@@ -24,7 +24,7 @@ class ClusterExperts {
       : num_experts_(num_experts), metrics_(std::move(metrics)) {}
 
   // Called with every new placement version (the membership agent's callback).
-  void Update(const scheduler::Placement& placement);
+  void Update(const cluster::Placement& placement);
   // The placement to use now; version 0 and no shards until a complete one arrived.
   transport::ExpertPlacement Current();
   uint64_t version();

@@ -5,9 +5,7 @@
 // Loads every non-expert tensor, registers with the scheduler (which pushes the expert
 // placement) and serves dmoe.v1.AttentionService with grpc.health.v1 and reflection. Logs
 // "listening on HOST:PORT" once it serves; drains on SIGTERM / SIGINT. Startup errors exit 2.
-#include <pthread.h>
-#include <signal.h>
-
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -17,16 +15,13 @@
 #include "attention_service/attention_engine.h"
 #include "attention_service/attention_server.h"
 #include "attention_service/cluster_experts.h"
+#include "cluster/grpc_server.h"
+#include "cluster/membership_agent.h"
 #include "common/logging.h"
-#include "expert_service/shard_info.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "metrics/endpoint.h"
-#include "metrics/grpc_metrics.h"
 #include "model/checkpoint.h"
+#include "model/config.h"
 #include "model/model.h"
-#include "scheduler/membership_agent.h"
 
 namespace {
 int Fail(const std::string& message) {
@@ -71,18 +66,14 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  dmoe::cluster::ShutdownSignals signals;  // before any thread starts
 
   auto checkpoint = dmoe::model::Checkpoint::Open(model_dir);
   if (!checkpoint.ok()) return Fail(checkpoint.status().ToString());
   auto weights = dmoe::model::LoadModelWeights(**checkpoint, {.load_dense = true, .load_experts = false});
   if (!weights.ok()) return Fail(weights.status().ToString());
   dmoe::model::Model model((*checkpoint)->config(), *weights);
-  auto fingerprint = dmoe::expert::ConfigFingerprintOfDir(model_dir);
+  auto fingerprint = dmoe::model::ConfigFingerprintOfDir(model_dir);
   if (!fingerprint.ok()) return Fail(fingerprint.status().ToString());
 
   auto served_metrics =
@@ -103,39 +94,29 @@ int main(int argc, char** argv) {
   dmoe::attention::AttentionServer service({.model_name = model_name, .metrics = metrics},
                                            **engine);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(1 << 30);
-  builder.SetMaxSendMessageSize(1 << 30);
-  builder.RegisterService(&service);
-  dmoe::metrics::AddGrpcServerMetrics(builder, metrics);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail("cannot listen on " + listen);
-  const std::string address = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(port);
+  auto server = dmoe::cluster::StartGrpcServer(
+      {.listen = listen, .services = {&service}, .metrics = metrics});
+  if (!server.ok()) return Fail(server.status().ToString());
+  const std::string& address = server->address;
 
   dmoe::v1::RegisterRequest registration;
   registration.set_role(dmoe::v1::POD_ROLE_ATTENTION);
   registration.set_address(address);
   registration.set_config_fingerprint(*fingerprint);
-  dmoe::scheduler::MembershipAgent agent(
+  dmoe::cluster::MembershipAgent agent(
       {.scheduler_address = scheduler,
        .registration = registration,
-       .on_placement = [&](const dmoe::scheduler::Placement& p) { experts.Update(p); }});
+       .on_placement = [&](const dmoe::cluster::Placement& p) { experts.Update(p); }});
   DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", device " << device << ", "
                  << (*engine)->options().micro_batches << " micro-batch(es), KV " << kv_pages
                  << " pages, scheduler " << scheduler;
-  DMOE_LOG(INFO) << "listening on " << address;
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = signals.Wait();
   DMOE_LOG(INFO) << "signal " << signal_number << ": draining";
-  server->GetHealthCheckService()->SetServingStatus(false);
+  server->MarkNotServing();
   service.StartDraining();
   agent.Stop();
-  server->Shutdown(std::chrono::system_clock::now() +
+  server->server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s * 1000)));
   DMOE_LOG(INFO) << "drained; exiting";
   return 0;

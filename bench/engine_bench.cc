@@ -24,6 +24,7 @@
 
 #include "CLI/CLI.hpp"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "model/cpu/gemm.h"
 #include "nlohmann/json.hpp"
 #include "tools/checkpoint_gen/random_checkpoint.h"
@@ -269,7 +270,7 @@ int Run(int argc, char** argv) {
   const int64_t peak_rss = PeakRssBytes();
 
   std::fprintf(stderr, "measuring reference backend ...\n");
-  auto reference = engine::MakeKernels("reference", 1);
+  auto reference = model::MakeKernels("reference", 1);
   BlockForwardFigures ref = TimeBlockForward(engine, **reference, 1);
   std::fprintf(stderr, "measuring OpenBLAS sgemm on the same shapes and memory bandwidth ...\n");
   const double blas_seconds = TimeBlasGemms(fast.gemms, repeats);

@@ -5,8 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "model/cpu/fast_kernels.h"
-#include "model/cpu/reference_kernels.h"
+#include "model/cpu/make_kernels.h"
 
 namespace dmoe::engine {
 namespace {
@@ -14,13 +13,6 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 }  // namespace
-
-absl::StatusOr<model::KernelsPtr> MakeKernels(const std::string& name, int num_threads) {
-  if (name == "cpu") return std::make_unique<model::FastKernels>(model::FastKernelsOptions{num_threads});
-  if (name == "reference") return std::make_unique<model::ReferenceKernels>();
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown kernels '", name, "' (expected 'cpu' or 'reference')"));
-}
 
 absl::StatusOr<std::vector<Proposal>> ExecutePlans(const model::Model& model,
                                                    model::Kernels& kernels,
@@ -53,7 +45,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   DMOE_ASSIGN_OR_RETURN(engine->checkpoint_, model::Checkpoint::Open(options.model_dir));
   DMOE_ASSIGN_OR_RETURN(engine->weights_, model::LoadModelWeights(*engine->checkpoint_, {}));
   engine->model_ = std::make_unique<model::Model>(engine->checkpoint_->config(), engine->weights_);
-  DMOE_ASSIGN_OR_RETURN(engine->kernels_, MakeKernels(options.kernels, options.num_threads));
+  DMOE_ASSIGN_OR_RETURN(engine->kernels_, model::MakeKernels(options.kernels, options.num_threads));
   engine->experts_ =
       std::make_unique<model::LocalExpertExecutor>(engine->weights_, *engine->kernels_);
   engine->kv_pool_ = std::make_unique<model::KvCachePool>(

@@ -84,9 +84,6 @@ class Engine {
   std::unique_ptr<model::KvCachePool> kv_pool_;
 };
 
-// Builds the kernels named by `name` ("cpu" or "reference").
-absl::StatusOr<model::KernelsPtr> MakeKernels(const std::string& name, int num_threads);
-
 }  // namespace dmoe::engine
 
 #endif  // DMOE_ENGINE_ENGINE_H_

@@ -10,7 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "metrics/catalog.h"
 
 namespace dmoe::expert {
@@ -106,7 +106,7 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
                                                  .load_experts = true,
                                                  .expert_first = first,
                                                  .expert_last = last}));
-  ShardInfo& info = engine->info_;
+  transport::ShardInfo& info = engine->info_;
   info.model_name = options.model_name.empty() ? BaseName(options.model_dir) : options.model_name;
   info.model_type = c.model_type;
   info.hidden_size = c.hidden_size;
@@ -119,7 +119,7 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
   info.expert_last = last;
   info.weight_dtype = std::string(
       DTypeName(engine->weights_.layers[c.first_k_dense_replace].experts[first].gate.dtype));
-  DMOE_ASSIGN_OR_RETURN(info.config_fingerprint, ConfigFingerprintOfDir(options.model_dir));
+  DMOE_ASSIGN_OR_RETURN(info.config_fingerprint, model::ConfigFingerprintOfDir(options.model_dir));
 
   if (options.device == "cuda") {
     DMOE_ASSIGN_OR_RETURN(engine->device_,
@@ -129,7 +129,7 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
   } else {
     for (int i = 0; i < options.num_workers; ++i) {
       DMOE_ASSIGN_OR_RETURN(model::KernelsPtr kernels,
-                            engine::MakeKernels(options.kernels, options.threads_per_worker));
+                            model::MakeKernels(options.kernels, options.threads_per_worker));
       engine->kernels_.push_back(std::move(kernels));
     }
   }

@@ -20,7 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "expert_service/device_experts.h"
-#include "expert_service/shard_info.h"
+#include "transport/shard_info.h"
 #include "metrics/endpoint.h"
 #include "model/checkpoint.h"
 #include "model/kernels.h"
@@ -120,7 +120,7 @@ class ExpertEngine {
   ExpertEngine(const ExpertEngine&) = delete;
   ExpertEngine& operator=(const ExpertEngine&) = delete;
 
-  const ShardInfo& info() const { return info_; }
+  const transport::ShardInfo& info() const { return info_; }
   const model::ModelConfig& config() const { return checkpoint_->config(); }
 
   // Checks `request` against this shard without computing; never blocks. Returns the row
@@ -170,7 +170,7 @@ class ExpertEngine {
   prometheus::Histogram* compute_metric_ = nullptr;
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights weights_;
-  ShardInfo info_;
+  transport::ShardInfo info_;
   // kernels_[i] is used by whoever set kernels_busy_[i] (thread-compatible kernels). Empty on
   // "cuda", where device_ computes and kernels_busy_ only bounds the concurrent calls.
   std::vector<model::KernelsPtr> kernels_;

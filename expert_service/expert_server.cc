@@ -1,28 +1,17 @@
 #include "expert_service/expert_server.h"
 
-#include "metrics/grpc_metrics.h"
-
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/server_builder.h"
 #include "proto/dmoe/v1/expert.grpc.pb.h"
 #include "proto/dmoe/v1/expert.pb.h"
 
 namespace dmoe::expert {
 namespace {
-
-// absl and gRPC share the google.rpc.Code numbering.
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
-}
 
 TensorView ToView(const v1::Tensor& tensor) {
   TensorView view;
@@ -133,7 +122,7 @@ class ExpertServiceImpl final : public v1::ExpertService::CallbackService {
   grpc::ServerUnaryReactor* GetShardInfo(grpc::CallbackServerContext* context,
                                          const v1::GetShardInfoRequest* /*request*/,
                                          v1::GetShardInfoResponse* response) override {
-    const ShardInfo& info = engine_.info();
+    const transport::ShardInfo& info = engine_.info();
     response->set_model_name(info.model_name);
     response->set_model_type(info.model_type);
     response->set_hidden_size(info.hidden_size);
@@ -165,42 +154,19 @@ absl::Status ExpertServerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("listen_address: '", listen_address, "' is not host:port"));
   }
-  if (max_message_bytes < 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_message_bytes: ", max_message_bytes, " is below 1024"));
-  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
     const ExpertServerOptions& options, ExpertEngine& engine) {
   DMOE_RETURN_IF_ERROR(options.Validate());
-  // Both are process-wide switches read when a ServerBuilder is created.
-  grpc::EnableDefaultHealthCheckService(true);
-  if (options.enable_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-
   auto server = std::unique_ptr<ExpertServer>(new ExpertServer());
-  server->options_ = options;
   server->service_ = std::make_unique<internal::ExpertServiceImpl>(engine);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                           &server->port_);
-  builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  metrics::AddGrpcServerMetrics(builder, options.metrics);
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen_address));
-  }
-  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  if (health != nullptr) {
-    health->SetServingStatus(true);
-    health->SetServingStatus(kExpertServiceName, true);
-  }
-  server->address_ = absl::StrCat(
-      options.listen_address.substr(0, options.listen_address.rfind(':')), ":", server->port_);
+  DMOE_ASSIGN_OR_RETURN(server->server_,
+                        cluster::StartGrpcServer({.listen = options.listen_address,
+                                                  .services = {server->service_.get()},
+                                                  .health_services = {kExpertServiceName},
+                                                  .metrics = options.metrics}));
   return server;
 }
 
@@ -208,28 +174,24 @@ ExpertServer::~ExpertServer() { Shutdown(absl::Now()); }
 
 std::shared_ptr<grpc::Channel> ExpertServer::InProcessChannel() {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options_.max_message_bytes);
-  args.SetMaxSendMessageSize(options_.max_message_bytes);
-  return server_->InProcessChannel(args);
+  args.SetMaxReceiveMessageSize(cluster::kMaxGrpcMessageBytes);
+  args.SetMaxSendMessageSize(cluster::kMaxGrpcMessageBytes);
+  return server_.server->InProcessChannel(args);
 }
 
 void ExpertServer::Shutdown(absl::Time deadline) {
   std::call_once(shutdown_once_, [&] {
     service_->StartDraining();
-    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-    if (health != nullptr) {
-      health->SetServingStatus(kExpertServiceName, false);
-      health->SetServingStatus(false);
-    }
+    server_.MarkNotServing();
     // Drain ourselves, then shut gRPC down at once: gRPC's Shutdown(deadline) also waits for
     // idle client connections to close, which a client with no call in progress notices only
     // at its backup poll (~5 s). Calls still running at the deadline are cancelled.
     if (!service_->WaitForIdle(deadline)) {
-      DMOE_LOG(WARNING) << "expert server on " << address_ << ": " << service_->in_flight()
+      DMOE_LOG(WARNING) << "expert server on " << address() << ": " << service_->in_flight()
                         << " call(s) still running at the drain deadline; cancelling them";
     }
-    server_->Shutdown(absl::ToChronoTime(absl::Now()));
-    DMOE_LOG(INFO) << "expert server on " << address_ << " stopped";
+    server_.server->Shutdown(absl::ToChronoTime(absl::Now()));
+    DMOE_LOG(INFO) << "expert server on " << address() << " stopped";
   });
 }
 

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "expert_service/expert_engine.h"
+#include "cluster/grpc_server.h"
 #include "metrics/endpoint.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/server.h"
@@ -26,12 +27,6 @@ inline constexpr char kExpertServiceName[] = "dmoe.v1.ExpertService";
 struct ExpertServerOptions {
   // host:port to listen on; port 0 picks a free port (read it back with port()).
   std::string listen_address = "127.0.0.1:0";
-  // Largest message accepted and sent, in bytes. One layer's dispatch carries
-  // rows * hidden_size * 4 bytes (e.g. 64 blocks x 32 tokens x 8 slots x 2048 x 4 = 128 MiB
-  // for a flash-sized batch on one shard), far above gRPC's 4 MiB default.
-  int max_message_bytes = 1 << 30;
-  // Registers grpc.reflection (grpcurl, debugging).
-  bool enable_reflection = true;
   // dmoe_grpc_server_handled_total; null registry: none.
   metrics::ProcessMetrics metrics{};
 
@@ -56,11 +51,11 @@ class ExpertServer {
   ExpertServer& operator=(const ExpertServer&) = delete;
 
   // The bound port and "host:port" with it.
-  int port() const { return port_; }
-  const std::string& address() const { return address_; }
+  int port() const { return server_.port; }
+  const std::string& address() const { return server_.address; }
 
   // A channel to this server that bypasses the network (tests, embedded mode). Carries the
-  // same message size limits as the listening port.
+  // same message size limit as the listening port (cluster::kMaxGrpcMessageBytes).
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
   // Graceful drain: health turns NOT_SERVING, new calls get UNAVAILABLE, in-flight and queued
@@ -71,11 +66,8 @@ class ExpertServer {
  private:
   ExpertServer() = default;
 
-  ExpertServerOptions options_;
-  int port_ = 0;
-  std::string address_;
   std::unique_ptr<internal::ExpertServiceImpl> service_;
-  std::unique_ptr<grpc::Server> server_;
+  cluster::GrpcServer server_;
   std::once_flag shutdown_once_;
 };
 

@@ -5,9 +5,6 @@
 // Logs "listening on HOST:PORT" once it serves (port 0 picks a free port), and drains on
 // SIGTERM / SIGINT: health NOT_SERVING, in-flight calls finish (up to --drain-timeout-s),
 // exit code 0. Startup errors exit with code 2.
-#include <pthread.h>
-#include <signal.h>
-
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -19,11 +16,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cluster/grpc_server.h"
+#include "cluster/membership_agent.h"
 #include "common/logging.h"
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
 #include "metrics/endpoint.h"
-#include "scheduler/membership_agent.h"
 
 namespace {
 
@@ -109,13 +107,7 @@ int main(int argc, char** argv) {
     return Fail("--experts: expected FIRST:LAST or 'all', got '" + experts + "'");
   }
 
-  // Signals are taken synchronously by sigwait below; block them before any thread starts so
-  // every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  dmoe::cluster::ShutdownSignals signals;  // before any thread starts
 
   DMOE_LOG(INFO) << "dmoe-expert: model " << model_dir << ", experts " << experts << ", listen "
                  << listen << ", device " << device << ", kernels " << kernels << ", workers " << workers << " x "
@@ -126,25 +118,23 @@ int main(int argc, char** argv) {
   auto server = dmoe::expert::ExpertServer::Create(
       {.listen_address = listen, .metrics = metrics}, **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
-  DMOE_LOG(INFO) << "listening on " << (*server)->address();
-  std::unique_ptr<dmoe::scheduler::MembershipAgent> agent;
+  std::unique_ptr<dmoe::cluster::MembershipAgent> agent;
   if (!scheduler.empty()) {
-    const dmoe::expert::ShardInfo& info = (*engine)->info();
+    const dmoe::transport::ShardInfo& info = (*engine)->info();
     dmoe::v1::RegisterRequest registration;
     registration.set_role(dmoe::v1::POD_ROLE_EXPERT);
     registration.set_address((*server)->address());
     registration.set_expert_first(info.expert_first);
     registration.set_expert_last(info.expert_last);
     registration.set_config_fingerprint(info.config_fingerprint);
-    agent = std::make_unique<dmoe::scheduler::MembershipAgent>(
-        dmoe::scheduler::MembershipAgentOptions{
+    agent = std::make_unique<dmoe::cluster::MembershipAgent>(
+        dmoe::cluster::MembershipAgentOptions{
             .scheduler_address = scheduler,
             .registration = registration,
             .busy_seconds = [e = engine->get()] { return e->busy_seconds(); }});
   }
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = signals.Wait();
   DMOE_LOG(INFO) << "signal " << signal_number << ": draining (up to " << drain_timeout_s << " s)";
   if (agent) {
     // Leave the placement first, then give attention replicas a heartbeat to switch to it,

@@ -74,10 +74,12 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
 
 absl::StatusOr<ServedMetrics> ServeProcessMetrics(const std::string& role,
                                                   const std::string& model_version,
-                                                  const std::string& listen) {
+                                                  const std::string& listen,
+                                                  const ProcessMetrics& injected) {
   ServedMetrics served;
+  served.metrics = injected;
   if (listen.empty()) return served;
-  served.metrics = NewProcessMetrics(role, model_version);
+  if (!served.metrics.registry) served.metrics = NewProcessMetrics(role, model_version);
   auto endpoint = MetricsEndpoint::Start(listen, served.metrics.registry);
   if (!endpoint.ok()) return endpoint.status();
   served.endpoint = *std::move(endpoint);

@@ -52,14 +52,16 @@ class MetricsEndpoint {
 
 // What a role binary's --metrics-listen starts: the process registry and its endpoint, logging
 // "metrics on http://ADDR/metrics" (the line `dmoe cluster up` reads). An empty `listen` gives
-// no registry and no endpoint (every component then skips its metrics).
+// no registry and no endpoint (every component then skips its metrics). `injected` (tests,
+// embedders): its registry is used instead of a new one, and kept even without an endpoint.
 struct ServedMetrics {
   ProcessMetrics metrics;
   std::unique_ptr<MetricsEndpoint> endpoint;
 };
 absl::StatusOr<ServedMetrics> ServeProcessMetrics(const std::string& role,
                                                   const std::string& model_version,
-                                                  const std::string& listen);
+                                                  const std::string& listen,
+                                                  const ProcessMetrics& injected = {});
 
 }  // namespace dmoe::metrics
 

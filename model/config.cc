@@ -6,11 +6,14 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -441,6 +444,24 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
   DMOE_ASSIGN_OR_RETURN(std::string text, internal::ReadCheckpointFile(path));
   return ParseModelConfig(text, path);
+}
+
+std::string ConfigFingerprint(std::string_view config_json) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : config_json) {
+    hash ^= c;
+    hash *= 0x100000001b3ull;
+  }
+  return absl::StrFormat("%016x", hash);
+}
+
+absl::StatusOr<std::string> ConfigFingerprintOfDir(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return ConfigFingerprint(text.str());
 }
 
 }  // namespace dmoe::model

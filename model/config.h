@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -84,6 +85,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
 
 // Reads `<dir>/config.json`. NOT_FOUND when it does not exist.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+
+// FNV-1a 64 of the config.json bytes as 16 lowercase hex digits: pods and the scheduler
+// compare it to refuse a peer that serves another model.
+std::string ConfigFingerprint(std::string_view config_json);
+// ConfigFingerprint of `<dir>/config.json`; NOT_FOUND naming the file when it cannot be read.
+absl::StatusOr<std::string> ConfigFingerprintOfDir(const std::string& dir);
 
 namespace internal {
 // Reads a whole file. NOT_FOUND "<path>: not found" when missing; other errors name the path.

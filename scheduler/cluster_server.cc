@@ -1,37 +1,12 @@
 #include "scheduler/cluster_server.h"
 
-#include "common/logging.h"
-
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "cluster/placement_proto.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 
 namespace dmoe::scheduler {
-
-void PlacementToProto(const Placement& p, dmoe::v1::Placement* proto) {
-  proto->set_version(p.version);
-  proto->set_complete(p.complete);
-  proto->set_num_experts(p.num_experts);
-  for (const ShardPlacement& s : p.shards) {
-    dmoe::v1::ExpertShard* shard = proto->add_shards();
-    shard->set_expert_first(s.expert_first);
-    shard->set_expert_last(s.expert_last);
-    for (const std::string& r : s.replicas) shard->add_replicas(r);
-  }
-}
-
-Placement PlacementFromProto(const dmoe::v1::Placement& proto) {
-  Placement p;
-  p.version = proto.version();
-  p.complete = proto.complete();
-  p.num_experts = proto.num_experts();
-  for (const auto& s : proto.shards()) {
-    p.shards.push_back({s.expert_first(), s.expert_last(),
-                        std::vector<std::string>(s.replicas().begin(), s.replicas().end())});
-  }
-  return p;
-}
 
 grpc::ServerUnaryReactor* ClusterServer::Register(grpc::CallbackServerContext* context,
                                                   const dmoe::v1::RegisterRequest* request,
@@ -80,7 +55,7 @@ grpc::ServerUnaryReactor* ClusterServer::Heartbeat(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* ClusterServer::GetPlacement(grpc::CallbackServerContext* context,
                                                       const dmoe::v1::GetPlacementRequest*,
                                                       dmoe::v1::Placement* response) {
-  PlacementToProto(membership_.CurrentPlacement(), response);
+  cluster::PlacementToProto(membership_.CurrentPlacement(), response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -120,7 +95,7 @@ grpc::ServerUnaryReactor* ClusterServer::ListMembers(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ClusterServer::GetCommunicator(
     grpc::CallbackServerContext* context, const dmoe::v1::GetCommunicatorRequest* request,
     dmoe::v1::GetCommunicatorResponse* response) {
-  absl::StatusOr<CommunicatorId> id =
+  absl::StatusOr<cluster::CommunicatorId> id =
       communicators_.Get(request->group(), request->failed_generation());
   if (id.ok()) {
     response->set_unique_id(id->unique_id);

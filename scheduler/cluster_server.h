@@ -46,10 +46,6 @@ class ClusterServer final : public dmoe::v1::Cluster::CallbackService {
   CommunicatorIds communicators_;
 };
 
-// Fills a proto placement.
-void PlacementToProto(const Placement& placement, dmoe::v1::Placement* proto);
-Placement PlacementFromProto(const dmoe::v1::Placement& proto);
-
 }  // namespace dmoe::scheduler
 
 #endif  // DMOE_SCHEDULER_CLUSTER_SERVER_H_

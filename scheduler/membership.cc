@@ -125,7 +125,7 @@ void Membership::BumpIfPlacementChangedLocked() {
   }
 }
 
-Placement Membership::CurrentPlacement() {
+cluster::Placement Membership::CurrentPlacement() {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked();
   std::map<std::pair<int64_t, int64_t>, std::vector<std::string>> by_range;
@@ -133,7 +133,7 @@ Placement Membership::CurrentPlacement() {
     if (m.pod.role != PodRole::kExpert) continue;
     by_range[{m.pod.expert_first, m.pod.expert_last}].push_back(m.pod.address);
   }
-  Placement p;
+  cluster::Placement p;
   p.version = version_;
   p.num_experts = options_.num_experts;
   int64_t covered_to = 0;

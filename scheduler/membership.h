@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cluster/placement.h"
 
 namespace dmoe::scheduler {
 
@@ -25,19 +26,6 @@ struct PodInfo {
   std::string address;
   int64_t expert_first = 0;  // expert pods: [expert_first, expert_last)
   int64_t expert_last = 0;
-};
-
-struct ShardPlacement {
-  int64_t expert_first = 0;
-  int64_t expert_last = 0;
-  std::vector<std::string> replicas;  // sorted addresses
-};
-
-struct Placement {
-  uint64_t version = 0;
-  std::vector<ShardPlacement> shards;  // sorted by expert_first, non-overlapping
-  bool complete = false;               // shards cover [0, num_experts)
-  int64_t num_experts = 0;
 };
 
 struct MemberView {
@@ -81,7 +69,7 @@ class Membership {
   // Marks the pod at `address` dead until it registers again (a failed call to it).
   void ReportFailure(const std::string& address);
 
-  Placement CurrentPlacement();
+  cluster::Placement CurrentPlacement();
   std::vector<std::string> AttentionAddresses();
   std::vector<MemberView> Members();
   uint64_t placement_version();

@@ -1,7 +1,8 @@
 // The expert data plane seen from an attention replica: ExpertTransport is one endpoint (one
 // replica of one expert shard) that computes rows routed to its experts. Implementations:
-// InProcessExpertTransport (embedded mode, tests), GrpcExpertTransport (CPU clusters); NCCL
-// later. The attention code only sees model::ExpertExecutor (ShardedExpertExecutor), which
+// expert::InProcessExpertTransport (expert_service/; embedded mode, tests), GrpcExpertTransport
+// (CPU clusters), NcclExpertTransport (GPU hosts).
+// The attention code only sees model::ExpertExecutor (ShardedExpertExecutor), which
 // fans a layer's rows out over transports.
 #ifndef DMOE_TRANSPORT_EXPERT_TRANSPORT_H_
 #define DMOE_TRANSPORT_EXPERT_TRANSPORT_H_
@@ -13,7 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "expert_service/shard_info.h"
+#include "transport/shard_info.h"
 
 namespace dmoe::transport {
 
@@ -48,7 +49,7 @@ class ExpertTransport {
   virtual absl::Status RunExperts(const ExpertRows& rows, absl::Time deadline, float* out) = 0;
 
   // What the endpoint serves (for compatibility checks before routing to it).
-  virtual absl::StatusOr<expert::ShardInfo> GetShardInfo(absl::Time deadline) = 0;
+  virtual absl::StatusOr<ShardInfo> GetShardInfo(absl::Time deadline) = 0;
 };
 
 // Transports are shared: one endpoint may appear in several placements (versions).

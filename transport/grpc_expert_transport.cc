@@ -105,13 +105,13 @@ absl::Status GrpcExpertTransport::RunExperts(const ExpertRows& rows, absl::Time 
   return absl::OkStatus();
 }
 
-absl::StatusOr<expert::ShardInfo> GrpcExpertTransport::GetShardInfo(absl::Time deadline) {
+absl::StatusOr<ShardInfo> GrpcExpertTransport::GetShardInfo(absl::Time deadline) {
   grpc::ClientContext context;
   SetDeadline(context, deadline);
   v1::GetShardInfoResponse response;
   grpc::Status status = stub_->stub->GetShardInfo(&context, v1::GetShardInfoRequest(), &response);
   if (!status.ok()) return FromGrpcStatus(status, address_, "GetShardInfo");
-  expert::ShardInfo info;
+  ShardInfo info;
   info.model_name = response.model_name();
   info.model_type = response.model_type();
   info.hidden_size = response.hidden_size();

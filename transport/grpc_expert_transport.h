@@ -42,7 +42,7 @@ class GrpcExpertTransport final : public ExpertTransport {
   // gRPC errors keep their code; the message names the address:
   // "127.0.0.1:4242: RunExperts layer 3: <grpc message>".
   absl::Status RunExperts(const ExpertRows& rows, absl::Time deadline, float* out) override;
-  absl::StatusOr<expert::ShardInfo> GetShardInfo(absl::Time deadline) override;
+  absl::StatusOr<ShardInfo> GetShardInfo(absl::Time deadline) override;
 
  private:
   class Stub;  // the generated dmoe.v1.ExpertService stub (kept out of this header)

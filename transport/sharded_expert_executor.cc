@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "expert_service/shard_info.h"
+#include "transport/shard_info.h"
 
 namespace dmoe::transport {
 namespace {
@@ -102,8 +102,8 @@ absl::Status ShardedExpertExecutor::CheckShards(const model::ModelConfig& config
                                                 std::string_view fingerprint) {
   for (const ExpertShard& shard : placement_.shards) {
     for (const ExpertTransportSharedPtr& replica : shard.replicas) {
-      absl::StatusOr<expert::ShardInfo> info = replica->GetShardInfo(deadline);
-      absl::Status status = info.ok() ? expert::CheckShardCompatible(*info, config,
+      absl::StatusOr<ShardInfo> info = replica->GetShardInfo(deadline);
+      absl::Status status = info.ok() ? CheckShardCompatible(*info, config,
                                                                      shard.expert_first,
                                                                      shard.expert_last,
                                                                      fingerprint)

@@ -99,7 +99,7 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
   void SetStepDeadline(absl::Time deadline) { step_deadline_ = deadline; }
 
   // Asks every replica for its ShardInfo and checks it can serve its shard of a model with
-  // `config` (expert::CheckShardCompatible; `fingerprint` compared unless empty). Returns the
+  // `config` (CheckShardCompatible; `fingerprint` compared unless empty). Returns the
   // first failure, prefixed with the replica's address.
   absl::Status CheckShards(const model::ModelConfig& config, absl::Time deadline,
                            std::string_view fingerprint = {});

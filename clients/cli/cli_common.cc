@@ -2,26 +2,9 @@
 
 #include <cstdio>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 
 namespace dmoe::cli {
-
-absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text, const std::string& flag) {
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int32_t id;
-    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id) || id < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(flag, ": '", part, "' is not a non-negative integer token id"));
-    }
-    ids.push_back(id);
-  }
-  if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": no token ids given"));
-  return ids;
-}
 
 int ReportError(const absl::Status& status) {
   std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());

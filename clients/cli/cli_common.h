@@ -9,11 +9,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/id_list.h"  // ParseIdList, for the subcommands
 
 namespace dmoe::cli {
-
-// Parses "1,2,3" (spaces allowed). INVALID_ARGUMENT naming `flag` on junk.
-absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text, const std::string& flag);
 
 // Prints "error: <message>" to stderr and returns the exit code for `status` (1).
 int ReportError(const absl::Status& status);

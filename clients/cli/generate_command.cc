@@ -1,5 +1,5 @@
 // dmoe generate: one prompt through the single-process engine (--device cpu), or through the
-// GPU step executor (--device cuda: scheduler::InProcessModel).
+// GPU step executor (--device cuda: serve::InProcessModel).
 #include <unistd.h>
 
 #include <chrono>
@@ -21,8 +21,8 @@
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
-#include "scheduler/cuda_step_executor.h"
-#include "scheduler/in_process_model.h"
+#include "serve/cuda_step_executor.h"
+#include "serve/in_process_model.h"
 
 namespace dmoe::cli {
 namespace {
@@ -206,7 +206,7 @@ absl::Status RunGenerate(const GenerateFlags& f) {
                            params.block_length;
     const int64_t pages = (tokens + kPageTokens - 1) / kPageTokens + 1;
     DMOE_ASSIGN_OR_RETURN(auto device_model,
-                          scheduler::InProcessModel::Create({.model_dir = f.model_dir,
+                          serve::InProcessModel::Create({.model_dir = f.model_dir,
                                                              .kv_page_tokens = kPageTokens,
                                                              .kv_max_pages = pages,
                                                              .device = "cuda"}));

@@ -11,6 +11,7 @@
 
 #include "absl/time/clock.h"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
 #include "gtest/gtest.h"
@@ -141,7 +142,7 @@ TEST_F(CudaExpertTest, TwoGpuShardsOverGrpcServeLikeTheCpuExperts) {
   ASSERT_TRUE(executor.ok()) << executor.status();
   ASSERT_TRUE((*executor)->CheckShards(c, absl::Now() + absl::Seconds(10)).ok());
 
-  auto kernels = engine::MakeKernels("cpu", 2);
+  auto kernels = model::MakeKernels("cpu", 2);
   ASSERT_TRUE(kernels.ok());
   model::LocalExpertExecutor local(tiny_->full_weights(), **kernels);
   const std::vector<std::vector<int32_t>> sequences = {expert_testing::Prompt(6, 1),

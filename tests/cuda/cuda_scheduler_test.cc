@@ -1,5 +1,5 @@
 // `--device cuda` end to end below the gRPC layer: a Scheduler over the GPU StepExecutor
-// (InProcessModel with device "cuda", and CreateCudaStepExecutor with small forward limits so
+// (serve::InProcessModel with device "cuda", and serve::CreateCudaStepExecutor with small forward limits so
 // steps are split) generates, for several concurrent greedy requests (threshold decoding,
 // mixed block lengths, one autoregressive), the same ids as the CPU engine on the tiny F32
 // checkpoint. A sampling request is refused at Submit without disturbing the others. Skips
@@ -19,8 +19,8 @@
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
 #include "model/weights.h"
-#include "scheduler/cuda_step_executor.h"
-#include "scheduler/in_process_model.h"
+#include "serve/cuda_step_executor.h"
+#include "serve/in_process_model.h"
 #include "scheduler/scheduler.h"
 #include "tests/cuda/gpu_test_util.h"
 #include "tests/testing/status_matchers.h"
@@ -143,7 +143,7 @@ class CudaSchedulerTest : public ::testing::Test {
 };
 
 TEST_F(CudaSchedulerTest, ConcurrentGreedyRequestsEqualTheCpuEngine) {
-  auto model = InProcessModel::Create(
+  auto model = serve::InProcessModel::Create(
       {.model_dir = tiny_->dir(), .kv_page_tokens = 32, .kv_max_pages = 512, .device = "cuda"});
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->device(), "cuda");
@@ -157,7 +157,7 @@ TEST_F(CudaSchedulerTest, StepsSplitIntoSeveralForwardsGiveTheSameIds) {
   auto weights = model::LoadModelWeights(**checkpoint, {});
   ASSERT_TRUE(weights.ok()) << weights.status();
   // At most 64 rows and 2 sequences per device forward: most steps need several.
-  auto executor = CreateCudaStepExecutor(
+  auto executor = serve::CreateCudaStepExecutor(
       (*checkpoint)->config(), *weights,
       {.kv_page_tokens = 16, .kv_max_pages = 512, .max_rows = 64, .max_segments = 2});
   ASSERT_TRUE(executor.ok()) << executor.status();
@@ -167,7 +167,7 @@ TEST_F(CudaSchedulerTest, StepsSplitIntoSeveralForwardsGiveTheSameIds) {
 // Requests that sample or filter get their rows' logits back and the CPU engine's sampler
 // (same counter-based RNG): the same tokens as the CPU engine.
 TEST_F(CudaSchedulerTest, SamplingRequestsMatchTheCpuEngine) {
-  auto model = InProcessModel::Create(
+  auto model = serve::InProcessModel::Create(
       {.model_dir = tiny_->dir(), .kv_max_pages = 256, .device = "cuda"});
   ASSERT_TRUE(model.ok()) << model.status();
   std::vector<Case> cases = GreedyCases(6);

@@ -11,9 +11,9 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "router/embedded_server.h"
-#include "scheduler/cuda_step_executor.h"
-#include "scheduler/in_process_model.h"
+#include "serve/embedded_server.h"
+#include "serve/cuda_step_executor.h"
+#include "serve/in_process_model.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
@@ -51,26 +51,17 @@ TEST(DeviceSamplingTest, OnlyPlainGreedyStaysOnTheDevice) {
 }
 
 TEST(DeviceOptionsTest, UnknownDeviceIsInvalid) {
-  InProcessModelOptions options{.model_dir = "/nonexistent", .device = "tpu"};
+  serve::InProcessModelOptions options{.model_dir = "/nonexistent", .device = "tpu"};
   EXPECT_THAT(options.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'cpu' or 'cuda'")));
-  router::EmbeddedServerOptions server;
-  server.model_dir = "/nonexistent";
+  serve::EmbeddedServerOptions server;
+  server.api.model_dir = "/nonexistent";
   server.device = "tpu";
   EXPECT_THAT(server.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
-TEST(DeviceOptionsTest, ClusterSchedulerRefusesCuda) {
-  router::EmbeddedServerOptions server;
-  server.model_dir = "/nonexistent";
-  server.compute = router::ComputeMode::kCluster;
-  server.device = "cuda";
-  EXPECT_THAT(server.Validate(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--device cuda")));
-}
-
 TEST(DeviceOptionsTest, CudaExecutorOptionsNameTheField) {
-  EXPECT_THAT(CudaStepExecutorOptions{.max_rows = 0}.Validate(),
+  EXPECT_THAT(serve::CudaStepExecutorOptions{.max_rows = 0}.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_rows")));
 }
 
@@ -81,7 +72,7 @@ TEST(DeviceOptionsTest, InProcessCudaWithoutGpuIsFailedPrecondition) {
   dmoe_testing::TinyCheckpointDir tiny(spec);
   ASSERT_TRUE(tiny.ok()) << tiny.status();
   auto model =
-      InProcessModel::Create({.model_dir = tiny.dir(), .kv_max_pages = 8, .device = "cuda"});
+      serve::InProcessModel::Create({.model_dir = tiny.dir(), .kv_max_pages = 8, .device = "cuda"});
 #if DMOE_TEST_CUDA_BUILD
   EXPECT_THAT(model.status(), StatusIs(absl::StatusCode::kFailedPrecondition,
                                        HasSubstr("--device cuda: cannot use GPU 0")));

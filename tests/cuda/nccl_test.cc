@@ -19,11 +19,11 @@
 #include "model/cuda/device_worker.h"
 #include "model/moe_routing.h"
 #include "scheduler/cluster_server.h"
-#include "scheduler/communicator_client.h"
+#include "cluster/communicator_client.h"
 #include "scheduler/membership.h"
 #include "tests/cuda/gpu_test_util.h"
 #include "tests/transport/expert_test_util.h"
-#include "transport/in_process_expert_transport.h"
+#include "expert_service/in_process_expert_transport.h"
 #include "transport/nccl/nccl_expert_exchange.h"
 #include "transport/nccl/nccl_expert_transport.h"
 #include "transport/sharded_expert_executor.h"
@@ -90,7 +90,7 @@ class NcclExpertTransportTest : public ::testing::Test {
     auto engine = expert::ExpertEngine::Create({.model_dir = tiny_->dir()});
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
-    inproc_ = std::make_shared<InProcessExpertTransport>(*engine_, "cpu");
+    inproc_ = std::make_shared<expert::InProcessExpertTransport>(*engine_, "cpu");
     auto worker = DeviceWorker::Create({});
     ASSERT_TRUE(worker.ok()) << worker.status();
     worker_ = *std::move(worker);
@@ -126,7 +126,7 @@ class NcclExpertTransportTest : public ::testing::Test {
       const std::function<absl::StatusOr<NcclServeFn>()>& make_serve) {
     const int64_t h = tiny_->config().hidden_size;
     NcclExpertExchange* exchange = nullptr;
-    auto id = scheduler::FetchCommunicatorId(scheduler_address_,
+    auto id = cluster::FetchCommunicatorId(scheduler_address_,
                                              absl::StrCat("self-", groups_++), 0,
                                              absl::Now() + absl::Seconds(10));
     EXPECT_TRUE(id.ok()) << id.status();
@@ -182,7 +182,7 @@ class NcclExpertTransportTest : public ::testing::Test {
 
   static expert_testing::TinyModel* tiny_;
   std::unique_ptr<expert::ExpertEngine> engine_;
-  std::shared_ptr<InProcessExpertTransport> inproc_;
+  std::shared_ptr<expert::InProcessExpertTransport> inproc_;
   scheduler::Membership membership_{{.num_experts = 16}};
   std::unique_ptr<scheduler::ClusterServer> cluster_;
   std::unique_ptr<grpc::Server> scheduler_;

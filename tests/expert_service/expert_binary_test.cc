@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/transport/expert_test_util.h"
@@ -185,7 +186,7 @@ TEST_F(ExpertBinaryTest, GenerationSurvivesSigkillOfAReplicaAndSigtermDrains) {
   absl::Status check = (*executor)->CheckShards(tiny_->config(), absl::Now() + absl::Seconds(10));
   ASSERT_TRUE(check.ok()) << check;
 
-  auto kernels = engine::MakeKernels("cpu", 2);
+  auto kernels = model::MakeKernels("cpu", 2);
   ASSERT_TRUE(kernels.ok());
   model::LocalExpertExecutor local(tiny_->full_weights(), **kernels);
   const std::vector<std::vector<int32_t>> prompts = {Prompt(13, 2), Prompt(30, 5)};

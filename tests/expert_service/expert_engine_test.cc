@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/transport/expert_test_util.h"
@@ -71,7 +71,7 @@ class ExpertEngineTest : public ::testing::Test {
   }
   // What LocalExpertExecutor computes for the rows (top_k = 1: one slot per row).
   static std::vector<float> Expected(const Rows& rows, int64_t layer) {
-    auto kernels = engine::MakeKernels("cpu", 2);
+    auto kernels = model::MakeKernels("cpu", 2);
     model::LocalExpertExecutor local(tiny_->full_weights(), **kernels);
     const int64_t n = static_cast<int64_t>(rows.ids.size());
     model::Routing routing{.num_tokens = n, .top_k = 1, .experts = rows.ids,
@@ -89,7 +89,7 @@ expert_testing::TinyModel* ExpertEngineTest::tiny_ = nullptr;
 TEST_F(ExpertEngineTest, ShardInfoDescribesTheShard) {
   auto engine = Engine({.model_name = "tiny-test", .expert_first = 4, .expert_last = 12});
   ASSERT_NE(engine, nullptr);
-  const ShardInfo& info = engine->info();
+  const transport::ShardInfo& info = engine->info();
   EXPECT_EQ(info.model_name, "tiny-test");
   EXPECT_EQ(info.model_type, "llada2_moe");
   EXPECT_EQ(info.hidden_size, 64);
@@ -101,14 +101,14 @@ TEST_F(ExpertEngineTest, ShardInfoDescribesTheShard) {
   EXPECT_EQ(info.expert_first, 4);
   EXPECT_EQ(info.expert_last, 12);
   EXPECT_EQ(info.weight_dtype, "BF16");
-  auto fingerprint = ConfigFingerprintOfDir(tiny_->dir());
+  auto fingerprint = model::ConfigFingerprintOfDir(tiny_->dir());
   ASSERT_TRUE(fingerprint.ok());
   EXPECT_EQ(info.config_fingerprint, *fingerprint);
   EXPECT_EQ(info.config_fingerprint.size(), 16u);
-  EXPECT_TRUE(CheckShardCompatible(info, tiny_->config(), 4, 12, *fingerprint).ok());
-  EXPECT_EQ(CheckShardCompatible(info, tiny_->config(), 0, 12).code(),
+  EXPECT_TRUE(transport::CheckShardCompatible(info, tiny_->config(), 4, 12, *fingerprint).ok());
+  EXPECT_EQ(transport::CheckShardCompatible(info, tiny_->config(), 0, 12).code(),
             absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(CheckShardCompatible(info, tiny_->config(), 4, 12, "0123456789abcdef").code(),
+  EXPECT_EQ(transport::CheckShardCompatible(info, tiny_->config(), 4, 12, "0123456789abcdef").code(),
             absl::StatusCode::kFailedPrecondition);
 }
 

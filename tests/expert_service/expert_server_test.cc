@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "expert_service/expert_engine.h"
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
@@ -126,7 +127,7 @@ TEST_P(ExpertServerTest, ThreeShardsOverGrpcAreBitIdenticalToLocal) {
   absl::Status check = (*executor)->CheckShards(tiny_->config(), absl::Now() + absl::Seconds(10));
   ASSERT_TRUE(check.ok()) << check;
 
-  auto kernels = engine::MakeKernels("cpu", 2);
+  auto kernels = model::MakeKernels("cpu", 2);
   ASSERT_TRUE(kernels.ok());
   model::LocalExpertExecutor local(tiny_->full_weights(), **kernels);
   const std::vector<std::vector<int32_t>> sequences = {Prompt(6, 1), Prompt(40, 2)};
@@ -295,7 +296,7 @@ TEST(ExpertServerLifecycleTest, HealthShutdownAndFailoverAcrossRealServers) {
   auto executor = transport::ShardedExpertExecutor::Create(
       {.num_experts = 16}, {.shards = {{0, 16, {TcpTransport(*a->server), TcpTransport(*b->server)}}}});
   ASSERT_TRUE(executor.ok()) << executor.status();
-  auto kernels = engine::MakeKernels("cpu", 2);
+  auto kernels = model::MakeKernels("cpu", 2);
   ASSERT_TRUE(kernels.ok());
   model::LocalExpertExecutor local((*tiny)->full_weights(), **kernels);
   const std::vector<std::vector<int32_t>> prompts = {Prompt(11, 7)};

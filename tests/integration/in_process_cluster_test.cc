@@ -15,8 +15,8 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
-#include "router/embedded_server.h"
-#include "scheduler/membership_agent.h"
+#include "scheduler/scheduler_server.h"
+#include "cluster/membership_agent.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -34,18 +34,17 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   const std::string model_dir = dir.Join("model");
   ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(model_dir, spec).ok());
 
-  router::EmbeddedServerOptions options{.model_dir = model_dir,
-                                        .compute = router::ComputeMode::kCluster};
-  options.mask_id = kMask;
-  options.stop_ids = std::vector<int32_t>{kStop};
-  auto scheduler = router::EmbeddedServer::Start(options);
+  scheduler::SchedulerServerOptions options{.api = {.model_dir = model_dir}};
+  options.api.mask_id = kMask;
+  options.api.stop_ids = std::vector<int32_t>{kStop};
+  auto scheduler = scheduler::SchedulerServer::Start(options);
   ASSERT_TRUE(scheduler.ok()) << scheduler.status();
   const std::string scheduler_address = (*scheduler)->address();
 
   // Three expert shards.
   std::vector<std::unique_ptr<expert::ExpertEngine>> engines;
   std::vector<std::unique_ptr<expert::ExpertServer>> servers;
-  std::vector<std::unique_ptr<scheduler::MembershipAgent>> agents;
+  std::vector<std::unique_ptr<cluster::MembershipAgent>> agents;
   for (auto [first, last] : std::vector<std::pair<int, int>>{{0, 5}, {5, 11}, {11, 16}}) {
     auto engine = expert::ExpertEngine::Create(
         {.model_dir = model_dir, .expert_first = first, .expert_last = last});
@@ -58,8 +57,8 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
     registration.set_expert_first(first);
     registration.set_expert_last(last);
     registration.set_config_fingerprint((*engine)->info().config_fingerprint);
-    agents.push_back(std::make_unique<scheduler::MembershipAgent>(
-        scheduler::MembershipAgentOptions{.scheduler_address = scheduler_address,
+    agents.push_back(std::make_unique<cluster::MembershipAgent>(
+        cluster::MembershipAgentOptions{.scheduler_address = scheduler_address,
                                           .registration = registration}));
     engines.push_back(*std::move(engine));
     servers.push_back(*std::move(server));
@@ -91,16 +90,16 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   registration.set_role(v1::POD_ROLE_ATTENTION);
   registration.set_address("127.0.0.1:" + std::to_string(port));
   registration.set_config_fingerprint(engines[0]->info().config_fingerprint);
-  agents.push_back(std::make_unique<scheduler::MembershipAgent>(scheduler::MembershipAgentOptions{
+  agents.push_back(std::make_unique<cluster::MembershipAgent>(cluster::MembershipAgentOptions{
       .scheduler_address = scheduler_address,
       .registration = registration,
-      .on_placement = [&](const scheduler::Placement& p) { experts.Update(p); }}));
+      .on_placement = [&](const cluster::Placement& p) { experts.Update(p); }}));
 
   for (int i = 0; i < 100 && experts.version() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_GT(experts.version(), 0u) << "the attention replica never got a complete placement";
-  ASSERT_EQ((*scheduler)->membership()->AttentionAddresses().size(), 1u);
+  ASSERT_EQ((*scheduler)->membership().AttentionAddresses().size(), 1u);
 
   // Expected ids from the single-process engine.
   auto reference = engine::Engine::Create({.model_dir = model_dir, .num_threads = 1});

@@ -13,7 +13,7 @@
 #include "prometheus/registry.h"
 #include "proto/dmoe/v1/admin.grpc.pb.h"
 #include "proto/dmoe/v1/generation.grpc.pb.h"
-#include "router/embedded_server.h"
+#include "serve/embedded_server.h"
 #include "router/generation_proxy.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tiny_checkpoint.h"
@@ -38,18 +38,18 @@ class CanaryIntegrationTest : public ::testing::Test {
     delete v2_dir_;
   }
 
-  static std::unique_ptr<EmbeddedServer> Serve(const dmoe_testing::TinyCheckpointDir& dir,
+  static std::unique_ptr<serve::EmbeddedServer> Serve(const dmoe_testing::TinyCheckpointDir& dir,
                                                const std::string& version) {
-    EmbeddedServerOptions options;
-    options.model_dir = dir.dir();
-    options.model_name = "tiny";
-    options.model_version = version;
+    serve::EmbeddedServerOptions options;
+    options.api.model_dir = dir.dir();
+    options.api.model_name = "tiny";
+    options.api.model_version = version;
     options.num_threads = 1;
     if (!std::filesystem::exists(dir.dir() + "/tokenizer.json")) {
-      options.mask_id = 4000;
-      options.stop_ids = std::vector<int32_t>{4001};
+      options.api.mask_id = 4000;
+      options.api.stop_ids = std::vector<int32_t>{4001};
     }
-    auto server = EmbeddedServer::Start(options);
+    auto server = serve::EmbeddedServer::Start(options);
     EXPECT_TRUE(server.ok()) << server.status();
     return server.ok() ? *std::move(server) : nullptr;
   }
@@ -105,7 +105,7 @@ class CanaryIntegrationTest : public ::testing::Test {
 
   static dmoe_testing::TinyCheckpointDir* v1_dir_;
   static dmoe_testing::TinyCheckpointDir* v2_dir_;
-  std::unique_ptr<EmbeddedServer> v1_, v2_;
+  std::unique_ptr<serve::EmbeddedServer> v1_, v2_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<GenerationProxy> proxy_;
   std::unique_ptr<grpc::Server> router_;

@@ -12,7 +12,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "scheduler/cluster_server.h"
-#include "scheduler/communicator_client.h"
+#include "cluster/communicator_client.h"
 #include "scheduler/membership.h"
 
 namespace dmoe::scheduler {
@@ -84,8 +84,8 @@ class CommunicatorServiceTest : public ::testing::Test {
   void TearDown() override {
     if (server_) server_->Shutdown();
   }
-  absl::StatusOr<CommunicatorId> Fetch(const std::string& group, uint64_t failed = 0) {
-    return FetchCommunicatorId(address_, group, failed, absl::Now() + absl::Seconds(10));
+  absl::StatusOr<cluster::CommunicatorId> Fetch(const std::string& group, uint64_t failed = 0) {
+    return cluster::FetchCommunicatorId(address_, group, failed, absl::Now() + absl::Seconds(10));
   }
 
   Membership membership_{{.num_experts = 16}};
@@ -127,7 +127,7 @@ TEST_F(CommunicatorServiceTest, DefaultFactoryOfThisBuild) {
 }
 
 TEST(CommunicatorClientTest, UnreachableSchedulerIsUnavailableOrDeadline) {
-  absl::Status s = FetchCommunicatorId("127.0.0.1:1", "g", 0, absl::Now() + absl::Seconds(2))
+  absl::Status s = cluster::FetchCommunicatorId("127.0.0.1:1", "g", 0, absl::Now() + absl::Seconds(2))
                        .status();
   EXPECT_TRUE(s.code() == absl::StatusCode::kUnavailable ||
               s.code() == absl::StatusCode::kDeadlineExceeded)

@@ -21,7 +21,7 @@
 #include "gtest/gtest.h"
 #include "metrics/endpoint.h"
 #include "prometheus/registry.h"
-#include "scheduler/in_process_model.h"
+#include "serve/in_process_model.h"
 #include "scheduler/scheduler_metrics.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tiny_checkpoint.h"
@@ -92,7 +92,7 @@ class SchedulerTest : public ::testing::Test {
   void Init(SchedulerOptions options, int64_t page_tokens = 32, int64_t max_pages = 1024) {
     ASSERT_TRUE(checkpoint_->ok()) << checkpoint_->status();
     scheduler_.reset();
-    DMOE_ASSERT_OK_AND_ASSIGN(model_, InProcessModel::Create({.model_dir = checkpoint_->dir(),
+    DMOE_ASSERT_OK_AND_ASSIGN(model_, serve::InProcessModel::Create({.model_dir = checkpoint_->dir(),
                                                               .num_threads = 2,
                                                               .kv_page_tokens = page_tokens,
                                                               .kv_max_pages = max_pages}));
@@ -139,7 +139,7 @@ class SchedulerTest : public ::testing::Test {
 
   static dmoe_testing::TinyCheckpointDir* checkpoint_;
   absl::Time now_ = absl::FromUnixSeconds(1000);
-  std::unique_ptr<InProcessModel> model_;
+  std::unique_ptr<serve::InProcessModel> model_;
   std::unique_ptr<Scheduler> scheduler_;
   std::map<std::string, Outcome> outcomes_;
   std::map<RequestHandle, std::string> names_;

@@ -11,11 +11,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "model/cpu/make_kernels.h"
 #include "expert_service/expert_engine.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/transport/expert_test_util.h"
-#include "transport/in_process_expert_transport.h"
+#include "expert_service/in_process_expert_transport.h"
 
 namespace dmoe::transport {
 namespace {
@@ -36,7 +37,7 @@ class CountingTransport final : public ExpertTransport {
     if (!fail_with.ok()) return fail_with;
     return inner_->RunExperts(rows, deadline, out);
   }
-  absl::StatusOr<expert::ShardInfo> GetShardInfo(absl::Time deadline) override {
+  absl::StatusOr<transport::ShardInfo> GetShardInfo(absl::Time deadline) override {
     return inner_->GetShardInfo(deadline);
   }
 
@@ -61,7 +62,7 @@ class ShardedExpertExecutorTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    auto kernels = engine::MakeKernels("cpu", 2);
+    auto kernels = model::MakeKernels("cpu", 2);
     ASSERT_TRUE(kernels.ok());
     kernels_ = *std::move(kernels);
   }
@@ -72,7 +73,7 @@ class ShardedExpertExecutorTest : public ::testing::Test {
         {.model_dir = tiny_->dir(), .expert_first = first, .expert_last = last});
     EXPECT_TRUE(engine.ok()) << engine.status();
     engines_.push_back(*std::move(engine));
-    auto inproc = std::make_shared<InProcessExpertTransport>(
+    auto inproc = std::make_shared<expert::InProcessExpertTransport>(
         *engines_.back(), absl::StrCat("shard-", first, "-", last, "-", engines_.size()));
     return std::make_shared<CountingTransport>(inproc);
   }

@@ -114,7 +114,7 @@ absl::Status NcclExpertTransport::RunExperts(const ExpertRows& rows, absl::Time 
                                                   status.message()));
 }
 
-absl::StatusOr<expert::ShardInfo> NcclExpertTransport::GetShardInfo(absl::Time /*deadline*/) {
+absl::StatusOr<ShardInfo> NcclExpertTransport::GetShardInfo(absl::Time /*deadline*/) {
   return options_.shard;
 }
 

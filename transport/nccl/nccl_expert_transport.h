@@ -19,7 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "expert_service/shard_info.h"
+#include "transport/shard_info.h"
 #include "model/cuda/cuda_model.h"
 #include "model/cuda/device_buffer.h"
 #include "model/cuda/device_worker.h"
@@ -30,7 +30,7 @@ namespace dmoe::transport {
 
 struct NcclExpertTransportOptions {
   int expert_rank = 0;      // the expert replica's rank in the exchange's communicator
-  expert::ShardInfo shard;  // what that replica serves (from the scheduler's placement)
+  ShardInfo shard;  // what that replica serves (from the scheduler's placement)
   int64_t max_rows = 4096;  // rows per call (device staging capacity)
 
   // INVALID_ARGUMENT naming the field.
@@ -55,7 +55,7 @@ class NcclExpertTransport final : public ExpertTransport {
   // after a dead peer, the peer's compute error) pass through, prefixed with address().
   absl::Status RunExperts(const ExpertRows& rows, absl::Time deadline, float* out) override;
   // options.shard (no round trip: NCCL carries data only).
-  absl::StatusOr<expert::ShardInfo> GetShardInfo(absl::Time deadline) override;
+  absl::StatusOr<ShardInfo> GetShardInfo(absl::Time deadline) override;
 
  private:
   NcclExpertTransport(gpu::DeviceWorker& worker, NcclExpertExchange& exchange,

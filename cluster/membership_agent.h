@@ -1,0 +1,51 @@
+// The pod side of membership: registers an attention or expert pod with the scheduler, keeps
+// its lease with heartbeats, re-registers after a lapse (or a scheduler restart), and reports
+// placement changes. Used by dmoe-attention and dmoe-expert.
+#ifndef DMOE_CLUSTER_MEMBERSHIP_AGENT_H_
+#define DMOE_CLUSTER_MEMBERSHIP_AGENT_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "proto/dmoe/v1/cluster.grpc.pb.h"
+#include "cluster/placement.h"
+
+namespace dmoe::cluster {
+
+struct MembershipAgentOptions {
+  std::string scheduler_address;
+  dmoe::v1::RegisterRequest registration;  // role, address, range, fingerprint
+  // Called on the agent's thread with every new placement version (attention pods).
+  std::function<void(const Placement&)> on_placement;
+  // Expert pods: cumulative expert compute seconds, sent with every heartbeat (autoscaling).
+  std::function<double()> busy_seconds;
+};
+
+// Thread-safe. Starts its thread on construction; Stop() (or the destructor) ends it.
+class MembershipAgent {
+ public:
+  explicit MembershipAgent(MembershipAgentOptions options);
+  ~MembershipAgent();
+  void Stop();
+  bool registered() const { return member_id_ != 0; }
+
+ private:
+  void Loop();
+  MembershipAgentOptions options_;
+  std::unique_ptr<dmoe::v1::Cluster::Stub> stub_;
+  std::atomic<uint64_t> member_id_{0};
+  uint64_t placement_version_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace dmoe::cluster
+
+#endif  // DMOE_CLUSTER_MEMBERSHIP_AGENT_H_

@@ -1,0 +1,57 @@
+#include "scheduler/api_flags.h"
+
+#include "common/id_list.h"
+#include "common/status_macros.h"
+
+namespace dmoe::scheduler {
+
+void AddApiFlags(CLI::App& app, ApiFlags& flags) {
+  app.add_option("--model", flags.model_dir, "Checkpoint directory (HF layout)")->required();
+  app.add_option("--listen", flags.listen, "host:port (port 0 picks a free one)")
+      ->capture_default_str();
+  app.add_option("--model-name", flags.model_name,
+                 "Served model name (default: the directory's name)");
+  app.add_option("--model-version", flags.model_version,
+                 "Served model version (the model_version label of every metric)")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", flags.metrics_listen,
+                 "host:port of the Prometheus /metrics endpoint (port 0 picks one); "
+                 "empty: no endpoint");
+  app.add_option("--kv-pages", flags.kv_pages, "KV cache capacity in pages")
+      ->capture_default_str();
+  app.add_option("--kv-page-tokens", flags.kv_page_tokens, "Tokens per KV page")
+      ->capture_default_str();
+  app.add_option("--max-queue", flags.max_queue,
+                 "Requests waiting for admission before RESOURCE_EXHAUSTED")
+      ->capture_default_str();
+  app.add_option("--max-batch-tokens", flags.max_batch_tokens, "Token budget of one batched step")
+      ->capture_default_str();
+  app.add_option("--max-batch-sequences", flags.max_batch_sequences, "Sequences per step")
+      ->capture_default_str();
+  app.add_option("--mask-id", flags.mask_id, "Override the mask token id");
+  app.add_option("--stop-ids", flags.stop_ids, "Override the stop token ids, e.g. 5,7");
+  app.add_option("--drain-seconds", flags.drain_seconds,
+                 "On SIGTERM/SIGINT, how long requests in flight may take to finish")
+      ->capture_default_str();
+}
+
+absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flags) {
+  GenerationEndpointOptions options{
+      .model_dir = flags.model_dir,
+      .listen = flags.listen,
+      .model_name = flags.model_name,
+      .model_version = flags.model_version,
+      .kv_page_tokens = flags.kv_page_tokens,
+      .kv_pages = flags.kv_pages,
+      .scheduler = {.max_batch_tokens = flags.max_batch_tokens,
+                    .max_batch_sequences = flags.max_batch_sequences,
+                    .max_queue = flags.max_queue},
+      .metrics_listen = flags.metrics_listen};
+  if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
+  if (!flags.stop_ids.empty()) {
+    DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));
+  }
+  return options;
+}
+
+}  // namespace dmoe::scheduler

@@ -1,0 +1,56 @@
+// dmoe-scheduler: the cluster's scheduler role, one per model version. It serves the public
+// Generation API (tokenizer, chat template, continuous batching, the denoising policy) and the
+// Cluster service that attention replicas and expert shards register with; the forwards run
+// on those pods.
+//
+//   dmoe-scheduler --model DIR --listen 127.0.0.1:0 [--lease-seconds S] [API flags]
+//
+// Logs "listening on HOST:PORT" once it serves; drains on SIGTERM / SIGINT (health
+// NOT_SERVING, requests in flight get --drain-seconds). Errors print "error: ..." and exit 1.
+#include <cstdio>
+#include <memory>
+
+#include "CLI/CLI.hpp"
+#include "absl/time/time.h"
+#include "cluster/grpc_server.h"
+#include "common/logging.h"
+#include "scheduler/api_flags.h"
+#include "scheduler/scheduler_server.h"
+
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"The scheduler of one model version: the public Generation API and the Cluster "
+               "service that attention replicas and expert shards register with."};
+  dmoe::scheduler::ApiFlags api_flags;
+  dmoe::scheduler::AddApiFlags(app, api_flags);
+  double lease_seconds = 10;
+  app.add_option("--lease-seconds", lease_seconds,
+                 "A pod without a heartbeat for this long drops out")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  dmoe::cluster::ShutdownSignals signals;  // before any thread starts
+  absl::StatusOr<dmoe::scheduler::GenerationEndpointOptions> api =
+      dmoe::scheduler::ToEndpointOptions(api_flags);
+  if (!api.ok()) return Fail(api.status());
+  auto server = dmoe::scheduler::SchedulerServer::Start(
+      {.api = *std::move(api), .lease = absl::Seconds(lease_seconds)});
+  if (!server.ok()) return Fail(server.status());
+  std::printf("listening on %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  const int signal_number = signals.Wait();
+  DMOE_LOG(INFO) << "signal " << signal_number << ": draining (up to " << api_flags.drain_seconds
+                 << " s)";
+  (*server)->Drain(absl::Seconds(api_flags.drain_seconds));
+  DMOE_LOG(INFO) << "drained; exiting";
+  return 0;
+}
