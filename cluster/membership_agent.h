@@ -21,9 +21,9 @@ struct MembershipAgentOptions {
   std::string scheduler_address;
   dmoe::v1::RegisterRequest registration;  // role, address, range, fingerprint
   // Called on the agent's thread with every new placement version (attention pods).
-  std::function<void(const Placement&)> on_placement;
+  std::function<void(const Placement&)> on_placement = nullptr;
   // Expert pods: cumulative expert compute seconds, sent with every heartbeat (autoscaling).
-  std::function<double()> busy_seconds;
+  std::function<double()> busy_seconds = nullptr;
 };
 
 // Thread-safe. Starts its thread on construction; Stop() (or the destructor) ends it.

@@ -20,8 +20,8 @@ namespace dmoe::metrics {
 
 // The registry every component of one process registers into, plus the label they share.
 struct ProcessMetrics {
-  std::shared_ptr<prometheus::Registry> registry;
-  std::string model_version;
+  std::shared_ptr<prometheus::Registry> registry{};
+  std::string model_version{};
 };
 
 // Makes a registry holding dmoe_info{role} = 1.

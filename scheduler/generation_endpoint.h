@@ -35,12 +35,12 @@ struct GenerationEndpointOptions {
   // host:port to listen on; port 0 picks a free one (see address()).
   std::string listen = "127.0.0.1:0";
   // Served model name; empty: the model directory's last path component.
-  std::string model_name;
-  std::string model_version;
+  std::string model_name{};
+  std::string model_version{};
   int64_t kv_page_tokens = 32;
   int64_t kv_pages = 8192;       // KV capacity in pages; bounds admission
   // Batching and queueing; start_step_thread is forced on.
-  SchedulerOptions scheduler;
+  SchedulerOptions scheduler{};
   // Overrides of the decoding ids the tokenizer defines. Without a tokenizer.json they are
   // the only source: a diffusion model then needs mask_id.
   std::optional<int32_t> mask_id = std::nullopt;
@@ -48,9 +48,9 @@ struct GenerationEndpointOptions {
   // Prometheus: the registry the scheduler, the cluster view and the gRPC interceptor
   // register into (injected; tests read it). Null registry: a fresh one when metrics_listen
   // is set, otherwise no metrics.
-  metrics::ProcessMetrics metrics;
+  metrics::ProcessMetrics metrics{};
   // host:port of the /metrics endpoint; empty: none.
-  std::string metrics_listen;
+  std::string metrics_listen{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

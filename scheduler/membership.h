@@ -47,7 +47,7 @@ struct MembershipOptions {
   int64_t num_experts = 0;
   absl::Duration heartbeat_period = absl::Seconds(1);
   absl::Duration lease = absl::Seconds(10);  // missed heartbeats for this long: dropped
-  std::function<absl::Time()> clock;        // null: absl::Now
+  std::function<absl::Time()> clock = nullptr;  // null: absl::Now
   // Expert autoscaling: the busy ratio each replica should run at (desired replicas).
   double target_busy_ratio = 0.7;
 };
@@ -83,7 +83,7 @@ class Membership {
     absl::Time last_heartbeat;
     // Load from heartbeats: the last busy_seconds sample and a smoothed busy ratio.
     double busy_seconds = -1;  // -1: no sample yet
-    absl::Time busy_sampled;
+    absl::Time busy_sampled{};
     double busy_ratio = 0;
   };
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }

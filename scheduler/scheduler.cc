@@ -224,9 +224,38 @@ void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResul
 StepReport Scheduler::RunStep() {
   StepReport report;
   const absl::Time now = Now();
-  // 0. An executor without capacity (no attention replica serving) holds every request for
-  // unavailable_grace; past it they fail, so a cluster that lost its replicas does not hang.
   const int64_t capacity = executor_.KvPagesCapacity();
+  const bool unavailable_too_long = TrackCapacity(capacity, now);
+  report.finished += EndCancelledAndExpired(now, unavailable_too_long);
+  report.finished += Admit(capacity, now, report);
+  if (capacity == 0) {
+    report.stalled = true;
+    PublishState(capacity);
+    return report;
+  }
+  Batch batch = FormBatch(report);
+  if (batch.entries.empty()) {
+    PublishState(capacity);
+    return report;
+  }
+  const absl::StatusOr<std::vector<engine::Proposal>> proposals = ExecuteBatch(batch, report);
+  report.finished += FinishRequests(ApplyOutcome(batch, proposals, report));
+  {
+    absl::MutexLock lock(&mu_);
+    ++steps_;
+  }
+  if (options_.metrics && proposals.ok()) {
+    options_.metrics->OnIteration(static_cast<int64_t>(batch.entries.size()), report.batch_tokens,
+                                  report.forward_seconds);
+  }
+  PublishState(capacity);
+  if (options_.step_observer) options_.step_observer(report);
+  return report;
+}
+
+// 0. An executor without capacity (no attention replica serving) holds every request for
+// unavailable_grace; past it they fail, so a cluster that lost its replicas does not hang.
+bool Scheduler::TrackCapacity(int64_t capacity, absl::Time now) {
   if (capacity > 0) {
     unavailable_since_ = absl::InfiniteFuture();
   } else if (unavailable_since_ == absl::InfiniteFuture()) {
@@ -234,30 +263,35 @@ StepReport Scheduler::RunStep() {
     DMOE_LOG(WARNING) << "no executor capacity (no attention replica serving); holding requests "
                       << "for up to " << options_.unavailable_grace;
   }
-  const bool unavailable_too_long = now - unavailable_since_ >= options_.unavailable_grace;
-  std::vector<std::pair<std::unique_ptr<Entry>, absl::Status>> ended;
-  auto end_reason = [&](const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled) {
-    if (cancelled.contains(e.handle)) return absl::CancelledError("the request was cancelled");
-    if (now >= e.deadline) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("the request's deadline passed after ", e.sequence.forwards(),
-                       " forwards and ", e.emitted, " generated tokens"));
-    }
-    if (unavailable_too_long) {
-      return absl::UnavailableError(absl::StrCat("no attention replica has served for ",
-                                                 absl::FormatDuration(now - unavailable_since_),
-                                                 "; retry later"));
-    }
-    return absl::OkStatus();
-  };
+  return now - unavailable_since_ >= options_.unavailable_grace;
+}
 
-  // 1. Cancellations and deadlines, queued and running.
+absl::Status Scheduler::EndReason(const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled,
+                                  absl::Time now, bool unavailable_too_long) const {
+  if (cancelled.contains(e.handle)) return absl::CancelledError("the request was cancelled");
+  if (now >= e.deadline) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("the request's deadline passed after ", e.sequence.forwards(),
+                     " forwards and ", e.emitted, " generated tokens"));
+  }
+  if (unavailable_too_long) {
+    return absl::UnavailableError(absl::StrCat("no attention replica has served for ",
+                                               absl::FormatDuration(now - unavailable_since_),
+                                               "; retry later"));
+  }
+  return absl::OkStatus();
+}
+
+// 1. Cancellations and deadlines, queued and running. Freed KV goes back before admission,
+// so it is reused in this very step.
+int64_t Scheduler::EndCancelledAndExpired(absl::Time now, bool unavailable_too_long) {
+  std::vector<std::pair<std::unique_ptr<Entry>, absl::Status>> ended;
   absl::flat_hash_set<RequestHandle> cancelled;
   {
     absl::MutexLock lock(&mu_);
     cancelled.swap(cancelled_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
-      absl::Status reason = end_reason(**it, cancelled);
+      absl::Status reason = EndReason(**it, cancelled, now, unavailable_too_long);
       if (reason.ok()) {
         ++it;
       } else {
@@ -267,17 +301,18 @@ StepReport Scheduler::RunStep() {
     }
   }
   for (auto& e : running_) {
-    absl::Status reason = end_reason(*e, cancelled);
+    absl::Status reason = EndReason(*e, cancelled, now, unavailable_too_long);
     if (!reason.ok()) ended.emplace_back(std::move(e), std::move(reason));
   }
   std::erase(running_, nullptr);
-  report.finished += static_cast<int64_t>(ended.size());
-  // Freed KV goes back before admission, so it is reused in this very step.
   for (auto& [e, status] : ended) Finish(std::move(e), std::move(status));
-  ended.clear();
+  return static_cast<int64_t>(ended.size());
+}
 
-  // 2. Admission, FIFO while the head's KV estimate fits (no overtaking: a big request is
-  // never starved by a stream of small ones).
+// 2. Admission, FIFO while the head's KV estimate fits (no overtaking: a big request is never
+// starved by a stream of small ones). Fills the report's running / waiting / step.
+int64_t Scheduler::Admit(int64_t capacity, absl::Time now, StepReport& report) {
+  std::vector<std::pair<std::unique_ptr<Entry>, absl::Status>> ended;
   {
     absl::MutexLock lock(&mu_);
     // A head that can never fit (capacity shrank since it was submitted) fails instead of
@@ -312,18 +347,14 @@ StepReport Scheduler::RunStep() {
     report.waiting = static_cast<int64_t>(waiting_.size());
     report.step = steps_;
   }
-  report.finished += static_cast<int64_t>(ended.size());
   for (auto& [e, status] : ended) Finish(std::move(e), std::move(status));
-  ended.clear();
-  if (capacity == 0) {
-    report.stalled = true;
-    PublishState(capacity);
-    return report;
-  }
+  return static_cast<int64_t>(ended.size());
+}
 
-  // 3. The batch: least recently scheduled first (admission order breaks ties), greedily
-  // under the token budget. Whatever is skipped goes first next step, so nothing starves; a
-  // plan over the whole budget runs when it is first, alone.
+// 3. The batch: least recently scheduled first (admission order breaks ties), greedily under
+// the token budget. Whatever is skipped goes first next step, so nothing starves; a plan over
+// the whole budget runs when it is first, alone.
+Scheduler::Batch Scheduler::FormBatch(StepReport& report) {
   std::vector<Entry*> order;
   for (auto& e : running_) order.push_back(e.get());
   std::stable_sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
@@ -332,112 +363,133 @@ StepReport Scheduler::RunStep() {
     }
     return a->admission_seq < b->admission_seq;
   });
-  std::vector<Entry*> batch;
-  std::vector<SequenceStep> steps;
+  Batch batch;
   for (Entry* e : order) {
-    if (static_cast<int64_t>(batch.size()) >= options_.max_batch_sequences) break;
+    if (static_cast<int64_t>(batch.entries.size()) >= options_.max_batch_sequences) break;
     engine::StepPlan plan = e->sequence.NextStep();
     const int64_t tokens = static_cast<int64_t>(plan.tokens.size());
-    if (!batch.empty() && report.batch_tokens + tokens > options_.max_batch_tokens) continue;
+    if (!batch.entries.empty() && report.batch_tokens + tokens > options_.max_batch_tokens) {
+      continue;
+    }
     report.batch_tokens += tokens;
     report.scheduled.push_back(e->handle);
-    batch.push_back(e);
-    steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache, e->deadline});
+    batch.entries.push_back(e);
+    batch.steps.push_back({SequenceId(e->handle), std::move(plan), e->reset_cache, e->deadline});
   }
-  if (batch.empty()) {
-    PublishState(capacity);
-    return report;
-  }
+  return batch;
+}
 
-  // 4. One batched forward, then the denoising policy of each sequence. When the executor
-  // lost caches (ABORTED: an attention replica died or restarted), the batch re-prefills from
-  // the committed tokens this scheduler holds and the step is retried: output is unchanged.
+// 4. One batched forward. When the executor lost caches (ABORTED: an attention replica died or
+// restarted), the batch re-prefills from the committed tokens this scheduler holds and the
+// step is retried, up to max_step_retries times: output is unchanged.
+absl::StatusOr<std::vector<engine::Proposal>> Scheduler::ExecuteBatch(Batch& batch,
+                                                                      StepReport& report) {
   const auto t0 = std::chrono::steady_clock::now();
-  absl::StatusOr<std::vector<engine::Proposal>> proposals = executor_.Execute(steps);
+  absl::StatusOr<std::vector<engine::Proposal>> proposals = executor_.Execute(batch.steps);
   for (int retry = 0; !proposals.ok() &&
                       proposals.status().code() == absl::StatusCode::kAborted &&
                       retry < options_.max_step_retries;
        ++retry) {
     DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
-                      << "; re-prefilling " << batch.size() << " sequence(s)";
-    for (size_t j = 0; j < batch.size(); ++j) {
-      batch[j]->sequence.ResetCache();
-      steps[j].plan = batch[j]->sequence.NextStep();
-      steps[j].reset_cache = true;
+                      << "; re-prefilling " << batch.entries.size() << " sequence(s)";
+    for (size_t j = 0; j < batch.entries.size(); ++j) {
+      batch.entries[j]->sequence.ResetCache();
+      batch.steps[j].plan = batch.entries[j]->sequence.NextStep();
+      batch.steps[j].reset_cache = true;
     }
-    proposals = executor_.Execute(steps);
+    proposals = executor_.Execute(batch.steps);
   }
-  for (Entry* e : batch) e->reset_cache = false;
+  for (Entry* e : batch.entries) e->reset_cache = false;
   report.forward_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const absl::Time after = Now();
+  return proposals;
+}
+
+// 5. The step's outcome for each sequence: the denoising policy applied to its proposals, or
+// the batch held (the last replica went away) or failed. Returns the requests that ended.
+std::vector<std::pair<Scheduler::Entry*, absl::StatusOr<RequestResult>>> Scheduler::ApplyOutcome(
+    const Batch& batch, const absl::StatusOr<std::vector<engine::Proposal>>& proposals,
+    StepReport& report) {
   std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done;
   if (!proposals.ok() && proposals.status().code() == absl::StatusCode::kUnavailable &&
       executor_.KvPagesCapacity() == 0) {
     // The last replica went away mid-step: hold the batch and re-prefill it once one serves.
     DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
-                      << "; holding " << batch.size() << " sequence(s)";
-    for (Entry* e : batch) {
+                      << "; holding " << batch.entries.size() << " sequence(s)";
+    for (Entry* e : batch.entries) {
       e->sequence.ResetCache();
       e->reset_cache = true;
     }
     report.stalled = true;
-  } else if (!proposals.ok()) {
+    return done;
+  }
+  if (!proposals.ok()) {
     // The batch's caches may hold half-written rows: drop them. The requests fail with the
     // forward's error (the cluster scheduler retries on another replica instead).
-    DMOE_LOG(ERROR) << "step " << report.step << " failed for " << batch.size()
+    DMOE_LOG(ERROR) << "step " << report.step << " failed for " << batch.entries.size()
                     << " requests: " << proposals.status();
-    for (Entry* e : batch) {
+    for (Entry* e : batch.entries) {
       e->sequence.ResetCache();
       e->reset_cache = true;
       done.emplace_back(e, proposals.status());
     }
-  } else {
-    for (size_t j = 0; j < batch.size(); ++j) {
-      Entry& e = *batch[j];
-      e.last_scheduled_step = report.step;
-      absl::Status applied = e.sequence.Apply(steps[j].plan, (*proposals)[j]);
-      if (!applied.ok()) {
-        done.emplace_back(&e, absl::InternalError(absl::StrCat("applying step: ", applied.message())));
-        continue;
-      }
-      std::vector<int32_t> fresh = e.sequence.TakeNewTokens();
-      if (!fresh.empty()) {
-        const bool first = e.first_tokens == absl::InfinitePast();
-        if (options_.metrics) {
-          options_.metrics->OnCommitted(
-              static_cast<int64_t>(fresh.size()), e.sequence.forwards() - e.forwards_at_commit,
-              first, absl::ToDoubleSeconds(after - (first ? e.submitted : e.last_commit)));
-        }
-        e.last_commit = after;
-        e.forwards_at_commit = e.sequence.forwards();
-        if (first) e.first_tokens = after;
-        if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
-        e.emitted += static_cast<int64_t>(fresh.size());
-      }
-      if (e.callbacks.on_step && !e.sequence.done() &&
-          e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
-        e.callbacks.on_step({.forward = e.sequence.forwards(),
-                             .block_start = e.sequence.block_start(),
-                             .block = e.sequence.block(),
-                             .mask_id = e.sequence.params().mask_id});
-      }
-      if (e.sequence.done()) {
-        RequestResult r;
-        r.ids = e.sequence.FinalTokens();
-        r.finish_reason = e.sequence.finish_reason();
-        r.forwards = e.sequence.forwards();
-        r.prompt_tokens = e.sequence.prompt_length();
-        r.queue_seconds = absl::ToDoubleSeconds(e.admitted - e.submitted);
-        r.first_block_seconds = absl::ToDoubleSeconds(e.first_tokens - e.submitted);
-        r.seconds = absl::ToDoubleSeconds(after - e.submitted);
-        done.emplace_back(&e, std::move(r));
-      }
-    }
+    return done;
   }
+  const absl::Time after = Now();
+  for (size_t j = 0; j < batch.entries.size(); ++j) {
+    Entry& e = *batch.entries[j];
+    e.last_scheduled_step = report.step;
+    absl::Status applied = e.sequence.Apply(batch.steps[j].plan, (*proposals)[j]);
+    if (!applied.ok()) {
+      done.emplace_back(&e, absl::InternalError(absl::StrCat("applying step: ", applied.message())));
+      continue;
+    }
+    StreamCommitted(e, after);
+    if (e.sequence.done()) done.emplace_back(&e, Result(e, after));
+  }
+  return done;
+}
 
-  // 5. Finished requests leave the batch and free their KV.
-  report.finished += static_cast<int64_t>(done.size());
+// New final tokens to on_tokens (and the canvas to on_step) after an applied step.
+void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
+  std::vector<int32_t> fresh = e.sequence.TakeNewTokens();
+  if (!fresh.empty()) {
+    const bool first = e.first_tokens == absl::InfinitePast();
+    if (options_.metrics) {
+      options_.metrics->OnCommitted(
+          static_cast<int64_t>(fresh.size()), e.sequence.forwards() - e.forwards_at_commit,
+          first, absl::ToDoubleSeconds(after - (first ? e.submitted : e.last_commit)));
+    }
+    e.last_commit = after;
+    e.forwards_at_commit = e.sequence.forwards();
+    if (first) e.first_tokens = after;
+    if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
+    e.emitted += static_cast<int64_t>(fresh.size());
+  }
+  if (e.callbacks.on_step && !e.sequence.done() &&
+      e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
+    e.callbacks.on_step({.forward = e.sequence.forwards(),
+                         .block_start = e.sequence.block_start(),
+                         .block = e.sequence.block(),
+                         .mask_id = e.sequence.params().mask_id});
+  }
+}
+
+RequestResult Scheduler::Result(const Entry& e, absl::Time after) {
+  RequestResult r;
+  r.ids = e.sequence.FinalTokens();
+  r.finish_reason = e.sequence.finish_reason();
+  r.forwards = e.sequence.forwards();
+  r.prompt_tokens = e.sequence.prompt_length();
+  r.queue_seconds = absl::ToDoubleSeconds(e.admitted - e.submitted);
+  r.first_block_seconds = absl::ToDoubleSeconds(e.first_tokens - e.submitted);
+  r.seconds = absl::ToDoubleSeconds(after - e.submitted);
+  return r;
+}
+
+// 6. Finished requests leave the batch and free their KV.
+int64_t Scheduler::FinishRequests(
+    std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done) {
   for (auto& [ptr, result] : done) {
     auto it = std::find_if(running_.begin(), running_.end(),
                            [p = ptr](const std::unique_ptr<Entry>& e) { return e.get() == p; });
@@ -449,17 +501,7 @@ StepReport Scheduler::RunStep() {
     }
     Finish(std::move(e), std::move(result));
   }
-  {
-    absl::MutexLock lock(&mu_);
-    ++steps_;
-  }
-  if (options_.metrics && proposals.ok()) {
-    options_.metrics->OnIteration(static_cast<int64_t>(batch.size()), report.batch_tokens,
-                                  report.forward_seconds);
-  }
-  PublishState(capacity);
-  if (options_.step_observer) options_.step_observer(report);
-  return report;
+  return static_cast<int64_t>(done.size());
 }
 
 void Scheduler::PublishState(int64_t capacity) {

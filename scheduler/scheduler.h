@@ -211,8 +211,29 @@ class Scheduler {
   void PublishState(int64_t capacity);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
-  // One step on the step thread's state (running_); takes mu_ itself where needed.
+  // One step on the step thread's state (running_); takes mu_ itself where needed. Its phases,
+  // in order:
   StepReport RunStep();
+  // Whether the executor has had no capacity for unavailable_grace (tracks since when).
+  bool TrackCapacity(int64_t capacity, absl::Time now);
+  // Why a request ends before this step (cancelled, deadline, no replica); OK to go on.
+  absl::Status EndReason(const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled,
+                         absl::Time now, bool unavailable_too_long) const;
+  // Each returns how many requests it ended.
+  int64_t EndCancelledAndExpired(absl::Time now, bool unavailable_too_long);
+  int64_t Admit(int64_t capacity, absl::Time now, StepReport& report);
+  struct Batch {
+    std::vector<Entry*> entries;
+    std::vector<SequenceStep> steps;  // steps[i] is entries[i]'s plan
+  };
+  Batch FormBatch(StepReport& report);
+  absl::StatusOr<std::vector<engine::Proposal>> ExecuteBatch(Batch& batch, StepReport& report);
+  std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> ApplyOutcome(
+      const Batch& batch, const absl::StatusOr<std::vector<engine::Proposal>>& proposals,
+      StepReport& report);
+  void StreamCommitted(Entry& e, absl::Time after);
+  static RequestResult Result(const Entry& e, absl::Time after);
+  int64_t FinishRequests(std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done);
   void Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result);
 
   const SchedulerOptions options_;

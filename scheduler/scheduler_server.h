@@ -22,7 +22,7 @@ namespace dmoe::scheduler {
 
 struct SchedulerServerOptions {
   // The public API: model directory (config.json, tokenizer.json), address, batching, metrics.
-  GenerationEndpointOptions api;
+  GenerationEndpointOptions api{};
   // Pods heartbeat this often and drop out after `lease` without one.
   absl::Duration heartbeat_period = absl::Seconds(1);
   absl::Duration lease = absl::Seconds(10);

@@ -20,7 +20,7 @@ namespace dmoe::serve {
 
 struct EmbeddedServerOptions {
   // The public API: model directory, address, batching, decoding ids, metrics.
-  scheduler::GenerationEndpointOptions api;
+  scheduler::GenerationEndpointOptions api{};
   std::string kernels = "cpu";   // "cpu" or "reference"
   // Where the forward runs, "cpu" or "cuda" (InProcessModel).
   std::string device = "cpu";

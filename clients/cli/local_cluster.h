@@ -37,9 +37,9 @@ struct ClusterProcess {
   std::string role;      // "router", "scheduler", "attention", "expert"
   std::string name;      // e.g. "expert-1-r0"
   pid_t pid = 0;
-  std::string address;   // host:port it listens on
-  std::string log;       // its log file
-  std::string metrics;   // host:port of its /metrics endpoint ("" without one)
+  std::string address{}; // host:port it listens on
+  std::string log{};     // its log file
+  std::string metrics{}; // host:port of its /metrics endpoint ("" without one)
   int expert_first = 0;  // expert pods
   int expert_last = 0;
 };

@@ -20,7 +20,7 @@ class MembershipTest : public ::testing::Test {
 
 TEST_F(MembershipTest, PlacementGroupsReplicasByRangeAndTracksCoverage) {
   ASSERT_TRUE(m_.Register({PodRole::kExpert, "e0a", 0, 8}).ok());
-  Placement p = m_.CurrentPlacement();
+  cluster::Placement p = m_.CurrentPlacement();
   EXPECT_FALSE(p.complete);
   ASSERT_TRUE(m_.Register({PodRole::kExpert, "e1", 8, 16}).ok());
   ASSERT_TRUE(m_.Register({PodRole::kExpert, "e0b", 0, 8}).ok());

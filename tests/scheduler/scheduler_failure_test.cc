@@ -102,14 +102,14 @@ engine::GenerationParams Params() {
   return p;
 }
 
-struct Run {
+struct TwoRequests {
   std::vector<absl::StatusOr<RequestResult>> results;
   int steps = 0;
 };
 
 // Runs two requests to the end (or until `max_steps`), advancing the fake clock by
 // `step_time` per step and restoring capacity after `restore_after` stalled steps.
-Run RunTwo(FakeStepExecutor& executor, SchedulerOptions options, int restore_after = 1,
+TwoRequests RunTwo(FakeStepExecutor& executor, SchedulerOptions options, int restore_after = 1,
            absl::Duration step_time = absl::Seconds(1), int max_steps = 200) {
   absl::Time now = absl::UnixEpoch();
   options.start_step_thread = false;
@@ -117,7 +117,7 @@ Run RunTwo(FakeStepExecutor& executor, SchedulerOptions options, int restore_aft
   options.clock = [&now] { return now; };
   auto scheduler = Scheduler::Create(options, Config(), executor);
   EXPECT_TRUE(scheduler.ok()) << scheduler.status();
-  Run run;
+  TwoRequests run;
   run.results.assign(2, absl::UnknownError("not finished"));
   for (int r = 0; r < 2; ++r) {
     SchedulerRequest request{.request_id = absl::StrCat("r", r),
@@ -138,7 +138,7 @@ Run RunTwo(FakeStepExecutor& executor, SchedulerOptions options, int restore_aft
   return run;
 }
 
-std::vector<std::vector<int32_t>> Ids(const Run& run) {
+std::vector<std::vector<int32_t>> Ids(const TwoRequests& run) {
   std::vector<std::vector<int32_t>> ids;
   for (const auto& r : run.results) ids.push_back(r.ok() ? r->ids : std::vector<int32_t>{});
   return ids;
@@ -149,7 +149,7 @@ struct FailureCase {
   std::vector<Fault> script;           // faults of the first Execute calls
   int max_step_retries = 3;
   absl::StatusCode expected = absl::StatusCode::kOk;  // both requests' outcome
-  std::string message;                 // in the error, when not OK
+  std::string message{};               // in the error, when not OK
   bool reprefills = false;             // some plan went out with reset_cache
 };
 
@@ -158,16 +158,18 @@ class SchedulerFailureTest : public ::testing::TestWithParam<FailureCase> {};
 TEST_P(SchedulerFailureTest, OutcomeMatchesTheTable) {
   const FailureCase& c = GetParam();
   FakeStepExecutor clean;
-  const Run reference = RunTwo(clean, {});
+  const TwoRequests reference = RunTwo(clean, {});
   ASSERT_TRUE(reference.results[0].ok()) << reference.results[0].status();
   ASSERT_EQ(reference.results[0]->ids.size(), 24u);
 
   FakeStepExecutor faulty;
   faulty.script.assign(c.script.begin(), c.script.end());
-  const Run run = RunTwo(faulty, {.max_step_retries = c.max_step_retries});
+  const TwoRequests run = RunTwo(faulty, {.max_step_retries = c.max_step_retries});
   for (const auto& result : run.results) {
     EXPECT_EQ(result.status().code(), c.expected) << result.status();
-    if (!result.ok()) EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+    if (!result.ok()) {
+      EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+    }
   }
   if (c.expected == absl::StatusCode::kOk) EXPECT_EQ(Ids(run), Ids(reference));
   EXPECT_EQ(faulty.reset_plans > 0, c.reprefills) << faulty.reset_plans;
@@ -201,7 +203,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(SchedulerGraceTest, HoldingPastUnavailableGraceFailsTheRequests) {
   FakeStepExecutor executor;
   executor.capacity = 0;  // no replica ever serves
-  const Run run = RunTwo(executor, {.unavailable_grace = absl::Seconds(5)},
+  const TwoRequests run = RunTwo(executor, {.unavailable_grace = absl::Seconds(5)},
                          /*restore_after=*/1000, absl::Seconds(1));
   for (const auto& result : run.results) {
     EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
@@ -215,10 +217,10 @@ TEST(SchedulerGraceTest, HoldingPastUnavailableGraceFailsTheRequests) {
 
 TEST(SchedulerGraceTest, CapacityBackWithinTheGraceLosesNothing) {
   FakeStepExecutor clean;
-  const Run reference = RunTwo(clean, {});
+  const TwoRequests reference = RunTwo(clean, {});
   FakeStepExecutor executor;
   executor.script = {Fault::kUnavailableNoCapacity};
-  const Run run = RunTwo(executor, {.unavailable_grace = absl::Seconds(5)},
+  const TwoRequests run = RunTwo(executor, {.unavailable_grace = absl::Seconds(5)},
                          /*restore_after=*/3, absl::Seconds(1));
   ASSERT_TRUE(run.results[0].ok()) << run.results[0].status();
   ASSERT_TRUE(run.results[1].ok()) << run.results[1].status();

@@ -216,7 +216,7 @@ TEST_P(GenerationServiceTest, UnaryAndStreamingEqualTheEngine) {
     const engine::GenerationResult solo = EngineRun(*server_, request);
     EXPECT_EQ(std::vector<int32_t>(unary.ids().begin(), unary.ids().end()), solo.ids);
     EXPECT_EQ(unary.stats().forwards(), solo.forwards);
-    EXPECT_EQ(unary.stats().finish_reason(), ToProto(solo.finish_reason));
+    EXPECT_EQ(unary.stats().finish_reason(), scheduler::ToProto(solo.finish_reason));
     EXPECT_EQ(unary.stats().prompt_tokens(), request.prompt_ids().ids_size());
     EXPECT_EQ(unary.stats().generated_tokens(), unary.ids_size());
     EXPECT_FALSE(unary.request_id().empty());
