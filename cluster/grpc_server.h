@@ -28,7 +28,7 @@ struct GrpcServerOptions {
   std::string listen;                     // host:port; port 0 picks a free one
   std::vector<grpc::Service*> services;   // not owned; must outlive the server
   // Full names (e.g. "dmoe.v1.Generation") reported SERVING by grpc.health.v1, besides "".
-  std::vector<std::string> health_services;
+  std::vector<std::string> health_services{};
   metrics::ProcessMetrics metrics;        // dmoe_grpc_server_handled_total; null registry: none
   int max_message_bytes = kMaxGrpcMessageBytes;
 };

@@ -36,17 +36,19 @@ void AddApiFlags(CLI::App& app, ApiFlags& flags) {
 }
 
 absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flags) {
-  GenerationEndpointOptions options{
-      .model_dir = flags.model_dir,
-      .listen = flags.listen,
-      .model_name = flags.model_name,
-      .model_version = flags.model_version,
-      .kv_page_tokens = flags.kv_page_tokens,
-      .kv_pages = flags.kv_pages,
-      .scheduler = {.max_batch_tokens = flags.max_batch_tokens,
-                    .max_batch_sequences = flags.max_batch_sequences,
-                    .max_queue = flags.max_queue},
-      .metrics_listen = flags.metrics_listen};
+  // Field by field: GCC 12 reports a false -Wmaybe-uninitialized on a designated initializer
+  // here (the nested SchedulerOptions' std::function members).
+  GenerationEndpointOptions options;
+  options.model_dir = flags.model_dir;
+  options.listen = flags.listen;
+  options.model_name = flags.model_name;
+  options.model_version = flags.model_version;
+  options.kv_page_tokens = flags.kv_page_tokens;
+  options.kv_pages = flags.kv_pages;
+  options.scheduler.max_batch_tokens = flags.max_batch_tokens;
+  options.scheduler.max_batch_sequences = flags.max_batch_sequences;
+  options.scheduler.max_queue = flags.max_queue;
+  options.metrics_listen = flags.metrics_listen;
   if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
   if (!flags.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));

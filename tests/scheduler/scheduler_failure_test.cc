@@ -171,7 +171,9 @@ TEST_P(SchedulerFailureTest, OutcomeMatchesTheTable) {
       EXPECT_THAT(result.status().message(), HasSubstr(c.message));
     }
   }
-  if (c.expected == absl::StatusCode::kOk) EXPECT_EQ(Ids(run), Ids(reference));
+  if (c.expected == absl::StatusCode::kOk) {
+    EXPECT_EQ(Ids(run), Ids(reference));
+  }
   EXPECT_EQ(faulty.reset_plans > 0, c.reprefills) << faulty.reset_plans;
 }
 
