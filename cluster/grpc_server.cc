@@ -12,6 +12,13 @@
 
 namespace dmoe::cluster {
 
+std::shared_ptr<grpc::Channel> GrpcServer::InProcessChannel() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  return server->InProcessChannel(args);
+}
+
 void GrpcServer::MarkNotServing() {
   if (server == nullptr) return;
   if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {

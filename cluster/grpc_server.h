@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
 #include "grpcpp/server.h"
 #include "metrics/endpoint.h"
 
@@ -38,6 +39,10 @@ struct GrpcServer {
   std::unique_ptr<grpc::Server> server;
   std::string address;  // "HOST:PORT" with the real port
   int port = 0;
+
+  // A channel to this server that bypasses the network (tests, co-located callers), with the
+  // same message size limit as the listening port.
+  std::shared_ptr<grpc::Channel> InProcessChannel();
 
   // Every health status NOT_SERVING, and no later change (what readiness probes watch when a
   // drain starts).

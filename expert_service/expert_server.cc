@@ -172,12 +172,7 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
 
 ExpertServer::~ExpertServer() { Shutdown(absl::Now()); }
 
-std::shared_ptr<grpc::Channel> ExpertServer::InProcessChannel() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(cluster::kMaxGrpcMessageBytes);
-  args.SetMaxSendMessageSize(cluster::kMaxGrpcMessageBytes);
-  return server_.server->InProcessChannel(args);
-}
+std::shared_ptr<grpc::Channel> ExpertServer::InProcessChannel() { return server_.InProcessChannel(); }
 
 void ExpertServer::Shutdown(absl::Time deadline) {
   std::call_once(shutdown_once_, [&] {

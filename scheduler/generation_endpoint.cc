@@ -101,12 +101,7 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
   return e;
 }
 
-std::shared_ptr<grpc::Channel> GenerationEndpoint::InProcessChannel() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(cluster::kMaxGrpcMessageBytes);
-  args.SetMaxSendMessageSize(cluster::kMaxGrpcMessageBytes);
-  return server_.server->InProcessChannel(args);
-}
+std::shared_ptr<grpc::Channel> GenerationEndpoint::InProcessChannel() { return server_.InProcessChannel(); }
 
 GenerationEndpoint::~GenerationEndpoint() { Drain(absl::ZeroDuration()); }
 
