@@ -130,12 +130,12 @@ absl::Status CheckCachedLength(const SegmentRequest& segment, int64_t cached_len
 
 absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
     const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline) {
-  std::lock_guard<std::mutex> step_lock(step_mu_);
+  absl::MutexLock step_lock(&step_mu_);
   if (device_ != nullptr) return DeviceStep(segments, timings, deadline);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<model::KvSequence*> caches(segments.size());
   {
-    std::lock_guard<std::mutex> lock(sequences_mu_);
+    absl::MutexLock lock(&sequences_mu_);
     DMOE_RETURN_IF_ERROR(ValidateSegments(segments));
     for (size_t i = 0; i < segments.size(); ++i) {
       const SegmentRequest& s = segments[i];
@@ -222,9 +222,9 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::DeviceStep(
 }
 
 int64_t AttentionEngine::Release(const std::vector<std::string>& sequence_ids) {
-  std::lock_guard<std::mutex> step_lock(step_mu_);  // a running step may hold these caches
+  absl::MutexLock step_lock(&step_mu_);  // a running step may hold these caches
   if (device_ != nullptr) return device_->Release(sequence_ids);
-  std::lock_guard<std::mutex> lock(sequences_mu_);
+  absl::MutexLock lock(&sequences_mu_);
   int64_t released = 0;
   for (const std::string& id : sequence_ids) released += sequences_.erase(id);
   return released;
@@ -236,7 +236,7 @@ AttentionInfo AttentionEngine::Info() const {
             .kv_pages_used = device_->pages_in_use(),
             .sequences = device_->sequences()};
   }
-  std::lock_guard<std::mutex> lock(sequences_mu_);
+  absl::MutexLock lock(&sequences_mu_);
   return {.kv_pages_total = options_.kv_max_pages,
           .kv_pages_used = pool_.pages_in_use(),
           .sequences = static_cast<int64_t>(sequences_.size())};

@@ -8,11 +8,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/sampling.h"
 #include "engine/sequence.h"
@@ -100,10 +101,12 @@ class AttentionEngine {
   // (StepDeadlineAware).
   absl::StatusOr<std::vector<engine::Proposal>> Step(const std::vector<SegmentRequest>& segments,
                                                      StepTimings* timings = nullptr,
-                                                     absl::Time deadline = absl::InfiniteFuture());
+                                                     absl::Time deadline = absl::InfiniteFuture())
+      ABSL_LOCKS_EXCLUDED(step_mu_, sequences_mu_);
   // Frees sequences' KV; returns how many were known.
-  int64_t Release(const std::vector<std::string>& sequence_ids);
-  AttentionInfo Info() const;
+  int64_t Release(const std::vector<std::string>& sequence_ids)
+      ABSL_LOCKS_EXCLUDED(step_mu_, sequences_mu_);
+  AttentionInfo Info() const ABSL_LOCKS_EXCLUDED(sequences_mu_);
   const model::Model& model() const { return model_; }
   const AttentionEngineOptions& options() const { return options_; }
   // The KV pages of this replica (for tests and metrics: pages_in_use()). Unused (empty) on
@@ -114,16 +117,20 @@ class AttentionEngine {
   struct Lane;
   AttentionEngine(const AttentionEngineOptions& options, const model::Model& model);
   absl::StatusOr<std::vector<engine::Proposal>> DeviceStep(
-      const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline);
+      const std::vector<SegmentRequest>& segments, StepTimings* timings, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
 
   AttentionEngineOptions options_;
   const model::Model& model_;
   model::KvCachePool pool_;
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::unique_ptr<DeviceAttention> device_;  // options_.device == "cuda"
-  std::mutex step_mu_;                // serialises Step
-  mutable std::mutex sequences_mu_;   // guards sequences_
-  std::map<std::string, std::unique_ptr<model::KvSequence>> sequences_;
+  // Serialises Step, and Release (a running step may be using the caches it frees). lanes_
+  // and device_ are not guarded: fixed after Create, and lanes_ used by Step only.
+  absl::Mutex step_mu_;
+  mutable absl::Mutex sequences_mu_ ABSL_ACQUIRED_AFTER(step_mu_);
+  std::map<std::string, std::unique_ptr<model::KvSequence>> sequences_
+      ABSL_GUARDED_BY(sequences_mu_);
 };
 
 }  // namespace dmoe::attention

@@ -51,26 +51,22 @@ AttentionServer::AttentionServer(const AttentionServerOptions& options, Attentio
 
 AttentionServer::~AttentionServer() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
   worker_.join();
 }
 
 void AttentionServer::StartDraining() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   draining_ = true;
 }
 
 bool AttentionServer::Post(std::function<void()> work, bool is_step) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (is_step && queued_steps_ >= options_.max_queued_steps) return false;
-    queued_steps_ += is_step ? 1 : 0;
-    queue_.push_back({std::move(work), is_step});
-  }
-  cv_.notify_one();
+  absl::MutexLock lock(&mu_);  // unlocking wakes the worker (WorkOrStopping)
+  if (is_step && queued_steps_ >= options_.max_queued_steps) return false;
+  queued_steps_ += is_step ? 1 : 0;
+  queue_.push_back({std::move(work), is_step});
   return true;
 }
 
@@ -78,8 +74,7 @@ void AttentionServer::WorkerLoop() {
   for (;;) {
     Work work;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      absl::MutexLock lock(&mu_, absl::Condition(this, &AttentionServer::WorkOrStopping));
       if (queue_.empty()) return;  // stopping and drained
       work = std::move(queue_.front());
       queue_.pop_front();
@@ -94,7 +89,7 @@ grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* con
                                                 dmoe::v1::StepResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (draining_) {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "attention replica is draining"));
       return reactor;

@@ -4,15 +4,15 @@
 #ifndef DMOE_ATTENTION_SERVICE_ATTENTION_SERVER_H_
 #define DMOE_ATTENTION_SERVICE_ATTENTION_SERVER_H_
 
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "attention_service/attention_engine.h"
 #include "metrics/endpoint.h"
 #include "prometheus/gauge.h"
@@ -48,27 +48,29 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
                                     dmoe::v1::GetAttentionInfoResponse* response) override;
 
   // New Steps answer UNAVAILABLE; queued ones still run.
-  void StartDraining();
+  void StartDraining() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void WorkerLoop();
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  bool WorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty();
+  }
   struct Work {
     std::function<void()> run;
     bool is_step = true;
   };
   // Queues work for the worker; false when `is_step` and max_queued_steps steps are queued.
-  bool Post(std::function<void()> work, bool is_step = true);
+  bool Post(std::function<void()> work, bool is_step = true) ABSL_LOCKS_EXCLUDED(mu_);
 
   AttentionServerOptions options_;
   AttentionEngine& engine_;
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Gauge* sequences_ = nullptr;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Work> queue_;                   // guarded by mu_
-  size_t queued_steps_ = 0;                  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  bool draining_ = false;                    // guarded by mu_
+  absl::Mutex mu_;
+  std::deque<Work> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_steps_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   std::thread worker_;
 };
 

@@ -54,7 +54,7 @@ void ClusterExperts::Update(const cluster::Placement& placement) {
                       << " does not cover every expert; keeping v" << version();
     return;
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   transport::ExpertPlacement next;
   next.version = placement.version;
   for (const cluster::ShardPlacement& shard : placement.shards) {
@@ -83,12 +83,12 @@ void ClusterExperts::Update(const cluster::Placement& placement) {
 }
 
 transport::ExpertPlacement ClusterExperts::Current() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return current_;
 }
 
 uint64_t ClusterExperts::version() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return current_.version;
 }
 

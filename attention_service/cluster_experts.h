@@ -6,9 +6,10 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "model/expert_executor.h"
 #include "cluster/placement.h"
 #include "transport/sharded_expert_executor.h"
@@ -24,10 +25,10 @@ class ClusterExperts {
       : num_experts_(num_experts), metrics_(std::move(metrics)) {}
 
   // Called with every new placement version (the membership agent's callback).
-  void Update(const cluster::Placement& placement);
+  void Update(const cluster::Placement& placement) ABSL_LOCKS_EXCLUDED(mu_);
   // The placement to use now; version 0 and no shards until a complete one arrived.
-  transport::ExpertPlacement Current();
-  uint64_t version();
+  transport::ExpertPlacement Current() ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t version() ABSL_LOCKS_EXCLUDED(mu_);
 
   // An executor for one lane: before each layer it switches to the newest placement.
   std::unique_ptr<model::ExpertExecutor> NewExecutor();
@@ -37,9 +38,10 @@ class ClusterExperts {
  private:
   int64_t num_experts_;
   std::shared_ptr<transport::DispatchMetrics> metrics_;
-  std::mutex mu_;
-  transport::ExpertPlacement current_;
-  std::map<std::string, transport::ExpertTransportSharedPtr> transports_;  // by address
+  absl::Mutex mu_;
+  transport::ExpertPlacement current_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, transport::ExpertTransportSharedPtr> transports_  // by address
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::attention

@@ -18,11 +18,10 @@ MembershipAgent::~MembershipAgent() { Stop(); }
 
 void MembershipAgent::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);  // unlocking wakes Loop's AwaitWithTimeout
     if (stop_) return;
     stop_ = true;
   }
-  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
   if (const uint64_t id = member_id_.exchange(0); id != 0) {
     // Leave now so the placement drops this pod before it stops serving (scale-in).
@@ -41,8 +40,9 @@ void MembershipAgent::Loop() {
   bool warned = false;
   for (;;) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (cv_.wait_for(lock, absl::ToChronoMilliseconds(period), [this] { return stop_; })) return;
+      absl::MutexLock lock(&mu_);
+      // Sleeps one period, or less when Stop sets stop_ (then true).
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop_), period)) return;
     }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));

@@ -5,13 +5,13 @@
 #define DMOE_CLUSTER_MEMBERSHIP_AGENT_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "proto/dmoe/v1/cluster.grpc.pb.h"
 #include "cluster/placement.h"
 
@@ -31,18 +31,17 @@ class MembershipAgent {
  public:
   explicit MembershipAgent(MembershipAgentOptions options);
   ~MembershipAgent();
-  void Stop();
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
   bool registered() const { return member_id_ != 0; }
 
  private:
-  void Loop();
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   MembershipAgentOptions options_;
   std::unique_ptr<dmoe::v1::Cluster::Stub> stub_;
   std::atomic<uint64_t> member_id_{0};
-  uint64_t placement_version_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  uint64_t placement_version_ = 0;  // the agent's thread only
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

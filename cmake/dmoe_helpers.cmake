@@ -1,9 +1,22 @@
 # dmoe_cc_library / dmoe_cc_test, modelled on absl_cc_library / absl_cc_test.
 
+# Clang's lock checking of the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations
+# (scripts/check-thread-safety). Opt-in: GCC ignores the annotations, and the default build
+# uses GCC.
+option(DMOE_THREAD_SAFETY_ANALYSIS
+       "With Clang: -Wthread-safety on project code, its findings errors" OFF)
+if(DMOE_THREAD_SAFETY_ANALYSIS AND NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  message(WARNING "DMOE_THREAD_SAFETY_ANALYSIS needs Clang (the C++ compiler is "
+                  "${CMAKE_CXX_COMPILER_ID}); no thread-safety checks in this build")
+endif()
+
 function(dmoe_apply_common_options target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   if(DMOE_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(DMOE_THREAD_SAFETY_ANALYSIS AND CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    target_compile_options(${target} PRIVATE -Wthread-safety -Werror=thread-safety)
   endif()
   if(DMOE_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=${DMOE_SANITIZE} -fno-omit-frame-pointer)

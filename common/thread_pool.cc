@@ -19,10 +19,9 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  work_cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
@@ -36,19 +35,17 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);  // unlocking wakes the workers (their Await conditions)
     job_ = &fn;
     job_n_ = n;
     job_chunks_ = chunks;
     pending_ = chunks - 1;
     ++generation_;
   }
-  work_cv_.notify_all();
   int64_t begin, end;
   ChunkBounds(n, chunks, 0, &begin, &end);
   fn(begin, end);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
+  absl::MutexLock lock(&mu_, absl::Condition(this, &ThreadPool::JobDone));
   job_ = nullptr;
 }
 
@@ -59,8 +56,12 @@ void ThreadPool::WorkerLoop(int worker_index) {
     int64_t n;
     int chunks;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      auto woken = [this, &seen]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stop_ || generation_ != seen;
+      };
+      // Shared: an unlock wakes every waiting reader whose condition holds at once, but
+      // only one exclusive waiter, so the workers would start one after another.
+      absl::ReaderMutexLock lock(&mu_, absl::Condition(&woken));
       if (stop_) return;
       seen = generation_;
       job = job_;
@@ -71,8 +72,8 @@ void ThreadPool::WorkerLoop(int worker_index) {
       int64_t begin, end;
       ChunkBounds(n, chunks, worker_index, &begin, &end);
       (*job)(begin, end);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_all();
+      absl::MutexLock lock(&mu_);
+      --pending_;  // the last one makes ParallelFor's JobDone true
     }
   }
 }

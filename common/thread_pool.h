@@ -2,12 +2,13 @@
 #ifndef DMOE_COMMON_THREAD_POOL_H_
 #define DMOE_COMMON_THREAD_POOL_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace dmoe {
 
@@ -26,23 +27,23 @@ class ThreadPool {
 
   // Splits [0, n) into at most num_threads() contiguous chunks of at least `min_chunk` items.
   void ParallelFor(int64_t n, int64_t min_chunk,
-                   const std::function<void(int64_t begin, int64_t end)>& fn);
+                   const std::function<void(int64_t begin, int64_t end)>& fn)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void WorkerLoop(int worker_index);
+  void WorkerLoop(int worker_index) ABSL_LOCKS_EXCLUDED(mu_);
+  bool JobDone() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ == 0; }
 
   int num_threads_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  // Current job, guarded by mu_.
-  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
-  int64_t job_n_ = 0;
-  int job_chunks_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  absl::Mutex mu_;
+  // The current job.
+  const std::function<void(int64_t, int64_t)>* job_ ABSL_GUARDED_BY(mu_) = nullptr;
+  int64_t job_n_ ABSL_GUARDED_BY(mu_) = 0;
+  int job_chunks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped per job; workers wait for a change
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;          // worker chunks not yet done
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace dmoe

@@ -15,7 +15,7 @@ int64_t KvCachePool::bytes_per_page() const {
 }
 
 absl::Status KvCachePool::Allocate(int64_t count, std::vector<int32_t>* pages) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (count > static_cast<int64_t>(free_.size())) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "KV cache full: need ", count, " more page(s), ", free_.size(), " of ",
@@ -32,13 +32,13 @@ absl::Status KvCachePool::Allocate(int64_t count, std::vector<int32_t>* pages) {
 }
 
 void KvCachePool::Release(const std::vector<int32_t>& pages) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (int32_t p : pages) free_.push_back(p);
   in_use_ -= static_cast<int64_t>(pages.size());
 }
 
 int64_t KvCachePool::pages_in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return in_use_;
 }
 

@@ -5,10 +5,11 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 namespace dmoe::model {
 
@@ -27,9 +28,9 @@ class KvCachePool {
 
   const KvCacheOptions& options() const { return options_; }
   // Returns a free page id or RESOURCE_EXHAUSTED.
-  absl::Status Allocate(int64_t count, std::vector<int32_t>* pages);
-  void Release(const std::vector<int32_t>& pages);
-  int64_t pages_in_use() const;
+  absl::Status Allocate(int64_t count, std::vector<int32_t>* pages) ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(const std::vector<int32_t>& pages) ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t pages_in_use() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t bytes_per_page() const;
 
   // K or V row of `token` (0 <= token < page_tokens) in `layer` of `page`: [kv_width] floats.
@@ -37,10 +38,12 @@ class KvCachePool {
 
  private:
   KvCacheOptions options_;
-  mutable std::mutex mu_;
-  std::vector<std::unique_ptr<float[]>> storage_;  // by page id; allocated on first use
-  std::vector<int32_t> free_;                      // guarded by mu_
-  int64_t in_use_ = 0;                             // guarded by mu_
+  mutable absl::Mutex mu_;
+  // By page id; a page's buffer is allocated under mu_ on first use, then read (Row) only by
+  // the holder of the page, which got it from Allocate, so not ABSL_GUARDED_BY.
+  std::vector<std::unique_ptr<float[]>> storage_;
+  std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);
+  int64_t in_use_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // One sequence's cached prefix [0, length). Thread-compatible. Releases its pages on destruction.

@@ -1,12 +1,12 @@
 #include "router/generation_proxy.h"
 
-#include <condition_variable>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 
@@ -52,11 +52,10 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
     thread_ = std::thread([this, stub, request = std::move(request)] { Run(stub, request); });
   }
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);  // unlocking wakes Run (WriteIdle)
     writing_ = false;
     if (!ok) client_.TryCancel();  // the caller is gone
-    cv_.notify_all();
   }
   void OnCancel() override { client_.TryCancel(); }
   void OnDone() override {
@@ -65,21 +64,20 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
   }
 
  private:
-  void Run(dmoe::v1::Generation::Stub* stub, const dmoe::v1::GenerateRequest& request) {
+  bool WriteIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; }
+
+  void Run(dmoe::v1::Generation::Stub* stub, const dmoe::v1::GenerateRequest& request)
+      ABSL_LOCKS_EXCLUDED(mu_) {
     auto reader = stub->GenerateStream(&client_, request);
     dmoe::v1::GenerateStreamResponse event;
     while (reader->Read(&event)) {
       if (event.has_final()) event.mutable_final()->mutable_model()->set_version(version_);
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return !writing_; });
+      absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle));
       current_ = event;
       writing_ = true;
       StartWrite(&current_);
     }
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return !writing_; });
-    }
+    { absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle)); }
     grpc::Status status = reader->Finish();
     done_(status);
     Finish(status);
@@ -88,10 +86,10 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
   const std::string version_;
   const std::function<void(const grpc::Status&)> done_;
   grpc::ClientContext client_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool writing_ = false;
-  dmoe::v1::GenerateStreamResponse current_;
+  absl::Mutex mu_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  // Written under mu_; gRPC reads it from StartWrite until OnWriteDone.
+  dmoe::v1::GenerateStreamResponse current_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 
@@ -222,20 +220,21 @@ grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContex
                                                       dmoe::v1::ListModelsResponse* response) {
   // One call per backend; the last to answer merges and finishes.
   struct Fanout {
-    std::mutex mu;
-    size_t pending = 0;
+    explicit Fanout(size_t n)
+        : contexts(std::make_unique<grpc::ClientContext[]>(n)),
+          responses(n),
+          pending(n),
+          statuses(n) {}
     std::vector<std::string> versions;
     std::unique_ptr<grpc::ClientContext[]> contexts;  // not movable: no vector
     std::vector<dmoe::v1::ListModelsResponse> responses;
-    std::vector<grpc::Status> statuses;
+    absl::Mutex mu;
+    size_t pending ABSL_GUARDED_BY(mu);
+    std::vector<grpc::Status> statuses ABSL_GUARDED_BY(mu);
   };
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto fanout = std::make_shared<Fanout>();
   const size_t n = backends_.size();
-  fanout->pending = n;
-  fanout->contexts = std::make_unique<grpc::ClientContext[]>(n);
-  fanout->responses.resize(n);
-  fanout->statuses.resize(n);
+  auto fanout = std::make_shared<Fanout>(n);
   const auto bound = std::chrono::system_clock::now() +
                      absl::ToChronoMilliseconds(options_.list_models_timeout);
   const auto deadline = std::min(context->deadline(), bound);
@@ -246,17 +245,19 @@ grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContex
         .stub->async()
         ->ListModels(&fanout->contexts[i], request, &fanout->responses[i],
                      [this, fanout, i, reactor, response](grpc::Status status) {
+                       std::vector<grpc::Status> statuses;
                        {
-                         std::lock_guard<std::mutex> lock(fanout->mu);
+                         absl::MutexLock lock(&fanout->mu);
                          fanout->statuses[i] = status;
                          if (--fanout->pending > 0) return;
+                         statuses = std::move(fanout->statuses);  // the last answer
                        }
                        const SplitSnapshot split = split_->Snapshot();
                        grpc::Status first_error;
                        bool any_ok = false;
                        for (size_t j = 0; j < fanout->versions.size(); ++j) {
-                         if (!fanout->statuses[j].ok()) {
-                           if (first_error.ok()) first_error = fanout->statuses[j];
+                         if (!statuses[j].ok()) {
+                           if (first_error.ok()) first_error = statuses[j];
                            continue;
                          }
                          any_ok = true;

@@ -19,7 +19,7 @@ absl::StatusOr<uint64_t> Membership::Register(const PodInfo& pod) {
         absl::StrCat("expert range [", pod.expert_first, ", ", pod.expert_last,
                      ") is not inside [0, ", options_.num_experts, ")"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   for (auto& [id, m] : members_) {
     if (m.pod.role == pod.role && m.pod.address == pod.address) {
@@ -45,7 +45,7 @@ absl::StatusOr<uint64_t> Membership::Register(const PodInfo& pod) {
 }
 
 absl::Status Membership::Heartbeat(uint64_t member_id, double busy_seconds) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   auto it = members_.find(member_id);
   if (it == members_.end()) {
@@ -66,7 +66,7 @@ absl::Status Membership::Heartbeat(uint64_t member_id, double busy_seconds) {
 }
 
 std::vector<ShardStatus> Membership::ShardStatuses() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   std::map<std::pair<int64_t, int64_t>, ShardStatus> shards;
   for (const auto& [id, m] : members_) {
@@ -89,13 +89,13 @@ std::vector<ShardStatus> Membership::ShardStatuses() {
 }
 
 void Membership::Remove(uint64_t member_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   members_.erase(member_id);
   BumpIfPlacementChangedLocked();
 }
 
 void Membership::ReportFailure(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (auto it = members_.begin(); it != members_.end();) {
     it = it->second.pod.address == address ? members_.erase(it) : std::next(it);
   }
@@ -126,7 +126,7 @@ void Membership::BumpIfPlacementChangedLocked() {
 }
 
 cluster::Placement Membership::CurrentPlacement() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   std::map<std::pair<int64_t, int64_t>, std::vector<std::string>> by_range;
   for (const auto& [id, m] : members_) {
@@ -149,7 +149,7 @@ cluster::Placement Membership::CurrentPlacement() {
 }
 
 std::vector<std::string> Membership::AttentionAddresses() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   std::vector<std::string> out;
   for (const auto& [id, m] : members_)
@@ -159,7 +159,7 @@ std::vector<std::string> Membership::AttentionAddresses() {
 }
 
 std::vector<MemberView> Membership::Members() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   std::vector<MemberView> out;
   for (const auto& [id, m] : members_) out.push_back({id, m.pod, Now() - m.last_heartbeat});
@@ -167,7 +167,7 @@ std::vector<MemberView> Membership::Members() {
 }
 
 uint64_t Membership::placement_version() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   ExpireLocked();
   return version_;
 }

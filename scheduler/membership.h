@@ -9,11 +9,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/placement.h"
 
@@ -87,15 +88,15 @@ class Membership {
     double busy_ratio = 0;
   };
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
-  void ExpireLocked();  // requires mu_
-  void BumpIfPlacementChangedLocked();
+  void ExpireLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void BumpIfPlacementChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   MembershipOptions options_;
-  std::mutex mu_;
-  uint64_t next_id_ = 1;
-  std::map<uint64_t, Member> members_;
-  uint64_t version_ = 0;
-  std::string placement_signature_;
+  absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, Member> members_ ABSL_GUARDED_BY(mu_);
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string placement_signature_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::scheduler

@@ -63,7 +63,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
   std::vector<std::string> live = membership_.AttentionAddresses();
   std::map<std::string, std::vector<size_t>> by_replica;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     bool moved = false;
     for (size_t i = 0; i < steps.size(); ++i) {
       auto it = placement_.find(steps[i].sequence_id);
@@ -94,7 +94,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
   for (const auto& [address, indices] : by_replica) {
     dmoe::v1::AttentionService::Stub* stub;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       stub = StubFor(address);
     }
     threads.emplace_back([&, stub, c, indices = indices] {
@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
         DMOE_LOG(WARNING) << "attention replica " << address << " failed a step: " << status
                           << "; re-placing its sequences";
         membership_.ReportFailure(address);
-        std::lock_guard<std::mutex> lock(mu_);
+        absl::MutexLock lock(&mu_);
         for (auto it = placement_.begin(); it != placement_.end();)
           it = it->second == address ? placement_.erase(it) : std::next(it);
         aborted = true;
@@ -161,7 +161,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
 void RemoteAttentionExecutor::Release(const std::vector<std::string>& sequence_ids) {
   std::map<std::string, dmoe::v1::ReleaseRequest> by_replica;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const std::string& id : sequence_ids) {
       auto it = placement_.find(id);
       if (it == placement_.end()) continue;
@@ -172,7 +172,7 @@ void RemoteAttentionExecutor::Release(const std::vector<std::string>& sequence_i
   for (auto& [address, request] : by_replica) {
     dmoe::v1::AttentionService::Stub* stub;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       stub = StubFor(address);
     }
     // Fire and forget: a lost Release only delays freeing KV on a replica that is dying anyway.
@@ -191,7 +191,7 @@ int64_t RemoteAttentionExecutor::KvPagesCapacity() {
   for (const std::string& address : live) {
     int64_t pages;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto it = replica_kv_pages_.find(address);
       if (it != replica_kv_pages_.end()) {
         total += it->second;
@@ -204,12 +204,12 @@ int64_t RemoteAttentionExecutor::KvPagesCapacity() {
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     dmoe::v1::AttentionService::Stub* stub;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       stub = StubFor(address);
     }
     if (stub->GetInfo(&context, {}, &info).ok()) {
       pages = info.kv_pages_total();
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       replica_kv_pages_[address] = pages;
     }
     total += pages;

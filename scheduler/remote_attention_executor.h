@@ -8,10 +8,11 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/dmoe/v1/attention.grpc.pb.h"
 #include "scheduler/membership.h"
@@ -30,21 +31,26 @@ class RemoteAttentionExecutor : public StepExecutor {
   RemoteAttentionExecutor(const RemoteAttentionExecutorOptions& options, Membership& membership);
 
   absl::StatusOr<std::vector<engine::Proposal>> Execute(
-      const std::vector<SequenceStep>& steps) override;
-  void Release(const std::vector<std::string>& sequence_ids) override;
-  int64_t KvPagesCapacity() override;
+      const std::vector<SequenceStep>& steps) override ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(const std::vector<std::string>& sequence_ids) override ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t KvPagesCapacity() override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  dmoe::v1::AttentionService::Stub* StubFor(const std::string& address);
+  dmoe::v1::AttentionService::Stub* StubFor(const std::string& address)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Picks a live replica for a new sequence: the one holding the fewest sequences.
-  absl::StatusOr<std::string> PlaceNew(const std::vector<std::string>& live);
+  absl::StatusOr<std::string> PlaceNew(const std::vector<std::string>& live)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   RemoteAttentionExecutorOptions options_;
   Membership& membership_;
-  std::mutex mu_;
-  std::map<std::string, std::unique_ptr<dmoe::v1::AttentionService::Stub>> stubs_;
-  std::map<std::string, std::string> placement_;  // sequence id -> replica address
-  std::map<std::string, int64_t> replica_kv_pages_;
+  absl::Mutex mu_;
+  // Stubs are never erased, so a pointer from StubFor stays valid after mu_ is released.
+  std::map<std::string, std::unique_ptr<dmoe::v1::AttentionService::Stub>> stubs_
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> placement_  // sequence id -> replica address
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> replica_kv_pages_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::scheduler

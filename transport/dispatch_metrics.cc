@@ -19,7 +19,7 @@ DispatchMetrics::DispatchMetrics(const metrics::ProcessMetrics& m, int64_t num_e
           "dmoe_expert_combine_seconds")) {}
 
 prometheus::Counter& DispatchMetrics::ExpertCounter(int64_t layer, int64_t expert) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (static_cast<int64_t>(counters_.size()) <= layer) counters_.resize(layer + 1);
   std::vector<prometheus::Counter*>& row = counters_[layer];
   if (row.empty()) row.assign(num_experts_, nullptr);

@@ -5,10 +5,11 @@
 #define DMOE_TRANSPORT_DISPATCH_METRICS_H_
 
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "metrics/endpoint.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -28,7 +29,7 @@ class DispatchMetrics {
   void RecordCombine(double seconds);
 
  private:
-  prometheus::Counter& ExpertCounter(int64_t layer, int64_t expert);
+  prometheus::Counter& ExpertCounter(int64_t layer, int64_t expert) ABSL_LOCKS_EXCLUDED(mu_);
 
   metrics::ProcessMetrics metrics_;
   int64_t num_experts_;
@@ -36,8 +37,9 @@ class DispatchMetrics {
   prometheus::Family<prometheus::Gauge>& imbalance_;
   prometheus::Family<prometheus::Histogram>& dispatch_;
   prometheus::Histogram& combine_;
-  std::mutex mu_;
-  std::vector<std::vector<prometheus::Counter*>> counters_;  // [layer][expert], lazily
+  absl::Mutex mu_;
+  std::vector<std::vector<prometheus::Counter*>> counters_  // [layer][expert], lazily
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::transport

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
 #include "clients/cli/local_cluster.h"
 #include "clients/cpp/generation_client.h"
 #include "engine/engine.h"
@@ -87,7 +88,7 @@ TEST(ExpertScalingTest, ReplicasJoinAndLeaveUnderLoadWithoutFailedRequests) {
   std::atomic<bool> done{false};
   std::atomic<int> ok{0};
   std::vector<std::string> failures;
-  std::mutex failures_mu;
+  absl::Mutex failures_mu;
   auto client = client::GenerationClient::Connect({.target = cluster->router});
   ASSERT_TRUE(client.ok());
   auto worker = [&](int salt) {
@@ -100,7 +101,7 @@ TEST(ExpertScalingTest, ReplicasJoinAndLeaveUnderLoadWithoutFailedRequests) {
       r.mutable_params()->set_max_new_tokens(24);
       r.mutable_params()->mutable_stop_ids()->add_ids(kStop);
       auto response = (*client)->Generate(r, {.timeout = absl::Seconds(60)});
-      std::lock_guard<std::mutex> lock(failures_mu);
+      absl::MutexLock lock(&failures_mu);
       if (!response.ok()) {
         failures.push_back(response.status().ToString());
       } else if (std::vector<int32_t>(response->ids().begin(), response->ids().end()) !=
