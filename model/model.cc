@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -26,32 +27,43 @@ KvCacheOptions Model::KvOptions(int64_t page_tokens, int64_t max_pages) const {
           .max_pages = max_pages};
 }
 
+absl::Status ValidateForwardSegment(size_t index, const SegmentShape& s, const ModelConfig& config,
+                                    const SegmentCapacity& capacity) {
+  const int64_t n = static_cast<int64_t>(s.tokens.size());
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("forward segment ", index, ": ", what));
+  };
+  if (n == 0) return bad("no tokens");
+  if (s.attention_block <= 0) return bad("attention_block must be positive");
+  if (s.persist < 0 || s.persist > n) return bad("persist outside [0, tokens]");
+  if (s.logits_from < 0 || s.logits_from > n) return bad("logits_from outside [0, tokens]");
+  if (!s.has_kv && (s.start != 0 || s.persist != 0)) {
+    return bad("a segment without a KV cache must start at 0 and persist nothing");
+  }
+  if (s.has_kv && !capacity.kv_cache) return bad("the model was created without a KV pool");
+  if (s.has_kv && s.cached_length != s.start) {
+    return bad(absl::StrCat("start ", s.start, " != cached length ", s.cached_length));
+  }
+  if (s.start + n > config.max_position_embeddings) {
+    return bad(absl::StrCat("positions up to ", s.start + n, " exceed max_position_embeddings ",
+                            config.max_position_embeddings));
+  }
+  if (s.has_kv && capacity.max_pages > 0 &&
+      (s.start + s.persist + capacity.page_tokens - 1) / capacity.page_tokens >
+          capacity.max_pages) {
+    return bad("prefix longer than max_pages_per_segment pages");
+  }
+  for (int32_t t : s.tokens) {
+    if (t < 0 || t >= config.vocab_size) {
+      return bad(absl::StrCat("token id ", t, " outside [0, ", config.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Model::Validate(const std::vector<ForwardSegment>& segments) const {
   for (size_t i = 0; i < segments.size(); ++i) {
-    const ForwardSegment& s = segments[i];
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    auto bad = [&](const std::string& what) {
-      return absl::InvalidArgumentError(absl::StrCat("forward segment ", i, ": ", what));
-    };
-    if (n == 0) return bad("no tokens");
-    if (s.attention_block <= 0) return bad("attention_block must be positive");
-    if (s.persist < 0 || s.persist > n) return bad("persist outside [0, tokens]");
-    if (s.logits_from < 0 || s.logits_from > n) return bad("logits_from outside [0, tokens]");
-    if (s.kv == nullptr && (s.start != 0 || s.persist != 0)) {
-      return bad("a segment without a KV cache must start at 0 and persist nothing");
-    }
-    if (s.kv != nullptr && s.kv->length() != s.start) {
-      return bad(absl::StrCat("start ", s.start, " != cached length ", s.kv->length()));
-    }
-    if (s.start + n > config_.max_position_embeddings) {
-      return bad(absl::StrCat("positions up to ", s.start + n,
-                              " exceed max_position_embeddings ", config_.max_position_embeddings));
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= config_.vocab_size) {
-        return bad(absl::StrCat("token id ", t, " outside [0, ", config_.vocab_size, ")"));
-      }
-    }
+    DMOE_RETURN_IF_ERROR(ValidateForwardSegment(i, ShapeOf(segments[i]), config_));
   }
   return absl::OkStatus();
 }

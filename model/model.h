@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,47 @@ struct ForwardSegment {
   // Logits are returned for tokens [logits_from, tokens.size()).
   int64_t logits_from = 0;
 };
+
+// What ValidateForwardSegment reads of a segment: ForwardSegment and its device twin
+// gpu::CudaForwardSegment have the same fields over different KV cache types.
+struct SegmentShape {
+  bool has_kv = false;        // kv != nullptr
+  int64_t cached_length = 0;  // kv->length() when has_kv
+  int64_t start = 0;
+  std::span<const int32_t> tokens;
+  int64_t persist = 0;
+  int64_t attention_block = 0;
+  int64_t logits_from = 0;
+};
+
+// The shape of a ForwardSegment or a gpu::CudaForwardSegment.
+template <typename Segment>
+SegmentShape ShapeOf(const Segment& s) {
+  return {.has_kv = s.kv != nullptr,
+          .cached_length = s.kv != nullptr ? s.kv->length() : 0,
+          .start = s.start,
+          .tokens = s.tokens,
+          .persist = s.persist,
+          .attention_block = s.attention_block,
+          .logits_from = s.logits_from};
+}
+
+// Per-segment limits a backend adds to the model's; the defaults add none.
+struct SegmentCapacity {
+  bool kv_cache = true;  // whether a segment may bring a KV cache at all
+  // With a cache: the persisted prefix [0, start + persist) must fit in max_pages pages of
+  // page_tokens positions (0: no limit).
+  int64_t page_tokens = 1;
+  int64_t max_pages = 0;
+};
+
+// INVALID_ARGUMENT "forward segment <index>: ..." unless the segment is well formed for a model
+// with `config` (tokens, persist / logits_from ranges, start == cached length, positions, token
+// ids) and fits `capacity`. The one check of the CPU and CUDA forwards, so both refuse the same
+// segments with the same messages.
+absl::Status ValidateForwardSegment(size_t index, const SegmentShape& segment,
+                                    const ModelConfig& config,
+                                    const SegmentCapacity& capacity = {});
 
 // Timings of one forward, for benchmarks and metrics.
 struct ForwardStats {

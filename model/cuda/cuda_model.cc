@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -22,6 +21,7 @@
 #include "model/cuda/random_fill.h"
 #include "model/cuda/rms_norm.h"
 #include "model/cuda/swiglu.h"
+#include "model/model.h"
 
 namespace dmoe::gpu {
 namespace {
@@ -32,6 +32,20 @@ size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 bool IsMoeLayer(const model::ModelConfig& c, int64_t l) {
   return c.IsMoeLayer(l) && c.num_experts > 0;
+}
+
+// Timing events (CudaModelOptions::time_phases), in events_: each layer's four, then the
+// forward's three. A phase's time is the span between its event and the next one.
+enum class LayerEvent : size_t { kBegin, kAttentionDone, kRoutingDone, kExpertsDone };
+constexpr size_t kEventsPerLayer = 4;
+enum class ForwardEvent : size_t { kStart, kHead, kEnd };
+constexpr size_t kForwardEvents = 3;
+
+size_t LayerEventSlot(int64_t layer, LayerEvent e) {
+  return kEventsPerLayer * static_cast<size_t>(layer) + static_cast<size_t>(e);
+}
+size_t ForwardEventSlot(int64_t num_layers, ForwardEvent e) {
+  return kEventsPerLayer * static_cast<size_t>(num_layers) + static_cast<size_t>(e);
 }
 
 }  // namespace
@@ -440,7 +454,7 @@ absl::Status CudaModel::Allocate() {
   DMOE_ASSIGN_OR_RETURN(result_host_,
                         PinnedBuffer::Allocate(r * 8 + c.num_hidden_layers * e * 4 + 64));
   if (options_.time_phases) {
-    events_.resize(4 * c.num_hidden_layers + 3, nullptr);
+    events_.resize(kEventsPerLayer * c.num_hidden_layers + kForwardEvents, nullptr);
     for (cudaEvent_t& ev : events_) DMOE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev));
   }
   return absl::OkStatus();
@@ -454,39 +468,15 @@ absl::Status CudaModel::Validate(const std::vector<CudaForwardSegment>& segments
     return absl::InvalidArgumentError(absl::StrCat(
         "forward: ", segments.size(), " segments, max_segments is ", options_.max_segments));
   }
+  // Without a pool no segment may bring a cache, so page_tokens is then never read.
+  const model::SegmentCapacity capacity{
+      .kv_cache = kv_pool_ != nullptr,
+      .page_tokens = kv_pool_ != nullptr ? kv_pool_->layout().page_tokens : 1,
+      .max_pages = options_.max_pages_per_segment};
   for (size_t i = 0; i < segments.size(); ++i) {
-    const CudaForwardSegment& s = segments[i];
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    auto bad = [&](const std::string& what) {
-      return absl::InvalidArgumentError(absl::StrCat("forward segment ", i, ": ", what));
-    };
-    if (n == 0) return bad("no tokens");
-    if (s.attention_block <= 0) return bad("attention_block must be positive");
-    if (s.persist < 0 || s.persist > n) return bad("persist outside [0, tokens]");
-    if (s.logits_from < 0 || s.logits_from > n) return bad("logits_from outside [0, tokens]");
-    if (s.kv == nullptr && (s.start != 0 || s.persist != 0)) {
-      return bad("a segment without a KV cache must start at 0 and persist nothing");
-    }
-    if (s.kv != nullptr && kv_pool_ == nullptr)
-      return bad("the model was created without a KV pool");
-    if (s.kv != nullptr && s.kv->length() != s.start) {
-      return bad(absl::StrCat("start ", s.start, " != cached length ", s.kv->length()));
-    }
-    if (s.start + n > c.max_position_embeddings) {
-      return bad(absl::StrCat("positions up to ", s.start + n, " exceed max_position_embeddings ",
-                              c.max_position_embeddings));
-    }
-    if (s.kv != nullptr && (s.start + s.persist + kv_pool_->layout().page_tokens - 1) /
-                                   kv_pool_->layout().page_tokens >
-                               options_.max_pages_per_segment) {
-      return bad("prefix longer than max_pages_per_segment pages");
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= c.vocab_size) {
-        return bad(absl::StrCat("token id ", t, " outside [0, ", c.vocab_size, ")"));
-      }
-    }
-    rows += n;
+    DMOE_RETURN_IF_ERROR(
+        model::ValidateForwardSegment(i, model::ShapeOf(segments[i]), c, capacity));
+    rows += static_cast<int64_t>(segments[i].tokens.size());
   }
   if (rows > options_.max_rows) {
     return absl::InvalidArgumentError(
@@ -567,36 +557,100 @@ absl::Status CudaModel::HostExperts(int64_t l, int64_t rows, double* host_ms) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------------------------------------
+// CudaModel::Forward and its phases, in the order Forward runs them. Every device call goes to
+// ctx_.stream; the only host waits are HostExperts (for its copies) and the final synchronise.
+
+// One forward's host-side layout, and where its metadata lies in meta_.
+struct CudaModel::Batch {
+  bool timed = false;  // record the phase events (time_phases, and the caller asked)
+  int64_t num_segments = 0;
+  // [num_segments + 1]: each segment's first input row and first output (proposal) row.
+  std::vector<int32_t> row_begin, out_begin;
+  int64_t rows = 0, out_rows = 0;
+  int64_t max_rows_in_segment = 0;
+  int64_t max_prefix_pages = 1;  // columns of the page table
+  int64_t page_tokens = 1;
+  KvPoolLayout kv_layout;  // zeros without a pool
+  int64_t num_writes = 0;  // persisted rows, written to the KV cache in every layer
+  // Device metadata (I32), regions of meta_: per row, per segment, and per persisted row.
+  const int32_t* ids = nullptr;
+  const int32_t* positions = nullptr;
+  const int32_t* seg_row_begin = nullptr;
+  const int32_t* seg_start = nullptr;
+  const int32_t* seg_block = nullptr;
+  const int32_t* page_table = nullptr;  // [num_segments, max_prefix_pages]
+  const int32_t* write_rows = nullptr;
+  const int32_t* write_pages = nullptr;
+  const int32_t* write_slots = nullptr;
+  // [layers, experts] rows per expert in result_host_, for CudaForwardTimings (when timed).
+  int32_t* expert_counts_host = nullptr;
+};
+
 absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     std::vector<CudaForwardSegment>& segments, CudaForwardTimings* timings) {
   DMOE_RETURN_IF_ERROR(Validate(segments));
-  const model::ModelConfig& c = weights_.config();
-  const int64_t h = c.hidden_size, d = c.head_dim;
-  const int64_t q_width = c.q_width(), kv_width = c.kv_width(), qkv_width = c.qkv_width();
-  const int64_t top_k = c.num_experts_per_tok;
-  cudaStream_t stream = ctx_.stream;
-  const bool timed = timings != nullptr && options_.time_phases;
-  double host_experts_ms = 0;
+  const int64_t num_layers = weights_.config().num_hidden_layers;
+  Batch b;
+  b.timed = timings != nullptr && options_.time_phases;
+  DMOE_RETURN_IF_ERROR(PlanBatch(segments, &b));
+  DMOE_RETURN_IF_ERROR(UploadMetadata(segments, &b));
 
-  // Host-side layout of the batch.
-  const int64_t num_segments = static_cast<int64_t>(segments.size());
-  std::vector<int32_t> row_begin(num_segments + 1, 0), out_begin(num_segments + 1, 0);
-  int64_t max_rows_in_segment = 0, max_prefix_pages = 1;
-  const int64_t page_tokens = kv_pool_ != nullptr ? kv_pool_->layout().page_tokens : 1;
-  for (int64_t i = 0; i < num_segments; ++i) {
-    CudaForwardSegment& s = segments[i];
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, ForwardEventSlot(num_layers, ForwardEvent::kStart)));
+  DMOE_RETURN_IF_ERROR(Embed(b));
+  double host_experts_ms = 0;
+  for (int64_t l = 0; l < num_layers; ++l) DMOE_RETURN_IF_ERROR(Layer(l, b, &host_experts_ms));
+
+  // Final norm + lm_head over every segment's output rows (and their logits, where asked).
+  // row_logits points into proposals: both stay put until the stream is synchronised.
+  std::vector<CudaProposals> proposals(b.num_segments);
+  const std::vector<float*> row_logits = LogitsDestinations(segments, b, &proposals);
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, ForwardEventSlot(num_layers, ForwardEvent::kHead)));
+  DMOE_RETURN_IF_ERROR(GatherOutputRows(segments, b));
+  if (b.out_rows > 0) {
+    DMOE_RETURN_IF_ERROR(FinalNormAndLmHead(b, row_logits));
+    DMOE_RETURN_IF_ERROR(DownloadProposals(b));
+  }
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, ForwardEventSlot(num_layers, ForwardEvent::kEnd)));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream));
+
+  CommitAndCollect(segments, b, &proposals);
+  if (b.timed) {
+    DMOE_ASSIGN_OR_RETURN(*timings, PhaseTimings(b, host_experts_ms));
+  } else if (timings != nullptr) {
+    timings->host_experts_ms = host_experts_ms;
+  }
+  return proposals;
+}
+
+absl::Status CudaModel::PlanBatch(const std::vector<CudaForwardSegment>& segments, Batch* b) {
+  b->num_segments = static_cast<int64_t>(segments.size());
+  b->row_begin.assign(b->num_segments + 1, 0);
+  b->out_begin.assign(b->num_segments + 1, 0);
+  b->page_tokens = kv_pool_ != nullptr ? kv_pool_->layout().page_tokens : 1;
+  b->kv_layout = kv_pool_ != nullptr ? kv_pool_->layout() : KvPoolLayout{};
+  for (int64_t i = 0; i < b->num_segments; ++i) {
+    const CudaForwardSegment& s = segments[i];
     const int64_t n = static_cast<int64_t>(s.tokens.size());
-    row_begin[i + 1] = row_begin[i] + static_cast<int32_t>(n);
-    out_begin[i + 1] = out_begin[i] + static_cast<int32_t>(n - s.logits_from);
-    max_rows_in_segment = std::max(max_rows_in_segment, n);
+    b->row_begin[i + 1] = b->row_begin[i] + static_cast<int32_t>(n);
+    b->out_begin[i + 1] = b->out_begin[i] + static_cast<int32_t>(n - s.logits_from);
+    b->max_rows_in_segment = std::max(b->max_rows_in_segment, n);
     if (s.kv != nullptr) {
       DMOE_RETURN_IF_ERROR(s.kv->Reserve(s.start + s.persist));
-      max_prefix_pages = std::max(max_prefix_pages, (s.start + page_tokens - 1) / page_tokens);
+      b->max_prefix_pages =
+          std::max(b->max_prefix_pages, (s.start + b->page_tokens - 1) / b->page_tokens);
     }
   }
-  const int64_t rows = row_begin.back(), out_rows = out_begin.back();
+  b->rows = b->row_begin.back();
+  b->out_rows = b->out_begin.back();
+  b->expert_counts_host = reinterpret_cast<int32_t*>(result_host_.as<char>() + b->rows * 8);
+  return absl::OkStatus();
+}
 
-  // Pack the metadata into pinned memory, one copy to the device.
+absl::Status CudaModel::UploadMetadata(const std::vector<CudaForwardSegment>& segments, Batch* b) {
+  // Packed into pinned memory, one copy to the device.
+  const int64_t num_segments = b->num_segments, page_tokens = b->page_tokens;
+  const std::vector<int32_t>& row_begin = b->row_begin;
   int32_t* host = meta_host_.as<int32_t>();
   int64_t cursor = 0;
   auto region = [&](int64_t count) {
@@ -604,14 +658,13 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     cursor += count;
     return at;
   };
-  const int64_t ids_at = region(rows), pos_at = region(rows);
+  const int64_t ids_at = region(b->rows), pos_at = region(b->rows);
   const int64_t row_begin_at = region(num_segments + 1), start_at = region(num_segments),
                 block_at = region(num_segments);
-  const int64_t pages_at = region(num_segments * max_prefix_pages);
-  int64_t num_writes = 0;
-  for (const CudaForwardSegment& s : segments) num_writes += s.persist;
-  const int64_t write_rows_at = region(num_writes), write_pages_at = region(num_writes),
-                write_slots_at = region(num_writes);
+  const int64_t pages_at = region(num_segments * b->max_prefix_pages);
+  for (const CudaForwardSegment& s : segments) b->num_writes += s.persist;
+  const int64_t write_rows_at = region(b->num_writes), write_pages_at = region(b->num_writes),
+                write_slots_at = region(b->num_writes);
   int64_t w = 0;
   for (int64_t i = 0; i < num_segments; ++i) {
     const CudaForwardSegment& s = segments[i];
@@ -622,9 +675,9 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
     }
     host[start_at + i] = static_cast<int32_t>(s.start);
     host[block_at + i] = static_cast<int32_t>(std::min<int64_t>(s.attention_block, 1 << 30));
-    for (int64_t p = 0; p < max_prefix_pages; ++p) {
+    for (int64_t p = 0; p < b->max_prefix_pages; ++p) {
       const bool held = s.kv != nullptr && p < static_cast<int64_t>(s.kv->pages().size());
-      host[pages_at + i * max_prefix_pages + p] = held ? s.kv->pages()[p] : 0;
+      host[pages_at + i * b->max_prefix_pages + p] = held ? s.kv->pages()[p] : 0;
     }
     for (int64_t j = 0; j < s.persist; ++j) {
       const int64_t pos = s.start + j;
@@ -636,324 +689,382 @@ absl::StatusOr<std::vector<CudaProposals>> CudaModel::Forward(
   }
   for (int64_t i = 0; i <= num_segments; ++i) host[row_begin_at + i] = row_begin[i];
   DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.data(), host, cursor * sizeof(int32_t),
-                                            cudaMemcpyHostToDevice, stream));
+                                            cudaMemcpyHostToDevice, ctx_.stream));
   const int32_t* meta = meta_.as<int32_t>();
+  b->ids = meta + ids_at;
+  b->positions = meta + pos_at;
+  b->seg_row_begin = meta + row_begin_at;
+  b->seg_start = meta + start_at;
+  b->seg_block = meta + block_at;
+  b->page_table = meta + pages_at;
+  b->write_rows = meta + write_rows_at;
+  b->write_pages = meta + write_pages_at;
+  b->write_slots = meta + write_slots_at;
+  return absl::OkStatus();
+}
 
-  auto record = [&](size_t index) -> absl::Status {
-    if (timed) DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[index], stream));
-    return absl::OkStatus();
-  };
-  const size_t ev_start = 4 * c.num_hidden_layers, ev_head = ev_start + 1, ev_end = ev_start + 2;
-  DMOE_RETURN_IF_ERROR(record(ev_start));
+absl::Status CudaModel::RecordEvent(const Batch& b, size_t slot) {
+  if (b.timed) DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[slot], ctx_.stream));
+  return absl::OkStatus();
+}
 
-  float* x = x_.as<float>();
-  float* hn = h_.as<float>();
-  float* qkv = qkv_.as<float>();
-  {
-    EmbeddingArgs emb;
-    emb.ids = meta + ids_at;
-    emb.num_tokens = rows;
-    emb.table = weights_.embed().data;
-    emb.table_dtype = weights_.embed().dtype;
-    emb.vocab_size = c.vocab_size;
-    emb.hidden = h;
-    emb.out = x;
-    DMOE_RETURN_IF_ERROR(LaunchEmbedding(emb, stream));
+absl::Status CudaModel::Embed(const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  EmbeddingArgs emb;
+  emb.ids = b.ids;
+  emb.num_tokens = b.rows;
+  emb.table = weights_.embed().data;
+  emb.table_dtype = weights_.embed().dtype;
+  emb.vocab_size = c.vocab_size;
+  emb.hidden = c.hidden_size;
+  emb.out = x_.as<float>();
+  return LaunchEmbedding(emb, ctx_.stream);
+}
+
+absl::Status CudaModel::Layer(int64_t l, const Batch& b, double* host_experts_ms) {
+  const CudaLayer& lw = weights_.layer(l);
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kBegin)));
+  DMOE_RETURN_IF_ERROR(QkvProjection(lw, b));
+  DMOE_RETURN_IF_ERROR(AttendAndCacheKv(l, b));
+  DMOE_RETURN_IF_ERROR(OutputProjection(lw, b));
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kAttentionDone)));
+  if (IsMoeLayer(weights_.config(), l)) return MoeFfn(l, b, host_experts_ms);
+  // No routing or experts: their spans stay empty, so every layer has the same four events.
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kRoutingDone)));
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kExpertsDone)));
+  return Ffn(lw.dense, h_.as<float>(), b.rows, x_.as<float>(), /*accumulate=*/true);
+}
+
+absl::Status CudaModel::NormHidden(const float* weight, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  RmsNormArgs norm;
+  norm.x = x_.as<float>();
+  norm.rows = b.rows;
+  norm.n = c.hidden_size;
+  norm.weight = weight;
+  norm.eps = static_cast<float>(c.rms_norm_eps);
+  norm.y = h_.as<float>();
+  return LaunchRmsNorm(norm, ctx_.stream);
+}
+
+MatMulArgs CudaModel::TimesWeight(const float* x, int64_t rows, const CudaMatrix& w,
+                                  float* y) const {
+  MatMulArgs mm;
+  mm.cublas = ctx_.cublas;
+  mm.x = x;
+  mm.m = rows;
+  mm.k = w.cols;
+  mm.w = w.data;
+  mm.w_dtype = w.dtype;
+  mm.n = w.rows;
+  mm.y = y;
+  mm.x_scratch = x16_.data();
+  return mm;
+}
+
+absl::Status CudaModel::QkvProjection(const CudaLayer& lw, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  DMOE_RETURN_IF_ERROR(NormHidden(lw.input_norm, b));
+
+  DMOE_RETURN_IF_ERROR(
+      LaunchMatMul(TimesWeight(h_.as<float>(), b.rows, lw.qkv, qkv_.as<float>()), ctx_.stream));
+
+  QkNormRopeArgs rope;
+  rope.qkv = qkv_.as<float>();
+  rope.m = b.rows;
+  rope.row_stride = c.qkv_width();
+  rope.positions = b.positions;
+  rope.num_heads = c.num_attention_heads;
+  rope.num_kv_heads = c.num_key_value_heads;
+  rope.head_dim = c.head_dim;
+  rope.rotary_dim = c.rotary_dim;
+  rope.q_norm = lw.q_norm;
+  rope.k_norm = lw.k_norm;
+  rope.eps = static_cast<float>(c.rms_norm_eps);
+  rope.inv_freq = inv_freq_.as<float>();
+  return LaunchQkNormRope(rope, ctx_.stream);
+}
+
+absl::Status CudaModel::AttendAndCacheKv(int64_t l, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  const int64_t d = c.head_dim;
+  AttentionArgs att;
+  att.qkv = qkv_.as<float>();
+  att.qkv_stride = c.qkv_width();
+  att.out = attn_.as<float>();
+  att.out_stride = c.q_width();
+  att.num_segments = static_cast<int32_t>(b.num_segments);
+  att.seg_row_begin = b.seg_row_begin;
+  att.seg_start = b.seg_start;
+  att.seg_block = b.seg_block;
+  att.page_table = b.page_table;
+  att.max_pages_per_segment = static_cast<int32_t>(b.max_prefix_pages);
+  att.kv_pool = kv_pool_ != nullptr ? kv_pool_->data() : nullptr;
+  att.kv = b.kv_layout;
+  att.layer = l;
+  att.max_segment_rows = static_cast<int32_t>(b.max_rows_in_segment);
+  att.num_heads = static_cast<int32_t>(c.num_attention_heads);
+  att.num_kv_heads = static_cast<int32_t>(c.num_key_value_heads);
+  att.head_dim = static_cast<int32_t>(d);
+  att.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  DMOE_RETURN_IF_ERROR(LaunchAttention(att, ctx_.stream));
+  if (b.num_writes == 0) return absl::OkStatus();
+
+  // After the attention has read this layer's in-flight rows (stream order).
+  KvCacheWriteArgs kw;
+  kw.qkv = qkv_.as<float>();
+  kw.qkv_stride = c.qkv_width();
+  kw.k_offset = c.q_width();
+  kw.v_offset = c.q_width() + c.kv_width();
+  kw.kv_pool = kv_pool_->data();
+  kw.kv = b.kv_layout;
+  kw.layer = l;
+  kw.num_rows = static_cast<int32_t>(b.num_writes);
+  kw.rows = b.write_rows;
+  kw.pages = b.write_pages;
+  kw.slots = b.write_slots;
+  return LaunchKvCacheWrite(kw, ctx_.stream);
+}
+
+absl::Status CudaModel::OutputProjection(const CudaLayer& lw, const Batch& b) {
+  MatMulArgs o = TimesWeight(attn_.as<float>(), b.rows, lw.o_proj, x_.as<float>());
+  o.accumulate = true;  // x += attn @ Wo^T
+  DMOE_RETURN_IF_ERROR(LaunchMatMul(o, ctx_.stream));
+  return NormHidden(lw.post_norm, b);
+}
+
+absl::Status CudaModel::MoeFfn(int64_t l, const Batch& b, double* host_experts_ms) {
+  const CudaLayer& lw = weights_.layer(l);
+  DMOE_RETURN_IF_ERROR(Route(lw, b));
+  if (options_.host_experts != nullptr) {
+    DMOE_RETURN_IF_ERROR(HostRoutedExperts(l, b, host_experts_ms));
+  } else {
+    DMOE_RETURN_IF_ERROR(DeviceRoutedExperts(l, b));
   }
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  int32_t* counts_host = reinterpret_cast<int32_t*>(result_host_.as<char>() + rows * 8);
-  const KvPoolLayout kv_layout = kv_pool_ != nullptr ? kv_pool_->layout() : KvPoolLayout{};
+  return Combine(lw, b);
+}
 
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const CudaLayer& lw = weights_.layer(l);
-    DMOE_RETURN_IF_ERROR(record(4 * l));
-    RmsNormArgs norm;
-    norm.x = x;
-    norm.rows = rows;
-    norm.n = h;
-    norm.weight = lw.input_norm;
-    norm.eps = eps;
-    norm.y = hn;
-    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(norm, stream));
+absl::Status CudaModel::Route(const CudaLayer& lw, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  DMOE_RETURN_IF_ERROR(LaunchMatMul(
+      TimesWeight(h_.as<float>(), b.rows, lw.router, router_logits_.as<float>()), ctx_.stream));
 
-    MatMulArgs mm;
-    mm.cublas = ctx_.cublas;
-    mm.x = hn;
-    mm.m = rows;
-    mm.k = h;
-    mm.w = lw.qkv.data;
-    mm.w_dtype = lw.qkv.dtype;
-    mm.n = qkv_width;
-    mm.y = qkv;
-    mm.x_scratch = x16_.data();
-    DMOE_RETURN_IF_ERROR(LaunchMatMul(mm, stream));
+  MoeRouterArgs route;
+  route.logits = router_logits_.as<float>();
+  route.num_tokens = b.rows;
+  route.bias = lw.expert_bias;
+  route.num_experts = static_cast<int32_t>(c.num_experts);
+  route.top_k = static_cast<int32_t>(c.num_experts_per_tok);
+  route.n_group = static_cast<int32_t>(c.n_group);
+  route.topk_group = static_cast<int32_t>(c.topk_group);
+  route.norm_topk_prob = c.norm_topk_prob;
+  route.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
+  route.experts = slot_experts_.as<int32_t>();
+  route.weights = slot_weights_.as<float>();
+  return LaunchMoeRouter(route, ctx_.stream);
+}
 
-    QkNormRopeArgs rope;
-    rope.qkv = qkv;
-    rope.m = rows;
-    rope.row_stride = qkv_width;
-    rope.positions = meta + pos_at;
-    rope.num_heads = c.num_attention_heads;
-    rope.num_kv_heads = c.num_key_value_heads;
-    rope.head_dim = d;
-    rope.rotary_dim = c.rotary_dim;
-    rope.q_norm = lw.q_norm;
-    rope.k_norm = lw.k_norm;
-    rope.eps = eps;
-    rope.inv_freq = inv_freq_.as<float>();
-    DMOE_RETURN_IF_ERROR(LaunchQkNormRope(rope, stream));
+absl::Status CudaModel::SharedExpert(const CudaLayer& lw, const Batch& b) {
+  if (lw.shared.empty()) return absl::OkStatus();
+  return Ffn(lw.shared, h_.as<float>(), b.rows, shared_out_.as<float>(), /*accumulate=*/false);
+}
 
-    AttentionArgs att;
-    att.qkv = qkv;
-    att.qkv_stride = qkv_width;
-    att.out = attn_.as<float>();
-    att.out_stride = q_width;
-    att.num_segments = static_cast<int32_t>(num_segments);
-    att.seg_row_begin = meta + row_begin_at;
-    att.seg_start = meta + start_at;
-    att.seg_block = meta + block_at;
-    att.page_table = meta + pages_at;
-    att.max_pages_per_segment = static_cast<int32_t>(max_prefix_pages);
-    att.kv_pool = kv_pool_ != nullptr ? kv_pool_->data() : nullptr;
-    att.kv = kv_layout;
-    att.layer = l;
-    att.max_segment_rows = static_cast<int32_t>(max_rows_in_segment);
-    att.num_heads = static_cast<int32_t>(c.num_attention_heads);
-    att.num_kv_heads = static_cast<int32_t>(c.num_key_value_heads);
-    att.head_dim = static_cast<int32_t>(d);
-    att.scale = 1.0f / std::sqrt(static_cast<float>(d));
-    DMOE_RETURN_IF_ERROR(LaunchAttention(att, stream));
-
-    if (num_writes > 0) {
-      // After the attention has read this layer's in-flight rows (stream order).
-      KvCacheWriteArgs kw;
-      kw.qkv = qkv;
-      kw.qkv_stride = qkv_width;
-      kw.k_offset = q_width;
-      kw.v_offset = q_width + kv_width;
-      kw.kv_pool = kv_pool_->data();
-      kw.kv = kv_layout;
-      kw.layer = l;
-      kw.num_rows = static_cast<int32_t>(num_writes);
-      kw.rows = meta + write_rows_at;
-      kw.pages = meta + write_pages_at;
-      kw.slots = meta + write_slots_at;
-      DMOE_RETURN_IF_ERROR(LaunchKvCacheWrite(kw, stream));
+absl::Status CudaModel::HostRoutedExperts(int64_t l, const Batch& b, double* host_experts_ms) {
+  // Routed experts on the host executor (remote shards); the shared expert computes on the
+  // device meanwhile (HostExperts waits only for the copies, not for the stream).
+  const model::ModelConfig& c = weights_.config();
+  const size_t n_slots = static_cast<size_t>(b.rows * c.num_experts_per_tok);
+  cudaStream_t stream = ctx_.stream;
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+      hook_hidden_.data(), h_.data(), b.rows * c.hidden_size * 4, cudaMemcpyDeviceToHost, stream));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_experts_.data(), slot_experts_.data(), n_slots * 4,
+                                            cudaMemcpyDeviceToHost, stream));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_weights_.data(), slot_weights_.data(), n_slots * 4,
+                                            cudaMemcpyDeviceToHost, stream));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(hook_copied_, stream));
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kRoutingDone)));
+  DMOE_RETURN_IF_ERROR(SharedExpert(weights_.layer(l), b));
+  double host_ms = 0;
+  DMOE_RETURN_IF_ERROR(HostExperts(l, b.rows, &host_ms));
+  *host_experts_ms += host_ms;
+  if (b.timed) {
+    // The device never grouped the slots: count the routing copied out above.
+    int32_t* counts = b.expert_counts_host + l * c.num_experts;
+    std::fill(counts, counts + c.num_experts, 0);
+    const int32_t* slot_experts = hook_experts_.as<int32_t>();
+    for (size_t i = 0; i < n_slots; ++i) {
+      if (slot_experts[i] >= 0 && slot_experts[i] < c.num_experts) ++counts[slot_experts[i]];
     }
-
-    MatMulArgs o;
-    o.cublas = ctx_.cublas;
-    o.x = attn_.data();
-    o.m = rows;
-    o.k = q_width;
-    o.w = lw.o_proj.data;
-    o.w_dtype = lw.o_proj.dtype;
-    o.n = h;
-    o.y = x;
-    o.accumulate = true;  // x += attn @ Wo^T
-    o.x_scratch = x16_.data();
-    DMOE_RETURN_IF_ERROR(LaunchMatMul(o, stream));
-
-    norm.weight = lw.post_norm;
-    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(norm, stream));
-    DMOE_RETURN_IF_ERROR(record(4 * l + 1));
-
-    if (!IsMoeLayer(c, l)) {
-      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
-      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
-      DMOE_RETURN_IF_ERROR(Ffn(lw.dense, hn, rows, x, /*accumulate=*/true));
-      continue;
-    }
-    MatMulArgs router;
-    router.cublas = ctx_.cublas;
-    router.x = hn;
-    router.m = rows;
-    router.k = h;
-    router.w = lw.router.data;
-    router.w_dtype = lw.router.dtype;
-    router.n = c.num_experts;
-    router.y = router_logits_.as<float>();
-    router.x_scratch = x16_.data();
-    DMOE_RETURN_IF_ERROR(LaunchMatMul(router, stream));
-
-    MoeRouterArgs route;
-    route.logits = router_logits_.as<float>();
-    route.num_tokens = rows;
-    route.bias = lw.expert_bias;
-    route.num_experts = static_cast<int32_t>(c.num_experts);
-    route.top_k = static_cast<int32_t>(top_k);
-    route.n_group = static_cast<int32_t>(c.n_group);
-    route.topk_group = static_cast<int32_t>(c.topk_group);
-    route.norm_topk_prob = c.norm_topk_prob;
-    route.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
-    route.experts = slot_experts_.as<int32_t>();
-    route.weights = slot_weights_.as<float>();
-    DMOE_RETURN_IF_ERROR(LaunchMoeRouter(route, stream));
-
-    const bool has_shared = !lw.shared.empty();
-    if (options_.host_experts != nullptr) {
-      // Routed experts on the host executor (remote shards); the shared expert computes on the
-      // device meanwhile (HostExperts waits only for the copies, not for the stream).
-      const size_t n_slots = static_cast<size_t>(rows * top_k);
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_hidden_.data(), hn, rows * h * 4,
-                                                cudaMemcpyDeviceToHost, stream));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_experts_.data(), slot_experts_.data(),
-                                                n_slots * 4, cudaMemcpyDeviceToHost, stream));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hook_weights_.data(), slot_weights_.data(),
-                                                n_slots * 4, cudaMemcpyDeviceToHost, stream));
-      DMOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(hook_copied_, stream));
-      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
-      if (has_shared) {
-        DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
-      }
-      double host_ms = 0;
-      DMOE_RETURN_IF_ERROR(HostExperts(l, rows, &host_ms));
-      if (timings != nullptr) host_experts_ms += host_ms;
-      if (timed) {
-        int32_t* counts = counts_host + l * c.num_experts;
-        std::fill(counts, counts + c.num_experts, 0);
-        const int32_t* slot_experts = hook_experts_.as<int32_t>();
-        for (size_t i = 0; i < n_slots; ++i) {
-          if (slot_experts[i] >= 0 && slot_experts[i] < c.num_experts) ++counts[slot_experts[i]];
-        }
-      }
-      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
-    } else {
-      MoeGroupArgs group;
-      group.experts = slot_experts_.as<int32_t>();
-      group.num_slots = rows * top_k;
-      group.num_experts = static_cast<int32_t>(c.num_experts);
-      group.counts = expert_counts_.as<int32_t>();
-      group.offsets = expert_offsets_.as<int32_t>();
-      group.sorted_slots = sorted_slots_.as<int32_t>();
-      DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, stream));
-      if (timed) {
-        DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts_host + l * c.num_experts,
-                                                  expert_counts_.data(), c.num_experts * 4,
-                                                  cudaMemcpyDeviceToHost, stream));
-      }
-
-      DMOE_RETURN_IF_ERROR(record(4 * l + 2));
-      GroupedExpertsArgs ex = LayerExpertsArgs(lw, c);
-      ex.hidden = hn;
-      ex.top_k = static_cast<int32_t>(top_k);
-      ex.num_slots = rows * top_k;
-      ex.offsets = expert_offsets_.as<int32_t>();
-      ex.sorted_slots = sorted_slots_.as<int32_t>();
-      ex.act = expert_act_.as<float>();
-      ex.slot_out = slot_out_.as<float>();
-      DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, stream));
-      DMOE_RETURN_IF_ERROR(record(4 * l + 3));
-
-      if (has_shared) {
-        DMOE_RETURN_IF_ERROR(Ffn(lw.shared, hn, rows, shared_out_.as<float>(), false));
-      }
-    }
-    MoeCombineArgs combine;
-    combine.x = x;
-    combine.slot_out = slot_out_.as<float>();
-    combine.weights = slot_weights_.as<float>();
-    combine.shared = has_shared ? shared_out_.as<float>() : nullptr;
-    combine.num_tokens = rows;
-    combine.hidden = h;
-    combine.top_k = static_cast<int32_t>(top_k);
-    DMOE_RETURN_IF_ERROR(LaunchMoeCombine(combine, stream));
   }
+  return RecordEvent(b, LayerEventSlot(l, LayerEvent::kExpertsDone));
+}
 
-  // Final norm + lm_head over every segment's output rows (and their logits, where asked).
-  std::vector<CudaProposals> proposals(num_segments);
-  std::vector<float*> row_logits;
-  for (int64_t i = 0; i < num_segments; ++i) {
+absl::Status CudaModel::DeviceRoutedExperts(int64_t l, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  const CudaLayer& lw = weights_.layer(l);
+  const int64_t top_k = c.num_experts_per_tok;
+  MoeGroupArgs group;
+  group.experts = slot_experts_.as<int32_t>();
+  group.num_slots = b.rows * top_k;
+  group.num_experts = static_cast<int32_t>(c.num_experts);
+  group.counts = expert_counts_.as<int32_t>();
+  group.offsets = expert_offsets_.as<int32_t>();
+  group.sorted_slots = sorted_slots_.as<int32_t>();
+  DMOE_RETURN_IF_ERROR(LaunchMoeGroup(group, ctx_.stream));
+  if (b.timed) {
+    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(b.expert_counts_host + l * c.num_experts,
+                                              expert_counts_.data(), c.num_experts * 4,
+                                              cudaMemcpyDeviceToHost, ctx_.stream));
+  }
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kRoutingDone)));
+
+  GroupedExpertsArgs ex = LayerExpertsArgs(lw, c);
+  ex.hidden = h_.as<float>();
+  ex.top_k = static_cast<int32_t>(top_k);
+  ex.num_slots = b.rows * top_k;
+  ex.offsets = expert_offsets_.as<int32_t>();
+  ex.sorted_slots = sorted_slots_.as<int32_t>();
+  ex.act = expert_act_.as<float>();
+  ex.slot_out = slot_out_.as<float>();
+  DMOE_RETURN_IF_ERROR(LaunchGroupedExperts(ex, ctx_.stream));
+  DMOE_RETURN_IF_ERROR(RecordEvent(b, LayerEventSlot(l, LayerEvent::kExpertsDone)));
+  return SharedExpert(lw, b);
+}
+
+absl::Status CudaModel::Combine(const CudaLayer& lw, const Batch& b) {
+  const model::ModelConfig& c = weights_.config();
+  MoeCombineArgs combine;
+  combine.x = x_.as<float>();
+  combine.slot_out = slot_out_.as<float>();
+  combine.weights = slot_weights_.as<float>();
+  combine.shared = !lw.shared.empty() ? shared_out_.as<float>() : nullptr;
+  combine.num_tokens = b.rows;
+  combine.hidden = c.hidden_size;
+  combine.top_k = static_cast<int32_t>(c.num_experts_per_tok);
+  return LaunchMoeCombine(combine, ctx_.stream);
+}
+
+std::vector<float*> CudaModel::LogitsDestinations(const std::vector<CudaForwardSegment>& segments,
+                                                  const Batch& b,
+                                                  std::vector<CudaProposals>* proposals) const {
+  const int64_t vocab = weights_.config().vocab_size;
+  std::vector<float*> row_logits;  // empty: no segment asked
+  for (int64_t i = 0; i < b.num_segments; ++i) {
     if (!segments[i].return_logits) continue;
-    const int64_t n_out = out_begin[i + 1] - out_begin[i];
-    if (row_logits.empty()) row_logits.assign(out_rows, nullptr);
-    proposals[i].logits.resize(static_cast<size_t>(n_out * c.vocab_size));
+    const int64_t n_out = b.out_begin[i + 1] - b.out_begin[i];
+    if (row_logits.empty()) row_logits.assign(b.out_rows, nullptr);
+    (*proposals)[i].logits.resize(static_cast<size_t>(n_out * vocab));
     for (int64_t r = 0; r < n_out; ++r) {
-      row_logits[out_begin[i] + r] = proposals[i].logits.data() + r * c.vocab_size;
+      row_logits[b.out_begin[i] + r] = (*proposals)[i].logits.data() + r * vocab;
     }
   }
-  DMOE_RETURN_IF_ERROR(record(ev_head));
+  return row_logits;
+}
+
+absl::Status CudaModel::GatherOutputRows(const std::vector<CudaForwardSegment>& segments,
+                                         const Batch& b) {
+  const int64_t h = weights_.config().hidden_size;
   float* head_x = head_x_.as<float>();
-  for (int64_t i = 0; i < num_segments; ++i) {
-    const int64_t n_out = out_begin[i + 1] - out_begin[i];
+  const float* x = x_.as<float>();
+  for (int64_t i = 0; i < b.num_segments; ++i) {
+    const int64_t n_out = b.out_begin[i + 1] - b.out_begin[i];
     if (n_out == 0) continue;
     DMOE_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(head_x + static_cast<int64_t>(out_begin[i]) * h,
-                        x + (static_cast<int64_t>(row_begin[i]) + segments[i].logits_from) * h,
-                        n_out * h * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+        cudaMemcpyAsync(head_x + static_cast<int64_t>(b.out_begin[i]) * h,
+                        x + (static_cast<int64_t>(b.row_begin[i]) + segments[i].logits_from) * h,
+                        n_out * h * sizeof(float), cudaMemcpyDeviceToDevice, ctx_.stream));
   }
-  if (out_rows > 0) {
-    RmsNormArgs fnorm;
-    fnorm.x = head_x;
-    fnorm.rows = out_rows;
-    fnorm.n = h;
-    fnorm.weight = weights_.final_norm();
-    fnorm.eps = eps;
-    fnorm.y = head_x;
-    DMOE_RETURN_IF_ERROR(LaunchRmsNorm(fnorm, stream));
-    LmHeadTop1Args head;
-    head.cublas = ctx_.cublas;
-    head.x = head_x;
-    head.m = out_rows;
-    head.hidden = h;
-    head.w = weights_.lm_head().data;
-    head.w_dtype = weights_.lm_head().dtype;
-    head.vocab = c.vocab_size;
-    head.logits_scratch = logits_.as<float>();
-    head.scratch_rows = options_.lm_head_chunk_rows;
-    head.x_scratch = x16_.data();
-    head.ids = ids_.as<int32_t>();
-    head.confidence = confidence_.as<float>();
-    head.row_logits_host = row_logits.empty() ? nullptr : row_logits.data();
-    DMOE_RETURN_IF_ERROR(LaunchLmHeadTop1(head, stream));
-    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.data(), ids_.data(), out_rows * 4,
-                                              cudaMemcpyDeviceToHost, stream));
-    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.as<char>() + out_rows * 4,
-                                              confidence_.data(), out_rows * 4,
-                                              cudaMemcpyDeviceToHost, stream));
-  }
-  DMOE_RETURN_IF_ERROR(record(ev_end));
-  DMOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return absl::OkStatus();
+}
 
+absl::Status CudaModel::FinalNormAndLmHead(const Batch& b, const std::vector<float*>& row_logits) {
+  const model::ModelConfig& c = weights_.config();
+  float* head_x = head_x_.as<float>();
+  RmsNormArgs fnorm;
+  fnorm.x = head_x;
+  fnorm.rows = b.out_rows;
+  fnorm.n = c.hidden_size;
+  fnorm.weight = weights_.final_norm();
+  fnorm.eps = static_cast<float>(c.rms_norm_eps);
+  fnorm.y = head_x;
+  DMOE_RETURN_IF_ERROR(LaunchRmsNorm(fnorm, ctx_.stream));
+  LmHeadTop1Args head;
+  head.cublas = ctx_.cublas;
+  head.x = head_x;
+  head.m = b.out_rows;
+  head.hidden = c.hidden_size;
+  head.w = weights_.lm_head().data;
+  head.w_dtype = weights_.lm_head().dtype;
+  head.vocab = c.vocab_size;
+  head.logits_scratch = logits_.as<float>();
+  head.scratch_rows = options_.lm_head_chunk_rows;
+  head.x_scratch = x16_.data();
+  head.ids = ids_.as<int32_t>();
+  head.confidence = confidence_.as<float>();
+  head.row_logits_host = row_logits.empty() ? nullptr : row_logits.data();
+  return LaunchLmHeadTop1(head, ctx_.stream);
+}
+
+absl::Status CudaModel::DownloadProposals(const Batch& b) {
+  // result_host_: ids [out_rows], then confidences [out_rows].
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.data(), ids_.data(), b.out_rows * 4,
+                                            cudaMemcpyDeviceToHost, ctx_.stream));
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(result_host_.as<char>() + b.out_rows * 4,
+                                            confidence_.data(), b.out_rows * 4,
+                                            cudaMemcpyDeviceToHost, ctx_.stream));
+  return absl::OkStatus();
+}
+
+void CudaModel::CommitAndCollect(std::vector<CudaForwardSegment>& segments, const Batch& b,
+                                 std::vector<CudaProposals>* proposals) const {
   const int32_t* ids = result_host_.as<int32_t>();
-  const float* conf = reinterpret_cast<const float*>(result_host_.as<char>() + out_rows * 4);
-  for (int64_t i = 0; i < num_segments; ++i) {
+  const float* conf = reinterpret_cast<const float*>(result_host_.as<char>() + b.out_rows * 4);
+  for (int64_t i = 0; i < b.num_segments; ++i) {
     CudaForwardSegment& s = segments[i];
     if (s.kv != nullptr) s.kv->Commit(s.start + s.persist);
-    proposals[i].ids.assign(ids + out_begin[i], ids + out_begin[i + 1]);
-    proposals[i].confidence.assign(conf + out_begin[i], conf + out_begin[i + 1]);
+    (*proposals)[i].ids.assign(ids + b.out_begin[i], ids + b.out_begin[i + 1]);
+    (*proposals)[i].confidence.assign(conf + b.out_begin[i], conf + b.out_begin[i + 1]);
   }
-  if (timed) {
-    auto elapsed = [&](size_t a, size_t b) -> absl::StatusOr<double> {
-      float ms = 0;
-      DMOE_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[a], events_[b]));
-      return static_cast<double>(ms);
-    };
-    CudaForwardTimings t;
-    DMOE_ASSIGN_OR_RETURN(t.total_ms, elapsed(ev_start, ev_end));
-    DMOE_ASSIGN_OR_RETURN(t.head_ms, elapsed(ev_head, ev_end));
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      DMOE_ASSIGN_OR_RETURN(const double attention, elapsed(4 * l, 4 * l + 1));
-      DMOE_ASSIGN_OR_RETURN(const double routing, elapsed(4 * l + 1, 4 * l + 2));
-      DMOE_ASSIGN_OR_RETURN(const double experts, elapsed(4 * l + 2, 4 * l + 3));
-      const size_t next = l + 1 < c.num_hidden_layers ? 4 * (l + 1) : ev_head;
-      DMOE_ASSIGN_OR_RETURN(const double rest, elapsed(4 * l + 3, next));
-      t.attention_ms += attention;
-      t.experts_ms += experts;
-      t.other_moe_ms += routing + rest;
-      if (IsMoeLayer(c, l)) {
-        int64_t touched = 0;
-        for (int64_t e = 0; e < c.num_experts; ++e)
-          touched += counts_host[l * c.num_experts + e] > 0;
-        t.touched_experts.push_back(touched);
-      }
+}
+
+absl::StatusOr<CudaForwardTimings> CudaModel::PhaseTimings(const Batch& b,
+                                                           double host_experts_ms) const {
+  const model::ModelConfig& c = weights_.config();
+  const int64_t num_layers = c.num_hidden_layers;
+  auto elapsed = [&](size_t a, size_t z) -> absl::StatusOr<double> {
+    float ms = 0;
+    DMOE_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[a], events_[z]));
+    return static_cast<double>(ms);
+  };
+  const size_t start = ForwardEventSlot(num_layers, ForwardEvent::kStart);
+  const size_t head = ForwardEventSlot(num_layers, ForwardEvent::kHead);
+  const size_t end = ForwardEventSlot(num_layers, ForwardEvent::kEnd);
+  CudaForwardTimings t;
+  DMOE_ASSIGN_OR_RETURN(t.total_ms, elapsed(start, end));
+  DMOE_ASSIGN_OR_RETURN(t.head_ms, elapsed(head, end));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    auto slot = [l](LayerEvent e) { return LayerEventSlot(l, e); };
+    DMOE_ASSIGN_OR_RETURN(const double attention,
+                          elapsed(slot(LayerEvent::kBegin), slot(LayerEvent::kAttentionDone)));
+    DMOE_ASSIGN_OR_RETURN(const double routing, elapsed(slot(LayerEvent::kAttentionDone),
+                                                        slot(LayerEvent::kRoutingDone)));
+    DMOE_ASSIGN_OR_RETURN(const double experts,
+                          elapsed(slot(LayerEvent::kRoutingDone), slot(LayerEvent::kExpertsDone)));
+    // The rest of the layer runs until the next layer (or the head) begins.
+    const size_t next = l + 1 < num_layers ? LayerEventSlot(l + 1, LayerEvent::kBegin) : head;
+    DMOE_ASSIGN_OR_RETURN(const double rest, elapsed(slot(LayerEvent::kExpertsDone), next));
+    t.attention_ms += attention;
+    t.experts_ms += experts;
+    t.other_moe_ms += routing + rest;
+    if (IsMoeLayer(c, l)) {
+      const int32_t* counts = b.expert_counts_host + l * c.num_experts;
+      int64_t touched = 0;
+      for (int64_t e = 0; e < c.num_experts; ++e) touched += counts[e] > 0;
+      t.touched_experts.push_back(touched);
     }
-    t.host_experts_ms = host_experts_ms;
-    *timings = std::move(t);
-  } else if (timings != nullptr) {
-    timings->host_experts_ms = host_experts_ms;
   }
-  return proposals;
+  t.host_experts_ms = host_experts_ms;
+  return t;
 }
 
 }  // namespace dmoe::gpu

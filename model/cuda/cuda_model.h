@@ -27,6 +27,7 @@
 #include "model/cuda/device_worker.h"
 #include "model/cuda/grouped_experts.h"
 #include "model/cuda/kv_layout.h"
+#include "model/cuda/matmul.h"
 #include "model/expert_executor.h"
 #include "model/weights.h"
 
@@ -240,9 +241,57 @@ class CudaModel {
   CudaModel(const CudaWeights& weights, CudaKvPool* kv_pool, const CudaModelOptions& options,
             const DeviceContext& ctx)
       : weights_(weights), kv_pool_(kv_pool), options_(options), ctx_(ctx) {}
+  // One forward's layout and device metadata (defined in the .cc).
+  struct Batch;
+
   absl::Status Allocate();
+  // The batch limits of the options, then model::ValidateForwardSegment per segment.
   absl::Status Validate(const std::vector<CudaForwardSegment>& segments) const;
+
+  // Forward's phases, in the order it runs them; all enqueue on ctx_.stream.
+  // Row and output layout of the batch; reserves the KV pages the segments persist into.
+  absl::Status PlanBatch(const std::vector<CudaForwardSegment>& segments, Batch* b);
+  // Packs ids, positions, segment arrays, page table and KV write lists into meta_.
+  absl::Status UploadMetadata(const std::vector<CudaForwardSegment>& segments, Batch* b);
+  // Records events_[slot] when the batch is timed.
+  absl::Status RecordEvent(const Batch& b, size_t slot);
+  absl::Status Embed(const Batch& b);  // x_ = embedding rows of the ids
+  // One decoder layer: the attention block, then the dense FFN or the MoE block, into x_.
+  absl::Status Layer(int64_t l, const Batch& b, double* host_experts_ms);
+  absl::Status NormHidden(const float* weight, const Batch& b);  // h_ = RmsNorm(x_) * weight
+  // Attention block: input norm, QKV GEMM, QK-norm + RoPE into qkv_; block attention into
+  // attn_ and the persisted rows' K/V into the pool; x_ += o_proj, then h_ = post norm.
+  absl::Status QkvProjection(const CudaLayer& lw, const Batch& b);
+  absl::Status AttendAndCacheKv(int64_t l, const Batch& b);
+  absl::Status OutputProjection(const CudaLayer& lw, const Batch& b);
+  // MoE block: router, routed experts (on the device or the host hook), shared expert, and the
+  // combine into x_.
+  absl::Status MoeFfn(int64_t l, const Batch& b, double* host_experts_ms);
+  // Router GEMM and top-k routing into slot_experts_ / slot_weights_.
+  absl::Status Route(const CudaLayer& lw, const Batch& b);
+  absl::Status SharedExpert(const CudaLayer& lw, const Batch& b);  // shared_out_, if any
+  // Copies the routed rows and routing out, overlaps the shared expert with HostExperts.
+  absl::Status HostRoutedExperts(int64_t l, const Batch& b, double* host_experts_ms);
+  // Groups the slots by expert and runs the grouped expert GEMMs into slot_out_.
+  absl::Status DeviceRoutedExperts(int64_t l, const Batch& b);
+  absl::Status Combine(const CudaLayer& lw, const Batch& b);  // x_ += routed + shared
+  // Per output row, where its logits go on the host (inside `proposals`); empty when no
+  // segment returns logits.
+  std::vector<float*> LogitsDestinations(const std::vector<CudaForwardSegment>& segments,
+                                         const Batch& b,
+                                         std::vector<CudaProposals>* proposals) const;
+  // Copies every segment's output rows of x_ into head_x_, back to back.
+  absl::Status GatherOutputRows(const std::vector<CudaForwardSegment>& segments, const Batch& b);
+  absl::Status FinalNormAndLmHead(const Batch& b, const std::vector<float*>& row_logits);
+  absl::Status DownloadProposals(const Batch& b);  // ids and confidences to result_host_
+  // After the stream is synchronised: commits the persisted KV and fills the proposals.
+  void CommitAndCollect(std::vector<CudaForwardSegment>& segments, const Batch& b,
+                        std::vector<CudaProposals>* proposals) const;
+  absl::StatusOr<CudaForwardTimings> PhaseTimings(const Batch& b, double host_experts_ms) const;
+
   absl::Status Ffn(const CudaFfn& ffn, const float* x, int64_t rows, float* y, bool accumulate);
+  // y = x W^T for F32 activations x [rows, w.cols] (rounded into x16_ when W is 16-bit).
+  MatMulArgs TimesWeight(const float* x, int64_t rows, const CudaMatrix& w, float* y) const;
   // The host expert hook of MoE layer `l` (options_.host_experts): fills slot_out_ from the
   // routed rows in h_ and the routing in slot_experts_ / slot_weights_.
   absl::Status HostExperts(int64_t l, int64_t rows, double* host_ms);
