@@ -12,6 +12,7 @@
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "engine/generation_params.h"
 
 namespace dmoe::scheduler {
 namespace {
@@ -350,32 +351,29 @@ absl::StatusOr<PreparedRequest> GenerationServer::Prepare(
   if (out.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
 
   const dmoe::v1::DecodingParams& in = request.params();
-  engine::GenerationParams& p = out.params;
+  engine::DecodingRequest asked;
   switch (in.mode()) {
-    case dmoe::v1::DECODE_MODE_UNSPECIFIED:
-      p.mode = config_.kind == model::ModelKind::kAutoregressive
-                   ? engine::DecodeMode::kAutoregressive
-                   : engine::DecodeMode::kDiffusion;
+    case dmoe::v1::DECODE_MODE_UNSPECIFIED: break;
+    case dmoe::v1::DECODE_MODE_DIFFUSION: asked.mode = engine::DecodeMode::kDiffusion; break;
+    case dmoe::v1::DECODE_MODE_AUTOREGRESSIVE:
+      asked.mode = engine::DecodeMode::kAutoregressive;
       break;
-    case dmoe::v1::DECODE_MODE_DIFFUSION: p.mode = engine::DecodeMode::kDiffusion; break;
-    case dmoe::v1::DECODE_MODE_AUTOREGRESSIVE: p.mode = engine::DecodeMode::kAutoregressive; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("params.mode: unknown value ", in.mode()));
   }
-  if (in.has_max_new_tokens()) p.max_new_tokens = in.max_new_tokens();
-  if (in.has_threshold()) p.threshold = in.threshold();
-  p.block_length = in.has_block_length() ? in.block_length() : config_.block_length;
-  if (in.has_steps()) p.steps = in.steps();
-  if (in.has_temperature()) p.sampling.temperature = in.temperature();
-  if (in.has_top_k()) p.sampling.top_k = in.top_k();
-  if (in.has_top_p()) p.sampling.top_p = in.top_p();
-  if (in.has_seed()) p.sampling.seed = in.seed();
-  p.mask_id = options_.mask_id;
+  if (in.has_max_new_tokens()) asked.max_new_tokens = in.max_new_tokens();
+  if (in.has_threshold()) asked.threshold = in.threshold();
+  if (in.has_block_length()) asked.block_length = in.block_length();
+  if (in.has_steps()) asked.steps = in.steps();
+  if (in.has_temperature()) asked.temperature = in.temperature();
+  if (in.has_top_k()) asked.top_k = in.top_k();
+  if (in.has_top_p()) asked.top_p = in.top_p();
+  if (in.has_seed()) asked.seed = in.seed();
   if (in.has_stop_ids()) {
-    p.stop_ids.assign(in.stop_ids().ids().begin(), in.stop_ids().ids().end());
-  } else {
-    p.stop_ids = options_.stop_ids;
+    asked.stop_ids.emplace(in.stop_ids().ids().begin(), in.stop_ids().ids().end());
   }
+  out.params = engine::BuildGenerationParams(
+      asked, engine::ModelDecodingDefaults::For(config_, options_.mask_id, options_.stop_ids));
   return out;
 }
 

@@ -1,19 +1,23 @@
 // dmoe bench: load generator and throughput/latency report.
 //
-//   dmoe bench --router ADDR  --concurrency N --requests M ...   (a running server or cluster)
+//   dmoe bench --server ADDR  --concurrency N --requests M ...   (any Generation API server:
+//                                                                the router, a scheduler, dmoe serve)
 //   dmoe bench --engine DIR   --concurrency N --requests M ...   (the bare engine, in process)
 //
 // The two modes load the system differently:
-//  * --router is an open pool of N client threads, each sending its next request through
+//  * --server is an open pool of N client threads, each sending its next request through
 //    GenerateStream as soon as its previous one ends, so the server always holds up to N
-//    requests and batches them continuously (requests join and leave between steps). Time to
-//    first block is measured at the client: the arrival of the first `block` event.
+//    requests and batches them continuously (requests join and leave between steps).
 //  * --engine is a closed loop of batches: N requests go into one Engine::Generate call, and
 //    the next N start only when the whole batch has finished (the slowest request sets the
-//    pace). Time to first block and latency come from the engine, counted from the start of
-//    the Generate call. No RPC, no tokenizer, no scheduler.
+//    pace). No RPC, no tokenizer, no scheduler.
+// Both modes time a request the same way: time to first block (ttfb) runs from the moment the
+// request is submitted (the GenerateStream call; the Generate call of its batch) to the moment
+// its first committed block is available to the caller (the first `block` event; the engine's
+// observer after the forward that finishes it), and latency to the moment its last token is.
 // Prompts are deterministic pseudo-random ids (from --seed and the request index) below
-// min(vocab, mask id); stop ids are cleared so every request generates --max-new-tokens.
+// min(vocab, mask id); stop ids are cleared so every request generates --max-new-tokens. The
+// decoding flags are the ones of `dmoe generate` (decoding_flags.h), with 32 new tokens.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -23,7 +27,6 @@
 #include <iostream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -34,9 +37,11 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "clients/cli/decoding_flags.h"
 #include "clients/cpp/generation_client.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "engine/generation_params.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -50,16 +55,13 @@ double Since(Clock::time_point t0) {
 }
 
 struct BenchFlags {
-  std::string router;
+  std::string server;
   std::string engine_dir;
   int concurrency = 1;
   int requests = 8;
   int prompt_tokens = 32;
-  int64_t max_new_tokens = 32;
-  float threshold = 0.95f;
-  int64_t block_length = 0;  // 0: the model's
-  int32_t mask_id = -1;      // -1: the served / tokenizer's one
-  uint64_t seed = 0;
+  DecodingFlags decoding = {.max_new_tokens = 32};
+  int32_t mask_id = -1;  // -1: the served / tokenizer's one
   int threads = 0;
   double timeout_seconds = 0;
   bool json = false;
@@ -91,8 +93,9 @@ double Percentile(std::vector<double> values, double p) {
   return values[rank - 1];
 }
 
-absl::StatusOr<std::vector<Sample>> RunRouter(const BenchFlags& f, double* wall) {
-  client::ClientOptions options{.target = f.router};
+absl::StatusOr<std::vector<Sample>> RunServer(const BenchFlags& f, const engine::DecodingRequest& asked,
+                                              double* wall) {
+  client::ClientOptions options{.target = f.server};
   if (f.timeout_seconds > 0) options.timeout = absl::Seconds(f.timeout_seconds);
   DMOE_ASSIGN_OR_RETURN(auto client, client::GenerationClient::Connect(options));
   DMOE_RETURN_IF_ERROR(client->WaitForReady(absl::Seconds(30)));
@@ -103,20 +106,17 @@ absl::StatusOr<std::vector<Sample>> RunRouter(const BenchFlags& f, double* wall)
   const int32_t mask = f.mask_id >= 0 ? f.mask_id : model.mask_id();
   if (mask > 0) bound = std::min(bound, mask);
 
+  const dmoe::v1::DecodingParams decoding = ToDecodingParamsProto(asked);
+  const uint64_t prompt_seed = asked.seed.value_or(0);
   std::vector<Sample> samples(f.requests);
   std::atomic<int> next{0};
   auto worker = [&] {
     for (int i = next++; i < f.requests; i = next++) {
       dmoe::v1::GenerateRequest request;
-      std::vector<int32_t> prompt = MakePrompt(f.seed, i, f.prompt_tokens, bound);
+      std::vector<int32_t> prompt = MakePrompt(prompt_seed, i, f.prompt_tokens, bound);
       request.mutable_prompt_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
       request.set_request_id(absl::StrCat("bench-", i));
-      dmoe::v1::DecodingParams* p = request.mutable_params();
-      p->set_max_new_tokens(f.max_new_tokens);
-      p->set_threshold(f.threshold);
-      if (f.block_length > 0) p->set_block_length(f.block_length);
-      p->set_seed(f.seed);
-      p->mutable_stop_ids();  // present and empty: stop only at max_new_tokens
+      *request.mutable_params() = decoding;
       Sample& s = samples[i];
       const auto t0 = Clock::now();
       auto final_event = client->GenerateStream(
@@ -141,31 +141,25 @@ absl::StatusOr<std::vector<Sample>> RunRouter(const BenchFlags& f, double* wall)
   return samples;
 }
 
-absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, double* wall) {
+absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, const engine::DecodingRequest& asked,
+                                              double* wall) {
   DMOE_ASSIGN_OR_RETURN(auto engine, engine::Engine::Create(
                                          {.model_dir = f.engine_dir, .num_threads = f.threads}));
   const model::ModelConfig& config = engine->config();
-  engine::GenerationParams params;
-  params.mode = config.kind == model::ModelKind::kAutoregressive
-                    ? engine::DecodeMode::kAutoregressive
-                    : engine::DecodeMode::kDiffusion;
-  params.max_new_tokens = f.max_new_tokens;
-  params.threshold = f.threshold;
-  params.block_length = f.block_length > 0 ? f.block_length : config.block_length;
-  params.sampling.seed = f.seed;
-  params.stop_ids = {};
-  if (f.mask_id >= 0) {
-    params.mask_id = f.mask_id;
-  } else if (std::filesystem::exists(std::filesystem::path(f.engine_dir) / "tokenizer.json")) {
+  int32_t mask_id = f.mask_id;
+  if (mask_id < 0) {
+    if (!std::filesystem::exists(std::filesystem::path(f.engine_dir) / "tokenizer.json")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.engine_dir, " has no tokenizer.json: give --mask-id"));
+    }
     DMOE_ASSIGN_OR_RETURN(auto tokenizer, model::Tokenizer::Load(f.engine_dir));
     DMOE_ASSIGN_OR_RETURN(model::DecodeTokenIds ids,
-                          model::ResolveDecodeTokenIds(*tokenizer, std::nullopt,
-                                                       std::vector<int32_t>{}));
-    params.mask_id = ids.mask_id;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(f.engine_dir, " has no tokenizer.json: give --mask-id"));
+                          model::ResolveDecodeTokenIds(*tokenizer, std::nullopt, asked.stop_ids));
+    mask_id = ids.mask_id;
   }
+  const engine::GenerationParams params = engine::BuildGenerationParams(
+      asked, engine::ModelDecodingDefaults::For(config, mask_id, {}));
+  const uint64_t prompt_seed = asked.seed.value_or(0);
   const int32_t bound =
       std::min<int32_t>(static_cast<int32_t>(config.vocab_size), params.mask_id);
 
@@ -175,7 +169,7 @@ absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, double* wall)
     const int last = std::min(f.requests, first + f.concurrency);
     std::vector<engine::GenerationRequest> batch;
     for (int i = first; i < last; ++i) {
-      batch.push_back({MakePrompt(f.seed, i, f.prompt_tokens, bound), params});
+      batch.push_back({MakePrompt(prompt_seed, i, f.prompt_tokens, bound), params});
     }
     const auto batch_start = Clock::now();
     auto results = engine->Generate(batch);
@@ -201,18 +195,20 @@ absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, double* wall)
 }
 
 absl::Status RunBench(const BenchFlags& f) {
-  if (f.router.empty() == f.engine_dir.empty()) {
-    return absl::InvalidArgumentError("give exactly one of --router or --engine");
+  if (f.server.empty() == f.engine_dir.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --server or --engine");
   }
   if (f.concurrency < 1) return absl::InvalidArgumentError("--concurrency must be >= 1");
   if (f.requests < 1) return absl::InvalidArgumentError("--requests must be >= 1");
   if (f.prompt_tokens < 1) return absl::InvalidArgumentError("--prompt-tokens must be >= 1");
+  DMOE_ASSIGN_OR_RETURN(engine::DecodingRequest asked, ToDecodingRequest(f.decoding));
+  asked.stop_ids.emplace();  // every request generates max_new_tokens
   double wall = 0;
   std::vector<Sample> samples;
-  if (!f.router.empty()) {
-    DMOE_ASSIGN_OR_RETURN(samples, RunRouter(f, &wall));
+  if (!f.server.empty()) {
+    DMOE_ASSIGN_OR_RETURN(samples, RunServer(f, asked, &wall));
   } else {
-    DMOE_ASSIGN_OR_RETURN(samples, RunEngine(f, &wall));
+    DMOE_ASSIGN_OR_RETURN(samples, RunEngine(f, asked, &wall));
   }
 
   int64_t tokens = 0, forwards = 0, ok = 0;
@@ -231,14 +227,14 @@ absl::Status RunBench(const BenchFlags& f) {
   }
   const double tps = wall > 0 ? static_cast<double>(tokens) / wall : 0;
   const double tpf = forwards > 0 ? static_cast<double>(tokens) / static_cast<double>(forwards) : 0;
-  const std::string mode = f.router.empty() ? "engine" : "router";
+  const std::string mode = f.server.empty() ? "engine" : "server";
   if (f.json) {
     nlohmann::json out = {{"mode", mode},
                           {"concurrency", f.concurrency},
                           {"requests", f.requests},
                           {"ok", ok},
                           {"prompt_tokens", f.prompt_tokens},
-                          {"max_new_tokens", f.max_new_tokens},
+                          {"max_new_tokens", *asked.max_new_tokens},
                           {"generated_tokens", tokens},
                           {"forwards", forwards},
                           {"wall_seconds", wall},
@@ -273,29 +269,24 @@ void RegisterBenchCommand(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<BenchFlags>();
   CLI::App* cmd = app.add_subcommand(
       "bench",
-      "Load-test a server (--router: N client threads streaming) or the bare engine "
+      "Load-test a server (--server: N client threads streaming) or the bare engine "
       "(--engine: batches of N per Engine::Generate call)");
-  cmd->add_option("--router", f->router, "Server or cluster scheduler address, host:port");
+  cmd->add_option("--server,--router", f->server,
+                  "Any Generation API server (router, scheduler, dmoe serve), host:port");
   cmd->add_option("--engine", f->engine_dir, "Checkpoint directory: run the engine in process");
   cmd->add_option("--concurrency", f->concurrency,
-                  "Client threads (--router) or requests per Generate call (--engine)")
+                  "Client threads (--server) or requests per Generate call (--engine)")
       ->capture_default_str();
   cmd->add_option("--requests", f->requests, "Requests in all")->capture_default_str();
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "Prompt length in tokens")
       ->capture_default_str();
-  cmd->add_option("--max-new-tokens", f->max_new_tokens, "Tokens generated per request")
-      ->capture_default_str();
-  cmd->add_option("--threshold", f->threshold, "Commit masked tokens above this confidence")
-      ->capture_default_str();
-  cmd->add_option("--block-length", f->block_length, "Diffusion block length (0 = model's)")
-      ->capture_default_str();
+  AddDecodingFlags(cmd, &f->decoding);
   cmd->add_option("--mask-id", f->mask_id,
-                  "Mask token id (--engine without tokenizer: required; --router: only bounds "
+                  "Mask token id (--engine without tokenizer: required; --server: only bounds "
                   "the prompt ids, the server's own mask id applies)");
-  cmd->add_option("--seed", f->seed, "Prompt and sampling seed")->capture_default_str();
   cmd->add_option("--threads", f->threads, "--engine: compute threads (0 = all cores)")
       ->capture_default_str();
-  cmd->add_option("--timeout", f->timeout_seconds, "--router: per-request deadline, s (0 = none)");
+  cmd->add_option("--timeout", f->timeout_seconds, "--server: per-request deadline, s (0 = none)");
   cmd->add_flag("--json", f->json, "Print one JSON object instead of the table");
   cmd->callback([f, exit_code] {
     absl::Status status = RunBench(*f);

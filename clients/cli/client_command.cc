@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "clients/cli/decoding_flags.h"
 #include "clients/cpp/generation_client.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -31,25 +32,15 @@ struct ClientFlags {
   std::string model;
 };
 
-// Decoding flags: each is sent only when given, so the server's defaults (those of
-// `dmoe generate`) apply otherwise.
+// The decoding flags of `dmoe generate`: each is sent only when given, so the server's
+// defaults (the same as `dmoe generate`'s) apply otherwise.
 struct GenerateFlags {
   std::string prompt, chat, prompt_ids;
-  int64_t max_new_tokens = 128;
-  float threshold = 0.95f;
-  int64_t block_length = 0;
-  int64_t steps = 32;
-  std::string mode;
-  float temperature = 0.0f;
-  int32_t top_k = 0;
-  float top_p = 1.0f;
-  uint64_t seed = 0;
+  DecodingFlags decoding;
   std::string stop_ids;
   std::string request_id;
   bool stream = false;
   bool json = false;
-  CLI::App* cmd = nullptr;
-  bool Given(const std::string& flag) const { return cmd->count(flag) > 0; }
 };
 
 absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const ClientFlags& c) {
@@ -77,27 +68,11 @@ absl::StatusOr<dmoe::v1::GenerateRequest> BuildRequest(const ClientFlags& c,
   }
   if (!c.model.empty()) request.mutable_model()->set_name(c.model);
   request.set_request_id(f.request_id);
-  dmoe::v1::DecodingParams* p = request.mutable_params();
-  if (f.Given("--max-new-tokens")) p->set_max_new_tokens(f.max_new_tokens);
-  if (f.Given("--threshold")) p->set_threshold(f.threshold);
-  if (f.Given("--block-length") && f.block_length > 0) p->set_block_length(f.block_length);
-  if (f.Given("--steps")) p->set_steps(f.steps);
-  if (f.mode == "diffusion") {
-    p->set_mode(dmoe::v1::DECODE_MODE_DIFFUSION);
-  } else if (f.mode == "ar") {
-    p->set_mode(dmoe::v1::DECODE_MODE_AUTOREGRESSIVE);
-  } else if (!f.mode.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--mode must be 'diffusion' or 'ar', got '", f.mode, "'"));
-  }
-  if (f.Given("--temperature")) p->set_temperature(f.temperature);
-  if (f.Given("--top-k")) p->set_top_k(f.top_k);
-  if (f.Given("--top-p")) p->set_top_p(f.top_p);
-  if (f.Given("--seed")) p->set_seed(f.seed);
+  DMOE_ASSIGN_OR_RETURN(engine::DecodingRequest asked, ToDecodingRequest(f.decoding));
   if (!f.stop_ids.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(f.stop_ids, "--stop-ids"));
-    p->mutable_stop_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+    DMOE_ASSIGN_OR_RETURN(asked.stop_ids, ParseIdList(f.stop_ids, "--stop-ids"));
   }
+  *request.mutable_params() = ToDecodingParamsProto(asked);
   return request;
 }
 
@@ -183,30 +158,20 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
   CLI::App* client = app.add_subcommand("client", "Call a running dmoe server");
   client->require_subcommand(1);
   auto add_common = [common](CLI::App* cmd) {
-    cmd->add_option("--router", common->router, "Server address, host:port")->required();
+    cmd->add_option("--server,--router", common->router,
+                    "Any Generation API server (router, scheduler, dmoe serve), host:port")
+        ->required();
     cmd->add_option("--timeout", common->timeout_seconds, "Call deadline in seconds (0 = none)");
     cmd->add_option("--model", common->model, "Model name to select (default: the served one)");
   };
 
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* gen = client->add_subcommand("generate", "Generate text through the server");
-  flags->cmd = gen;
   add_common(gen);
   gen->add_option("--prompt", flags->prompt, "Raw prompt text");
   gen->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
   gen->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
-  gen->add_option("--max-new-tokens", flags->max_new_tokens, "Generation length limit")
-      ->capture_default_str();
-  gen->add_option("--threshold", flags->threshold, "Commit masked tokens above this confidence")
-      ->capture_default_str();
-  gen->add_option("--block-length", flags->block_length,
-                  "Diffusion block length (default: model's)");
-  gen->add_option("--steps", flags->steps, "Max forwards per block")->capture_default_str();
-  gen->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
-  gen->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
-  gen->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
-  gen->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
-  gen->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
+  AddDecodingFlags(gen, &flags->decoding);
   gen->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
   gen->add_option("--request-id", flags->request_id, "Request id for the server's logs");
   gen->add_flag("--stream", flags->stream, "Print text as blocks commit (GenerateStream)");

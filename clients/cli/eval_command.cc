@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "clients/cli/decoding_flags.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "model/tokenizer.h"
@@ -36,11 +37,7 @@ using Json = nlohmann::json;
 struct EvalFlags {
   std::string model_dir;
   std::string tasks_file;
-  float threshold = 0.95f;
-  std::string mode;            // "" = from the checkpoint kind
-  int64_t block_length = 0;    // 0: the model's block length
-  int64_t max_new_tokens = 64;
-  int64_t steps = 32;
+  DecodingFlags decoding = {.max_new_tokens = 64};  // short answers: eval tasks are exact-match
   int64_t limit = 0;           // per task; 0 = all
   int64_t batch = 1;           // requests per Generate call (1 = one request at a time)
   std::string samples_file;    // per-sample JSONL output
@@ -147,26 +144,10 @@ absl::Status RunEval(const EvalFlags& f) {
                                                              .num_threads = f.threads}));
   const model::ModelConfig& config = engine->config();
 
-  engine::GenerationParams params;
-  if (f.mode.empty()) {
-    params.mode = config.kind == model::ModelKind::kAutoregressive
-                      ? engine::DecodeMode::kAutoregressive
-                      : engine::DecodeMode::kDiffusion;
-  } else if (f.mode == "diffusion") {
-    params.mode = engine::DecodeMode::kDiffusion;
-  } else if (f.mode == "ar") {
-    params.mode = engine::DecodeMode::kAutoregressive;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--mode must be 'diffusion' or 'ar', got '", f.mode, "'"));
-  }
+  DMOE_ASSIGN_OR_RETURN(engine::DecodingRequest asked, ToDecodingRequest(f.decoding));
+  const engine::GenerationParams params = engine::BuildGenerationParams(
+      asked, engine::ModelDecodingDefaults::For(config, ids.mask_id, ids.stop_ids));
   const bool diffusion = params.mode == engine::DecodeMode::kDiffusion;
-  params.mask_id = ids.mask_id;
-  params.stop_ids = ids.stop_ids;
-  params.max_new_tokens = f.max_new_tokens;
-  params.threshold = f.threshold;
-  params.block_length = f.block_length > 0 ? f.block_length : config.block_length;
-  params.steps = f.steps;
 
   std::unique_ptr<std::ofstream> samples_out;
   if (!f.samples_file.empty()) {
@@ -230,9 +211,9 @@ absl::Status RunEval(const EvalFlags& f) {
     Json out = {{"model", f.model_dir},
                 {"tasks_file", f.tasks_file},
                 {"mode", diffusion ? "diffusion" : "ar"},
-                {"threshold", diffusion ? Json(f.threshold) : Json(nullptr)},
+                {"threshold", diffusion ? Json(params.threshold) : Json(nullptr)},
                 {"block_length", diffusion ? Json(params.block_length) : Json(nullptr)},
-                {"max_new_tokens", f.max_new_tokens},
+                {"max_new_tokens", params.max_new_tokens},
                 {"batch", f.batch},
                 {"tasks", tasks},
                 {"overall", all.ToJson()},
@@ -245,10 +226,10 @@ absl::Status RunEval(const EvalFlags& f) {
     return absl::OkStatus();
   }
   std::cout << "model " << f.model_dir << " ("
-            << (diffusion ? absl::StrFormat("diffusion, threshold %.2f, block %d", f.threshold,
+            << (diffusion ? absl::StrFormat("diffusion, threshold %.2f, block %d", params.threshold,
                                             params.block_length)
                           : std::string("ar"))
-            << ", max_new_tokens " << f.max_new_tokens << ", batch " << f.batch << ")\n";
+            << ", max_new_tokens " << params.max_new_tokens << ", batch " << f.batch << ")\n";
   std::cout << absl::StrFormat("%-12s %6s %9s %6s %9s %9s %9s\n", "task", "n", "accuracy", "TPF",
                                "forwards", "tokens", "tokens/s");
   auto row = [](const std::string& name, const TaskStats& t) {
@@ -270,14 +251,7 @@ void RegisterEvalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--tasks", flags->tasks_file,
                   "JSONL: {\"task\", \"chat\" | \"prompt\", \"answer\"} per line")
       ->required();
-  cmd->add_option("--threshold", flags->threshold, "Commit masked tokens above this confidence")
-      ->capture_default_str();
-  cmd->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
-  cmd->add_option("--block-length", flags->block_length, "Diffusion block length (default: model's)");
-  cmd->add_option("--max-new-tokens", flags->max_new_tokens, "Generation length limit")
-      ->capture_default_str();
-  cmd->add_option("--steps", flags->steps, "Max forwards per block (reference `steps`)")
-      ->capture_default_str();
+  AddDecodingFlags(cmd, &flags->decoding);
   cmd->add_option("--limit", flags->limit, "At most this many samples per task (0 = all)")
       ->capture_default_str();
   cmd->add_option("--batch", flags->batch, "Requests per engine step batch (1 = one at a time)")

@@ -16,8 +16,10 @@
 #include "absl/strings/str_replace.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "clients/cli/decoding_flags.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
+#include "engine/generation_params.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -30,15 +32,7 @@ namespace {
 struct GenerateFlags {
   std::string model_dir;
   std::string prompt, chat, prompt_ids;
-  int64_t max_new_tokens = 128;
-  float threshold = 0.95f;
-  int64_t block_length = 0;  // 0: the model's block length
-  int64_t steps = 32;
-  std::string mode;          // "" = from the checkpoint kind
-  float temperature = 0.0f;
-  int32_t top_k = 0;
-  float top_p = 1.0f;
-  uint64_t seed = 0;
+  DecodingFlags decoding;
   int32_t mask_id = -1;
   std::string stop_ids;
   bool json = false;
@@ -130,21 +124,16 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     prompt = tokenizer->Encode(text);
   }
 
-  engine::GenerationParams params;
   std::optional<int32_t> mask_override;
   if (f.mask_id >= 0) mask_override = f.mask_id;
-  std::optional<std::vector<int32_t>> stop_override;
+  DMOE_ASSIGN_OR_RETURN(engine::DecodingRequest asked, ToDecodingRequest(f.decoding));
   if (!f.stop_ids.empty()) {
-    DMOE_ASSIGN_OR_RETURN(stop_override, ParseIdList(f.stop_ids, "--stop-ids"));
+    DMOE_ASSIGN_OR_RETURN(asked.stop_ids, ParseIdList(f.stop_ids, "--stop-ids"));
   }
+  model::DecodeTokenIds ids{.mask_id = f.mask_id, .stop_ids = {}};
   if (tokenizer) {
-    DMOE_ASSIGN_OR_RETURN(model::DecodeTokenIds ids,
-                          model::ResolveDecodeTokenIds(*tokenizer, mask_override, stop_override));
-    params.mask_id = ids.mask_id;
-    params.stop_ids = ids.stop_ids;
-  } else {
-    params.mask_id = f.mask_id;
-    if (stop_override) params.stop_ids = *stop_override;
+    DMOE_ASSIGN_OR_RETURN(ids, model::ResolveDecodeTokenIds(*tokenizer, mask_override,
+                                                            asked.stop_ids));
   }
 
   std::unique_ptr<engine::Engine> engine;
@@ -157,23 +146,8 @@ absl::Status RunGenerate(const GenerateFlags& f) {
   } else {
     DMOE_ASSIGN_OR_RETURN(config, model::LoadModelConfig(f.model_dir));
   }
-  if (f.mode.empty()) {
-    params.mode = config.kind == model::ModelKind::kAutoregressive
-                      ? engine::DecodeMode::kAutoregressive
-                      : engine::DecodeMode::kDiffusion;
-  } else if (f.mode == "diffusion") {
-    params.mode = engine::DecodeMode::kDiffusion;
-  } else if (f.mode == "ar") {
-    params.mode = engine::DecodeMode::kAutoregressive;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--mode must be 'diffusion' or 'ar', got '", f.mode, "'"));
-  }
-  params.max_new_tokens = f.max_new_tokens;
-  params.threshold = f.threshold;
-  params.block_length = f.block_length > 0 ? f.block_length : config.block_length;
-  params.steps = f.steps;
-  params.sampling = {.temperature = f.temperature, .top_k = f.top_k, .top_p = f.top_p, .seed = f.seed};
+  const engine::GenerationParams params = engine::BuildGenerationParams(
+      asked, engine::ModelDecodingDefaults::For(config, ids.mask_id, ids.stop_ids));
 
   const bool stream = !f.json && !f.visual;
   std::unique_ptr<model::StreamingDetokenizer> detok;
@@ -247,18 +221,7 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--prompt", flags->prompt, "Raw prompt text");
   cmd->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
   cmd->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
-  cmd->add_option("--max-new-tokens", flags->max_new_tokens, "Generation length limit")
-      ->capture_default_str();
-  cmd->add_option("--threshold", flags->threshold, "Commit masked tokens above this confidence")
-      ->capture_default_str();
-  cmd->add_option("--block-length", flags->block_length, "Diffusion block length (default: model's)");
-  cmd->add_option("--steps", flags->steps, "Max forwards per block (reference `steps`)")
-      ->capture_default_str();
-  cmd->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
-  cmd->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
-  cmd->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
-  cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
+  AddDecodingFlags(cmd, &flags->decoding);
   cmd->add_option("--mask-id", flags->mask_id, "Override the mask token id");
   cmd->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
   cmd->add_flag("--json", flags->json, "Print one JSON object: ids, text, forwards, ...");

@@ -1,0 +1,66 @@
+#include "clients/cli/decoding_flags.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace dmoe::cli {
+
+void AddDecodingFlags(CLI::App* cmd, DecodingFlags* flags) {
+  const engine::GenerationParams defaults;
+  // A command may preset a flag to its own workload default (eval, bench: shorter outputs).
+  auto with_default = [](absl::string_view help, const auto& preset, auto value) {
+    return absl::StrCat(help, " (default: ", preset.value_or(value), ")");
+  };
+  cmd->add_option("--mode", flags->mode, "diffusion or ar (default: from the checkpoint)");
+  cmd->add_option("--max-new-tokens", flags->max_new_tokens,
+                  with_default("Generation length limit", flags->max_new_tokens,
+                               defaults.max_new_tokens));
+  cmd->add_option("--threshold", flags->threshold,
+                  with_default("Commit masked tokens above this confidence", flags->threshold,
+                               defaults.threshold));
+  cmd->add_option("--block-length", flags->block_length,
+                  "Diffusion block length (default: the model's)");
+  cmd->add_option("--steps", flags->steps,
+                  with_default("Max forwards per block (reference `steps`)", flags->steps,
+                               defaults.steps));
+  cmd->add_option("--temperature", flags->temperature,
+                  with_default("0 = greedy", flags->temperature, defaults.sampling.temperature));
+  cmd->add_option("--top-k", flags->top_k, with_default("0 = off", flags->top_k, defaults.sampling.top_k));
+  cmd->add_option("--top-p", flags->top_p, with_default("1 = off", flags->top_p, defaults.sampling.top_p));
+  cmd->add_option("--seed", flags->seed, with_default("Sampling seed", flags->seed, defaults.sampling.seed));
+}
+
+absl::StatusOr<engine::DecodingRequest> ToDecodingRequest(const DecodingFlags& flags) {
+  engine::DecodingRequest r;
+  DMOE_ASSIGN_OR_RETURN(r.mode, engine::ParseDecodeMode(flags.mode, "--mode"));
+  r.max_new_tokens = flags.max_new_tokens;
+  r.threshold = flags.threshold;
+  if (flags.block_length != 0) r.block_length = flags.block_length;
+  r.steps = flags.steps;
+  r.temperature = flags.temperature;
+  r.top_k = flags.top_k;
+  r.top_p = flags.top_p;
+  r.seed = flags.seed;
+  return r;
+}
+
+dmoe::v1::DecodingParams ToDecodingParamsProto(const engine::DecodingRequest& r) {
+  dmoe::v1::DecodingParams p;
+  if (r.mode) {
+    p.set_mode(*r.mode == engine::DecodeMode::kAutoregressive
+                   ? dmoe::v1::DECODE_MODE_AUTOREGRESSIVE
+                   : dmoe::v1::DECODE_MODE_DIFFUSION);
+  }
+  if (r.max_new_tokens) p.set_max_new_tokens(*r.max_new_tokens);
+  if (r.threshold) p.set_threshold(*r.threshold);
+  if (r.block_length) p.set_block_length(*r.block_length);
+  if (r.steps) p.set_steps(*r.steps);
+  if (r.temperature) p.set_temperature(*r.temperature);
+  if (r.top_k) p.set_top_k(*r.top_k);
+  if (r.top_p) p.set_top_p(*r.top_p);
+  if (r.seed) p.set_seed(*r.seed);
+  if (r.stop_ids) p.mutable_stop_ids()->mutable_ids()->Add(r.stop_ids->begin(), r.stop_ids->end());
+  return p;
+}
+
+}  // namespace dmoe::cli
