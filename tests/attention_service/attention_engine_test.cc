@@ -2,30 +2,21 @@
 // ids, with one or two micro-batches, and recovers from a lost cache by re-prefilling.
 #include "attention_service/attention_engine.h"
 
-#include <filesystem>
-
 #include "engine/engine.h"
 #include "gtest/gtest.h"
-#include "tools/checkpoint_gen/random_checkpoint.h"
+#include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::attention {
 namespace {
 
-namespace fs = std::filesystem;
-
 class AttentionEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() / ("dmoe_attn_" + std::to_string(::getpid()))).string();
-    tools::RandomCheckpointSpec spec = tools::TinyCheckpointSpec();
-    spec.tokenizer_dir = "";
-    spec.lm_head_std = 0.6;
-    ASSERT_TRUE(tools::WriteRandomCheckpoint(spec, dir_).ok());
-    auto engine = engine::Engine::Create({.model_dir = dir_, .num_threads = 2});
+    ASSERT_TRUE(checkpoint_.ok()) << checkpoint_.status();
+    auto engine = engine::Engine::Create({.model_dir = checkpoint_.dir(), .num_threads = 2});
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::unique_ptr<AttentionEngine> MakeReplica(int micro_batches) {
     auto replica = AttentionEngine::Create(
@@ -88,7 +79,7 @@ class AttentionEngineTest : public ::testing::Test {
     return (*r)[0].ids;
   }
 
-  std::string dir_;
+  dmoe_testing::TinyCheckpointDir checkpoint_{dmoe_testing::DecodingSpec()};
   std::unique_ptr<engine::Engine> engine_;
 };
 

@@ -1,12 +1,11 @@
 // Runs the dmoe-make-checkpoint binary (DMOE_BIN_DIR is set by dmoe_cc_test).
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
+#include "tests/testing/command.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -14,11 +13,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using RunResult = ::dmoe_testing::CommandResult;
 
 class MakeCheckpointCliTest : public ::testing::Test {
  protected:
@@ -28,15 +23,7 @@ class MakeCheckpointCliTest : public ::testing::Test {
     binary_ = std::string(bin_dir) + "/dmoe-make-checkpoint";
   }
 
-  RunResult Run(const std::string& args) {
-    const std::string out = tmp_.Join("stdout"), err = tmp_.Join("stderr");
-    const int status = std::system((binary_ + " " + args + " >" + out + " 2>" + err).c_str());
-    RunResult r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = dmoe_testing::ReadFileOrDie(out);
-    r.err = dmoe_testing::ReadFileOrDie(err);
-    return r;
-  }
+  RunResult Run(const std::string& args) { return dmoe_testing::RunCommand(binary_ + " " + args); }
 
   dmoe_testing::TempDir tmp_;
   std::string binary_;

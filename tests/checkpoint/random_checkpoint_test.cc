@@ -7,12 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "common/dtype.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/spec_tensors.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
@@ -38,46 +38,31 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return names;
 }
 
+// The config the spec's shape fields describe, copied field by field (not through the
+// generator's config.json).
+model::ModelConfig ConfigOf(const RandomCheckpointSpec& s) {
+  model::ModelConfig c;
+  c.vocab_size = s.vocab_size;
+  c.hidden_size = s.hidden_size;
+  c.num_hidden_layers = s.num_hidden_layers;
+  c.num_attention_heads = s.num_attention_heads;
+  c.num_key_value_heads = s.num_key_value_heads;
+  c.head_dim = s.head_dim;
+  c.intermediate_size = s.intermediate_size;
+  c.moe_intermediate_size = s.moe_intermediate_size;
+  c.num_experts = s.num_experts;
+  c.num_experts_per_tok = s.num_experts_per_tok;
+  c.num_shared_experts = s.num_shared_experts;
+  c.first_k_dense_replace = s.first_k_dense_replace;
+  c.moe_router_enable_expert_bias = s.moe_router_enable_expert_bias;
+  c.use_qk_norm = s.use_qk_norm;
+  c.tie_word_embeddings = s.tie_word_embeddings;
+  return c;
+}
+
 // The tensor table of MODEL-SPEC.md §2, written out independently of the generator.
 std::map<std::string, std::vector<int64_t>> ExpectedTensors(const RandomCheckpointSpec& s) {
-  const int64_t h = s.hidden_size, d = s.head_dim;
-  std::map<std::string, std::vector<int64_t>> t;
-  t["model.word_embeddings.weight"] = {s.vocab_size, h};
-  for (int64_t l = 0; l < s.num_hidden_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    t[p + "input_layernorm.weight"] = {h};
-    t[p + "attention.query_key_value.weight"] = {
-        (s.num_attention_heads + 2 * s.num_key_value_heads) * d, h};
-    if (s.use_qk_norm) {
-      t[p + "attention.query_layernorm.weight"] = {d};
-      t[p + "attention.key_layernorm.weight"] = {d};
-    }
-    t[p + "attention.dense.weight"] = {h, s.num_attention_heads * d};
-    t[p + "post_attention_layernorm.weight"] = {h};
-    if (l < s.first_k_dense_replace) {
-      t[p + "mlp.gate_proj.weight"] = {s.intermediate_size, h};
-      t[p + "mlp.up_proj.weight"] = {s.intermediate_size, h};
-      t[p + "mlp.down_proj.weight"] = {h, s.intermediate_size};
-      continue;
-    }
-    t[p + "mlp.gate.weight"] = {s.num_experts, h};
-    if (s.moe_router_enable_expert_bias) t[p + "mlp.gate.expert_bias"] = {s.num_experts};
-    for (int64_t e = 0; e < s.num_experts; ++e) {
-      const std::string x = absl::StrCat(p, "mlp.experts.", e, ".");
-      t[x + "gate_proj.weight"] = {s.moe_intermediate_size, h};
-      t[x + "up_proj.weight"] = {s.moe_intermediate_size, h};
-      t[x + "down_proj.weight"] = {h, s.moe_intermediate_size};
-    }
-    const int64_t shared = s.num_shared_experts * s.moe_intermediate_size;
-    if (shared > 0) {
-      t[p + "mlp.shared_experts.gate_proj.weight"] = {shared, h};
-      t[p + "mlp.shared_experts.up_proj.weight"] = {shared, h};
-      t[p + "mlp.shared_experts.down_proj.weight"] = {h, shared};
-    }
-  }
-  t["model.norm.weight"] = {h};
-  if (!s.tie_word_embeddings) t["lm_head.weight"] = {s.vocab_size, h};
-  return t;
+  return dmoe_testing::SpecTensorShapes(ConfigOf(s));
 }
 
 void ExpectLayout(const RandomCheckpointSpec& spec, const model::Checkpoint& ckpt) {
@@ -134,7 +119,14 @@ TEST(RandomCheckpointTest, TinyHasTheHfLayout) {
   EXPECT_EQ(c.num_shared_experts, 1);
   EXPECT_EQ(c.first_k_dense_replace, 1);
   EXPECT_EQ(c.torch_dtype, DType::kBF16);
-  EXPECT_EQ(c.TotalParameters(), 797248);
+  // The counts are what the files hold.
+  int64_t stored = 0;
+  for (const std::string& name : ckpt->TensorNames()) {
+    DMOE_ASSERT_OK_AND_ASSIGN(model::TensorView v, ckpt->Get(name));
+    stored += v.numel();
+  }
+  EXPECT_EQ(c.TotalParameters(), stored);
+  EXPECT_EQ(c.ActiveParameters(), dmoe_testing::SpecParameterCounts(c).active);
 
   // config.json uses the HF field names of MODEL-SPEC.md §1.1.
   const Json j = Json::parse(ReadFileOrDie(tiny.dir() + "/config.json"));
@@ -396,8 +388,9 @@ TEST(RandomCheckpointTest, Presets) {
   EXPECT_DOUBLE_EQ(c.rope_theta, 600000.0);
   EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 2.5);
   EXPECT_EQ(c.torch_dtype, DType::kBF16);
-  EXPECT_EQ(c.TotalParameters(), 371469568);
-  EXPECT_EQ(c.ActiveParameters(), 30158080);
+  const dmoe_testing::ParameterCounts spec = dmoe_testing::SpecParameterCounts(c);
+  EXPECT_EQ(c.TotalParameters(), spec.total);
+  EXPECT_EQ(c.ActiveParameters(), spec.active);
 }
 
 }  // namespace

@@ -1,13 +1,11 @@
 // Runs `dmoe bench --engine` ($DMOE_BIN_DIR/dmoe, set by dmoe_cc_test) on a tiny random
 // checkpoint and checks the JSON report.
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/testing/temp_dir.h"
+#include "tests/testing/command.h"
 #include "tests/testing/tiny_checkpoint.h"
 
 namespace {
@@ -17,17 +15,13 @@ TEST(BenchCommandTest, EngineJsonReport) {
   if (bin_dir == nullptr) GTEST_SKIP() << "DMOE_BIN_DIR is not set";
   dmoe_testing::TinyCheckpointDir tiny;
   ASSERT_TRUE(tiny.ok()) << tiny.status();
-  dmoe_testing::TempDir tmp;
-  const std::string out = tmp.Join("stdout"), err = tmp.Join("stderr");
-  const std::string command = std::string(bin_dir) + "/dmoe bench --engine " + tiny.dir() +
-                              " --concurrency 2 --requests 4 --prompt-tokens 8 "
-                              "--max-new-tokens 8 --threads 1 --mask-id 4000 --json >" +
-                              out + " 2>" + err;
-  const int status = std::system(command.c_str());
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0) << dmoe_testing::ReadFileOrDie(err);
+  const dmoe_testing::CommandResult r = dmoe_testing::RunCommand(
+      std::string(bin_dir) + "/dmoe bench --engine " + tiny.dir() +
+      " --concurrency 2 --requests 4 --prompt-tokens 8 --max-new-tokens 8 --threads 1"
+      " --mask-id 4000 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
 
-  const std::string text = dmoe_testing::ReadFileOrDie(out);
+  const std::string& text = r.out;
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   ASSERT_TRUE(j.is_object()) << text;
   for (const char* field :

@@ -53,11 +53,8 @@ class CudaAttentionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     DMOE_GPU_TEST_OR_SKIP();
-    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
+    tools::RandomCheckpointSpec spec = dmoe_testing::DecodingSpec(/*seed=*/11);
     spec.dtype = DType::kF32;
-    spec.seed = 11;
-    spec.tokenizer_dir = "";
-    spec.lm_head_std = 0.6;
     tiny_ = std::make_unique<dmoe_testing::TinyCheckpointDir>(spec);
     ASSERT_TRUE(tiny_->ok()) << tiny_->status();
     auto ckpt = model::Checkpoint::Open(tiny_->dir());

@@ -47,11 +47,8 @@ class CudaForwardTest : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
     DMOE_GPU_TEST_OR_SKIP();
-    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
+    tools::RandomCheckpointSpec spec = dmoe_testing::DecodingSpec(/*seed=*/7);
     spec.dtype = GetParam();
-    spec.seed = 7;
-    spec.tokenizer_dir = "";
-    spec.lm_head_std = 0.6;  // confidences spread over (0, 1)
     tiny_ = std::make_unique<dmoe_testing::TinyCheckpointDir>(spec);
     ASSERT_TRUE(tiny_->ok()) << tiny_->status();
     auto ckpt = model::Checkpoint::Open(tiny_->dir());

@@ -4,8 +4,6 @@
 // (or without CUDA in the build) exits non-zero naming --device; `dmoe generate --device cuda
 // --top-p 1.5` is refused before any device is touched; `dmoe-attention --device cuda` without a GPU
 // and `dmoe-expert --device cuda` without a GPU fail with FAILED_PRECONDITION naming --device.
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <string>
 
@@ -14,8 +12,8 @@
 #include "serve/embedded_server.h"
 #include "serve/cuda_step_executor.h"
 #include "serve/in_process_model.h"
+#include "tests/testing/command.h"
 #include "tests/testing/status_matchers.h"
-#include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 #if DMOE_TEST_CUDA_BUILD
 #include "tests/cuda/gpu_test_util.h"
@@ -83,13 +81,11 @@ TEST(DeviceOptionsTest, InProcessCudaWithoutGpuIsFailedPrecondition) {
 #endif
 }
 
-// Runs `command` with stdout+stderr captured; returns the exit code (-1: not exited).
+// Runs `command`; returns the exit code (-1: not exited) with stdout then stderr in `output`.
 int RunBinary(const std::string& command, std::string* output) {
-  dmoe_testing::TempDir tmp;
-  const std::string out = tmp.Join("output");
-  const int status = std::system((command + " >" + out + " 2>&1 </dev/null").c_str());
-  *output = dmoe_testing::ReadFileOrDie(out);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const dmoe_testing::CommandResult r = dmoe_testing::RunCommand(command);
+  *output = r.out + r.err;
+  return r.exit_code;
 }
 
 class DeviceFlagBinaryTest : public ::testing::Test {

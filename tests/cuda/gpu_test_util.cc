@@ -1,8 +1,6 @@
 #include "tests/cuda/gpu_test_util.h"
 
-#include <cmath>
 #include <cstdlib>
-#include <limits>
 
 namespace dmoe::gpu_testing {
 
@@ -24,19 +22,6 @@ bool GpuAvailable(std::string* why) {
 bool GpuRequired() {
   const char* v = std::getenv("DMOE_REQUIRE_GPU");
   return v != nullptr && *v != '\0' && std::string(v) != "0";
-}
-
-double Nmse(const std::vector<float>& actual, const std::vector<float>& expected) {
-  if (actual.size() != expected.size()) return std::numeric_limits<double>::infinity();
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double d = static_cast<double>(actual[i]) - expected[i];
-    err += d * d;
-    ref += static_cast<double>(expected[i]) * expected[i];
-  }
-  if (std::isnan(err)) return std::numeric_limits<double>::infinity();
-  if (ref == 0) return err == 0 ? 0.0 : std::numeric_limits<double>::infinity();
-  return err / ref;
 }
 
 std::vector<float> RandomFloats(size_t n, uint64_t seed, float lo, float hi) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/nmse.h"
 
 namespace dmoe::gpu_testing {
 
@@ -24,9 +25,8 @@ bool GpuAvailable(std::string* why);
 // DMOE_REQUIRE_GPU is set to a non-empty value other than "0".
 bool GpuRequired();
 
-// sum (actual - expected)^2 / sum expected^2; 0 when both are all zero, +inf on a size
-// mismatch or a NaN.
-double Nmse(const std::vector<float>& actual, const std::vector<float>& expected);
+// The shared NMSE of the parity tests (tests/testing/nmse.h).
+using ::dmoe_testing::Nmse;
 
 // Deterministic uniform values in [lo, hi).
 std::vector<float> RandomFloats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f);

@@ -2,7 +2,6 @@
 // full recompute, no cache) on tiny random checkpoints: same ids for prompts below, at and
 // above a block boundary, at thresholds 0.0 / 0.5 / 0.95, in BF16 and F32; batched requests
 // equal solo ones; the AR path equals a causal full-recompute loop.
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -11,29 +10,22 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/cpu/reference_kernels.h"
-#include "tools/checkpoint_gen/random_checkpoint.h"
+#include "tests/testing/nmse.h"
+#include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::engine {
 namespace {
 
-namespace fs = std::filesystem;
-
 constexpr int32_t kMask = 4000;
 constexpr int32_t kStop = 4001;
 
-std::string MakeCheckpoint(const std::string& name, DType dtype, model::ModelKind kind) {
-  fs::path dir = fs::temp_directory_path() / ("dmoe_equivalence_" + name + "_" +
-                                              std::to_string(::getpid()));
-  tools::RandomCheckpointSpec spec = tools::TinyCheckpointSpec();
+// The tiny decoding checkpoint (seed 7) in `dtype`, of `kind`, in a temporary directory.
+std::unique_ptr<dmoe_testing::TinyCheckpointDir> MakeCheckpoint(DType dtype,
+                                                                model::ModelKind kind) {
+  tools::RandomCheckpointSpec spec = dmoe_testing::DecodingSpec(/*seed=*/7);
   spec.dtype = dtype;
   spec.kind = kind;
-  spec.seed = 7;
-  spec.tokenizer_dir = "";  // ids only
-  // Logit std ~5: confidences spread over (0, 1), so every threshold commits differently.
-  spec.lm_head_std = 0.6;
-  absl::Status status = tools::WriteRandomCheckpoint(spec, dir.string());
-  EXPECT_TRUE(status.ok()) << status;
-  return dir.string();
+  return std::make_unique<dmoe_testing::TinyCheckpointDir>(spec);
 }
 
 std::vector<int32_t> Prompt(int64_t length, int32_t salt) {
@@ -55,15 +47,14 @@ GenerationParams Params(float threshold, int64_t block, int64_t max_new) {
 class EquivalenceTest : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
-    dir_ = MakeCheckpoint(std::string(DTypeName(GetParam())), GetParam(),
-                          model::ModelKind::kBlockDiffusion);
-    auto engine = Engine::Create({.model_dir = dir_, .num_threads = 2});
+    checkpoint_ = MakeCheckpoint(GetParam(), model::ModelKind::kBlockDiffusion);
+    ASSERT_TRUE(checkpoint_->ok()) << checkpoint_->status();
+    auto engine = Engine::Create({.model_dir = checkpoint_->dir(), .num_threads = 2});
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
     experts_ = std::make_unique<model::LocalExpertExecutor>(engine_->model().weights(),
                                                             engine_->kernels());
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::vector<int32_t> Cached(const std::vector<int32_t>& prompt, const GenerationParams& p,
                               int64_t* forwards = nullptr) {
@@ -78,7 +69,7 @@ class EquivalenceTest : public ::testing::TestWithParam<DType> {
     return *r;
   }
 
-  std::string dir_;
+  std::unique_ptr<dmoe_testing::TinyCheckpointDir> checkpoint_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<model::LocalExpertExecutor> experts_;
 };
@@ -134,8 +125,9 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, EquivalenceTest, ::testing::Values(DType::kBF16
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 TEST(AutoregressiveTest, KvCachedArEqualsCausalFullRecompute) {
-  std::string dir = MakeCheckpoint("ar", DType::kF32, model::ModelKind::kAutoregressive);
-  auto engine = Engine::Create({.model_dir = dir, .num_threads = 2});
+  auto checkpoint = MakeCheckpoint(DType::kF32, model::ModelKind::kAutoregressive);
+  ASSERT_TRUE(checkpoint->ok()) << checkpoint->status();
+  auto engine = Engine::Create({.model_dir = checkpoint->dir(), .num_threads = 2});
   ASSERT_TRUE(engine.ok()) << engine.status();
   model::LocalExpertExecutor experts((*engine)->model().weights(), (*engine)->kernels());
   GenerationParams p = Params(0.9f, 32, 12);
@@ -159,13 +151,13 @@ TEST(AutoregressiveTest, KvCachedArEqualsCausalFullRecompute) {
     if (next.tokens[0] == kStop) break;
   }
   EXPECT_EQ((*cached)[0].ids, generated);
-  fs::remove_all(dir);
 }
 
 TEST(BackendParityTest, FastBackendLogitsMatchReferenceBackend) {
-  std::string dir = MakeCheckpoint("parity", DType::kBF16, model::ModelKind::kBlockDiffusion);
-  auto fast = Engine::Create({.model_dir = dir, .kernels = "cpu", .num_threads = 2});
-  auto ref = Engine::Create({.model_dir = dir, .kernels = "reference"});
+  auto checkpoint = MakeCheckpoint(DType::kBF16, model::ModelKind::kBlockDiffusion);
+  ASSERT_TRUE(checkpoint->ok()) << checkpoint->status();
+  auto fast = Engine::Create({.model_dir = checkpoint->dir(), .kernels = "cpu", .num_threads = 2});
+  auto ref = Engine::Create({.model_dir = checkpoint->dir(), .kernels = "reference"});
   ASSERT_TRUE(fast.ok() && ref.ok());
   std::vector<int32_t> tokens = Prompt(40, 9);
   auto run = [&](Engine& e) {
@@ -176,14 +168,7 @@ TEST(BackendParityTest, FastBackendLogitsMatchReferenceBackend) {
     EXPECT_TRUE(logits.ok());
     return (*logits)[0];
   };
-  std::vector<float> a = run(**fast), b = run(**ref);
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    err += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    norm += double(b[i]) * b[i];
-  }
-  EXPECT_LT(err / norm, 1e-9);
-  fs::remove_all(dir);
+  EXPECT_LT(dmoe_testing::Nmse(run(**fast), run(**ref)), 1e-9);
 }
 
 }  // namespace

@@ -1,14 +1,13 @@
 // Runs `dmoe eval` (DMOE_BIN_DIR is set by dmoe_cc_test) on a tiny random checkpoint: answers
 // are taken from `dmoe generate` with the same settings, so which samples are correct is known
 // exactly; checks the per-task and overall figures and the JSON fields.
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/command.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -17,11 +16,7 @@ namespace {
 using Json = nlohmann::json;
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using RunResult = ::dmoe_testing::CommandResult;
 
 class EvalCommandTest : public ::testing::Test {
  protected:
@@ -32,15 +27,7 @@ class EvalCommandTest : public ::testing::Test {
     ASSERT_TRUE(tiny_.ok()) << tiny_.status();
   }
 
-  RunResult Run(const std::string& args) {
-    const std::string out = tmp_.Join("stdout"), err = tmp_.Join("stderr");
-    const int status = std::system((binary_ + " " + args + " >" + out + " 2>" + err).c_str());
-    RunResult r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = dmoe_testing::ReadFileOrDie(out);
-    r.err = dmoe_testing::ReadFileOrDie(err);
-    return r;
-  }
+  RunResult Run(const std::string& args) { return dmoe_testing::RunCommand(binary_ + " " + args); }
 
   Json RunJson(const std::string& args) {
     RunResult r = Run(args);

@@ -16,6 +16,7 @@
 #include "model/cpu/make_kernels.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/concurrency.h"
 #include "tests/transport/expert_test_util.h"
 
 namespace dmoe::expert {
@@ -231,20 +232,16 @@ TEST_F(ExpertEngineTest, ConcurrentCallersGetTheSameBits) {
     inputs.push_back(MakeRows(ids, i));
     expected.push_back(Expected(inputs.back(), 1 + i % 2));
   }
-  std::vector<std::thread> threads;
   std::atomic<int> mismatches{0};
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      for (int iter = 0; iter < 25; ++iter) {
-        const int i = (t + iter) % 4;
-        std::vector<float> out(inputs[i].hidden.size());
-        absl::Status status =
-            engine->Run(inputs[i].Request(1 + i % 2), absl::InfiniteFuture(), out.data());
-        if (!status.ok() || !BitIdentical(out, expected[i])) ++mismatches;
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  dmoe_testing::RunConcurrently(4, [&](int t) {
+    for (int iter = 0; iter < 25; ++iter) {
+      const int i = (t + iter) % 4;
+      std::vector<float> out(inputs[i].hidden.size());
+      absl::Status status =
+          engine->Run(inputs[i].Request(1 + i % 2), absl::InfiniteFuture(), out.data());
+      if (!status.ok() || !BitIdentical(out, expected[i])) ++mismatches;
+    }
+  });
   EXPECT_EQ(mismatches, 0);
   EXPECT_EQ(engine->rows_computed(), 4 * 25 * 40);
 }

@@ -13,6 +13,7 @@
 #include "clients/cpp/generation_client.h"
 #include "engine/engine.h"
 #include "gtest/gtest.h"
+#include "tests/testing/concurrency.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -54,10 +55,8 @@ class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new dmoe_testing::TempDir();
-    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-    spec.tokenizer_dir = "";
-    spec.lm_head_std = 0.6;
-    ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(dir_->Join("model"), spec).ok());
+    ASSERT_TRUE(
+        dmoe_testing::WriteTinyCheckpoint(dir_->Join("model"), dmoe_testing::DecodingSpec()).ok());
     auto engine = engine::Engine::Create({.model_dir = dir_->Join("model"), .num_threads = 1});
     ASSERT_TRUE(engine.ok()) << engine.status();
     std::vector<engine::GenerationRequest> requests;
@@ -88,18 +87,12 @@ class ClusterTest : public ::testing::Test {
   std::vector<absl::StatusOr<std::vector<int32_t>>> Run(const std::string& router, int n) {
     auto client = client::GenerationClient::Connect({.target = router});
     EXPECT_TRUE(client.ok());
-    std::vector<std::future<absl::StatusOr<std::vector<int32_t>>>> futures;
-    for (int i = 0; i < n; ++i) {
-      futures.push_back(std::async(std::launch::async, [&, i]() -> absl::StatusOr<std::vector<int32_t>> {
-        auto response = (*client)->Generate(ToRequest(Prompt(3 + 5 * i, i), Params(i)),
-                                            {.timeout = absl::Seconds(60)});
-        if (!response.ok()) return response.status();
-        return std::vector<int32_t>(response->ids().begin(), response->ids().end());
-      }));
-    }
-    std::vector<absl::StatusOr<std::vector<int32_t>>> out;
-    for (auto& f : futures) out.push_back(f.get());
-    return out;
+    return dmoe_testing::RunConcurrently(n, [&](int i) -> absl::StatusOr<std::vector<int32_t>> {
+      auto response = (*client)->Generate(ToRequest(Prompt(3 + 5 * i, i), Params(i)),
+                                          {.timeout = absl::Seconds(60)});
+      if (!response.ok()) return response.status();
+      return std::vector<int32_t>(response->ids().begin(), response->ids().end());
+    });
   }
 
   void ExpectExact(const std::string& router, int n) {

@@ -2,7 +2,6 @@
 // (cluster mode), three expert shards and an attention replica registered through the real
 // Cluster service and heartbeats. Ids equal the single-process engine's for 16 concurrent
 // requests.
-#include <future>
 #include <thread>
 
 #include "attention_service/attention_engine.h"
@@ -17,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "scheduler/scheduler_server.h"
 #include "cluster/membership_agent.h"
+#include "tests/testing/concurrency.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -28,11 +28,8 @@ constexpr int32_t kStop = 4001;
 
 TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   dmoe_testing::TempDir dir;
-  tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-  spec.tokenizer_dir = "";
-  spec.lm_head_std = 0.6;
   const std::string model_dir = dir.Join("model");
-  ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(model_dir, spec).ok());
+  ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(model_dir, dmoe_testing::DecodingSpec()).ok());
 
   scheduler::SchedulerServerOptions options{.api = {.model_dir = model_dir}};
   options.api.mask_id = kMask;
@@ -121,19 +118,18 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
 
   auto client = client::GenerationClient::Connect({.target = scheduler_address});
   ASSERT_TRUE(client.ok());
-  std::vector<std::future<absl::StatusOr<v1::GenerateResponse>>> futures;
-  for (const auto& r : requests) {
-    v1::GenerateRequest request;
-    for (int32_t id : r.prompt) request.mutable_prompt_ids()->add_ids(id);
-    request.mutable_params()->set_threshold(r.params.threshold);
-    request.mutable_params()->set_block_length(r.params.block_length);
-    request.mutable_params()->set_max_new_tokens(r.params.max_new_tokens);
-    futures.push_back(std::async(std::launch::async, [&, request] {
-      return (*client)->Generate(request, {.timeout = absl::Seconds(60)});
-    }));
-  }
-  for (size_t i = 0; i < futures.size(); ++i) {
-    auto response = futures[i].get();
+  const std::vector<absl::StatusOr<v1::GenerateResponse>> responses =
+      dmoe_testing::RunConcurrently(static_cast<int>(requests.size()), [&](int i) {
+        const engine::GenerationRequest& r = requests[i];
+        v1::GenerateRequest request;
+        for (int32_t id : r.prompt) request.mutable_prompt_ids()->add_ids(id);
+        request.mutable_params()->set_threshold(r.params.threshold);
+        request.mutable_params()->set_block_length(r.params.block_length);
+        request.mutable_params()->set_max_new_tokens(r.params.max_new_tokens);
+        return (*client)->Generate(request, {.timeout = absl::Seconds(60)});
+      });
+  for (size_t i = 0; i < responses.size(); ++i) {
+    const absl::StatusOr<v1::GenerateResponse>& response = responses[i];
     ASSERT_TRUE(response.ok()) << "request " << i << ": " << response.status();
     EXPECT_EQ(std::vector<int32_t>(response->ids().begin(), response->ids().end()),
               (*expected)[i].ids)

@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -21,6 +20,7 @@
 #include "clients/cpp/generation_client.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/concurrency.h"
 #include "tests/testing/http.h"
 #include "tests/integration/tiny_cluster.h"
 #include "tests/testing/temp_dir.h"
@@ -128,22 +128,21 @@ class Prometheus {
 int64_t Load(const std::string& router, int n, int salt) {
   auto client = client::GenerationClient::Connect({.target = router});
   EXPECT_TRUE(client.ok());
-  std::vector<std::future<int64_t>> futures;
-  for (int i = 0; i < n; ++i) {
-    futures.push_back(std::async(std::launch::async, [&, i]() -> int64_t {
-      v1::GenerateRequest r;
-      for (int t = 0; t < 4 + i; ++t) r.mutable_prompt_ids()->add_ids((t * 37 + (i + salt) * 101) % 3900);
-      r.mutable_params()->set_threshold(i % 2 ? 0.5f : 0.0f);
-      r.mutable_params()->set_block_length(8);
-      r.mutable_params()->set_max_new_tokens(16);
-      r.mutable_params()->mutable_stop_ids()->add_ids(kStop);
-      auto response = (*client)->Generate(r, {.timeout = absl::Seconds(60)});
-      EXPECT_TRUE(response.ok()) << response.status();
-      return response.ok() ? response->ids_size() : 0;
-    }));
-  }
+  const std::vector<int64_t> generated = dmoe_testing::RunConcurrently(n, [&](int i) -> int64_t {
+    v1::GenerateRequest r;
+    for (int t = 0; t < 4 + i; ++t) {
+      r.mutable_prompt_ids()->add_ids((t * 37 + (i + salt) * 101) % 3900);
+    }
+    r.mutable_params()->set_threshold(i % 2 ? 0.5f : 0.0f);
+    r.mutable_params()->set_block_length(8);
+    r.mutable_params()->set_max_new_tokens(16);
+    r.mutable_params()->mutable_stop_ids()->add_ids(kStop);
+    auto response = (*client)->Generate(r, {.timeout = absl::Seconds(60)});
+    EXPECT_TRUE(response.ok()) << response.status();
+    return response.ok() ? response->ids_size() : 0;
+  });
   int64_t tokens = 0;
-  for (auto& f : futures) tokens += f.get();
+  for (int64_t g : generated) tokens += g;
   return tokens;
 }
 

@@ -22,10 +22,8 @@ class TinyCluster {
 
   // Writes the checkpoint (dir()/model) and starts the processes.
   absl::Status Start(int attention, int expert_shards, int expert_replicas) {
-    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-    spec.tokenizer_dir = "";
-    spec.lm_head_std = 0.6;  // confidences spread over (0, 1): thresholds matter
-    DMOE_RETURN_IF_ERROR(dmoe_testing::WriteTinyCheckpoint(dir_.Join("model"), spec));
+    DMOE_RETURN_IF_ERROR(
+        dmoe_testing::WriteTinyCheckpoint(dir_.Join("model"), dmoe_testing::DecodingSpec()));
     const char* bin = std::getenv("DMOE_BIN_DIR");
     options_ = {.model_dir = dir_.Join("model"),
                 .bin_dir = bin ? bin : ".",

@@ -2,16 +2,26 @@
 // guard regions after every output, and batch invariance (bit-identical rows whatever the batch).
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <random>
+#include <set>
+#include <sstream>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "model/cpu/fast_kernels.h"
 #include "model/cpu/gemm.h"
 #include "model/cpu/reference_kernels.h"
+#include "tests/testing/nmse.h"
 
 namespace dmoe::model {
 namespace {
+
+using ::dmoe_testing::Nmse;
 
 constexpr float kGuard = 12345.678f;
 constexpr int kGuardLen = 64;
@@ -20,6 +30,7 @@ constexpr int kGuardLen = 64;
 struct Guarded {
   explicit Guarded(size_t n) : n(n), data(n + kGuardLen, kGuard) {}
   float* get() { return data.data(); }
+  absl::Span<const float> values() const { return {data.data(), n}; }
   bool GuardIntact() const {
     for (size_t i = n; i < data.size(); ++i)
       if (data[i] != kGuard) return false;
@@ -28,15 +39,6 @@ struct Guarded {
   size_t n;
   std::vector<float> data;
 };
-
-double Nmse(const float* ref, const float* got, size_t n) {
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < n; ++i) {
-    err += (double(ref[i]) - got[i]) * (double(ref[i]) - got[i]);
-    norm += double(ref[i]) * ref[i];
-  }
-  return norm == 0 ? err : err / norm;
-}
 
 std::vector<float> RandomVector(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
@@ -81,7 +83,7 @@ TEST_F(KernelsTest, MatMulMatchesReferenceForEveryDtypeAndOddShapes) {
           Guarded y_ref(m * n), y_fast(m * n);
           ref_.MatMul(x.data(), m, w.matrix, y_ref.get());
           fast_.MatMul(x.data(), m, w.matrix, y_fast.get());
-          EXPECT_LT(Nmse(y_ref.get(), y_fast.get(), m * n), 1e-10)
+          EXPECT_LT(Nmse(y_fast.values(), y_ref.values()), 1e-10)
               << DTypeName(dtype) << " m=" << m << " k=" << k << " n=" << n;
           EXPECT_TRUE(y_fast.GuardIntact()) << "m=" << m << " k=" << k << " n=" << n;
         }
@@ -107,7 +109,7 @@ TEST_F(KernelsTest, RmsNormMatchesReference) {
     Guarded a(5 * n), b(5 * n);
     ref_.RmsNorm(x.data(), 5, n, w.data(), 1e-6f, a.get());
     fast_.RmsNorm(x.data(), 5, n, w.data(), 1e-6f, b.get());
-    EXPECT_LT(Nmse(a.get(), b.get(), 5 * n), 1e-12) << n;
+    EXPECT_LT(Nmse(b.values(), a.values()), 1e-12) << n;
     EXPECT_TRUE(b.GuardIntact());
   }
 }
@@ -123,7 +125,7 @@ TEST_F(KernelsTest, QkNormRopeMatchesReference) {
   std::vector<float> a = RandomVector(m * width, 9), b = a;
   ref_.QkNormRope(a.data(), m, pos.data(), p);
   fast_.QkNormRope(b.data(), m, pos.data(), p);
-  EXPECT_LT(Nmse(a.data(), b.data(), a.size()), 1e-12);
+  EXPECT_LT(Nmse(b, a), 1e-12);
 }
 
 TEST_F(KernelsTest, RopeRotatesOnlyTheRotaryDims) {
@@ -163,7 +165,7 @@ TEST_F(KernelsTest, AttentionMatchesReferenceUnderBlockCausalMask) {
     ref_.Attention(args);
     args.out = b.get();
     fast_.Attention(args);
-    EXPECT_LT(Nmse(a.get(), b.get(), queries * heads * d), 1e-12) << "block " << block;
+    EXPECT_LT(Nmse(b.values(), a.values()), 1e-12) << "block " << block;
     EXPECT_TRUE(b.GuardIntact());
   }
 }
@@ -196,7 +198,7 @@ TEST_F(KernelsTest, FfnAndExpertsMatchReferenceIncludingAnIdleExpert) {
   Guarded a(tokens * hidden), b(tokens * hidden);
   ref_.Ffn(h.data(), tokens, e0, a.get());
   fast_.Ffn(h.data(), tokens, e0, b.get());
-  EXPECT_LT(Nmse(a.get(), b.get(), tokens * hidden), 1e-10);
+  EXPECT_LT(Nmse(b.values(), a.values()), 1e-10);
   EXPECT_TRUE(b.GuardIntact());
 
   // Expert 0 takes tokens 4, 1; expert 1 receives zero tokens; slots laid out [tokens, 2].
@@ -206,10 +208,11 @@ TEST_F(KernelsTest, FfnAndExpertsMatchReferenceIncludingAnIdleExpert) {
   std::fill_n(sb.get(), tokens * 2 * hidden, 0.0f);
   ref_.Experts(h.data(), hidden, tasks, sa.get());
   fast_.Experts(h.data(), hidden, tasks, sb.get());
-  EXPECT_LT(Nmse(sa.get(), sb.get(), tokens * 2 * hidden), 1e-10);
+  EXPECT_LT(Nmse(sb.values(), sa.values()), 1e-10);
   EXPECT_TRUE(sb.GuardIntact());
   // The expert on one token equals the dense FFN row of that token.
-  EXPECT_LT(Nmse(a.get() + 4 * hidden, sa.get() + 8 * hidden, hidden), 1e-10);
+  EXPECT_LT(Nmse(sa.values().subspan(8 * hidden, hidden), a.values().subspan(4 * hidden, hidden)),
+            1e-10);
 }
 
 TEST_F(KernelsTest, SwiGluMatchesFormula) {
@@ -220,8 +223,41 @@ TEST_F(KernelsTest, SwiGluMatchesFormula) {
   EXPECT_TRUE(out.GuardIntact());
 }
 
-TEST(GemmTest, ReportsItsIsa) {
-  EXPECT_TRUE(GemmIsa() == "avx512" || GemmIsa() == "generic");
+// The "flags" line of /proc/cpuinfo: what the CPU offers and the kernel enables, read
+// independently of the cpuid probe in gemm.cc. Empty when there is no such file or line.
+std::set<std::string> CpuInfoFlags() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    return {std::istream_iterator<std::string>(words), std::istream_iterator<std::string>()};
+  }
+  return {};
+}
+
+// GemmRowsAvx512 is compiled for avx512f/bw/vl, fma and f16c: on a CPU with all of them the
+// GEMM must take (and report) that path, on any other the generic one. A wrong dispatch would
+// either leave the fast path unused or run illegal instructions.
+TEST(GemmTest, ReportsTheIsaThisCpuSupports) {
+#if defined(__x86_64__) || defined(__i386__)
+  const std::vector<std::string> needed = {"avx512f", "avx512bw", "avx512vl", "fma", "f16c"};
+  bool avx512 = true;
+  const std::set<std::string> flags = CpuInfoFlags();
+  if (flags.empty()) {
+    // No /proc/cpuinfo (not Linux): ask the compiler's cpuid probe instead.
+    __builtin_cpu_init();
+    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+  } else {
+    for (const std::string& flag : needed) avx512 = avx512 && flags.count(flag) > 0;
+  }
+  EXPECT_EQ(GemmIsa(), avx512 ? "avx512" : "generic")
+      << "this CPU " << (avx512 ? "has" : "lacks some of") << " " << absl::StrJoin(needed, ", ");
+#else
+  EXPECT_EQ(GemmIsa(), "generic");  // the AVX-512 path exists only on x86
+#endif
 }
 
 }  // namespace

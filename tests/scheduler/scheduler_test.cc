@@ -10,11 +10,8 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "gmock/gmock.h"
@@ -23,6 +20,7 @@
 #include "prometheus/registry.h"
 #include "serve/in_process_model.h"
 #include "scheduler/scheduler_metrics.h"
+#include "tests/scheduler/scheduler_test_util.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tiny_checkpoint.h"
 
@@ -33,17 +31,10 @@ using ::dmoe_testing::StatusIs;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
-constexpr int32_t kMask = 4000;
-constexpr int32_t kStop = 4001;
-constexpr int64_t kMaxPositions = 1024;
+using scheduler_testing::kMask;
+using scheduler_testing::Prompt;
 
-std::vector<int32_t> Prompt(int64_t length, int32_t salt) {
-  std::vector<int32_t> p;
-  for (int64_t i = 0; i < length; ++i) {
-    p.push_back(static_cast<int32_t>((i * 37 + salt * 101 + 5) % 3900));
-  }
-  return p;
-}
+constexpr int64_t kMaxPositions = 1024;
 
 engine::GenerationParams Ar(int64_t max_new) {
   engine::GenerationParams p;
@@ -76,10 +67,7 @@ struct Outcome {
 class SchedulerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    tools::RandomCheckpointSpec spec = dmoe_testing::TinySpec();
-    spec.tokenizer_dir = "";  // ids only
-    spec.seed = 11;
-    spec.lm_head_std = 0.6;   // confidences spread over (0, 1): thresholds matter
+    tools::RandomCheckpointSpec spec = dmoe_testing::DecodingSpec(/*seed=*/11);
     spec.max_position_embeddings = kMaxPositions;
     checkpoint_ = new dmoe_testing::TinyCheckpointDir(spec);
   }
@@ -408,86 +396,40 @@ TEST_F(SchedulerTest, DrainRefusesNewRequestsAndStopEndsTheRest) {
 // running, each request's ids equal a solo engine::Engine::Generate run.
 class SchedulerExactnessTest : public SchedulerTest {
  protected:
-  struct Case {
-    std::vector<int32_t> prompt;
-    engine::GenerationParams params;
-  };
+  using Case = scheduler_testing::Case;
 
+  // The greedy cases, some sampling (temperature, top-k, top-p) and some without a stop id.
   static std::vector<Case> MixedCases(int n) {
-    std::vector<Case> cases;
+    std::vector<Case> cases = scheduler_testing::GreedyCases(n);
     for (int i = 0; i < n; ++i) {
-      engine::GenerationParams p;
-      p.mask_id = kMask;
-      p.stop_ids = {kStop};
-      p.threshold = std::vector<float>{0.0f, 0.5f, 0.9f, 0.95f}[i % 4];
-      p.block_length = std::vector<int64_t>{32, 8, 4, 16}[i % 4];
-      p.max_new_tokens = 10 + 7 * (i % 5);
-      if (i % 5 == 3) p.mode = engine::DecodeMode::kAutoregressive;
-      if (i % 3 == 1) p.sampling = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 100u + i};
+      engine::GenerationParams& p = cases[i].params;
+      if (i % 3 == 1) {
+        p.sampling = {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 100u + i};
+      }
       if (i % 7 == 6) p.stop_ids = {};
-      cases.push_back({Prompt(3 + (i * 11) % 40, i), p});
     }
     return cases;
   }
 
-  std::vector<engine::GenerationResult> Solo(const std::vector<Case>& cases) {
-    auto engine = engine::Engine::Create({.model_dir = checkpoint_->dir(), .num_threads = 2});
-    EXPECT_TRUE(engine.ok()) << engine.status();
-    std::vector<engine::GenerationResult> out;
-    for (const Case& c : cases) {
-      auto r = (*engine)->Generate({{c.prompt, c.params}});
-      EXPECT_TRUE(r.ok()) << r.status();
-      out.push_back((*r)[0]);
-    }
-    return out;
-  }
-
-  void RunConcurrently(const std::vector<Case>& cases, int64_t max_batch_tokens) {
+  // Submits `cases` from several threads into the running scheduler: each result and its
+  // streamed ids equal a solo engine run.
+  void ExpectBatchedEqualsSolo(const std::vector<Case>& cases, int64_t max_batch_tokens) {
     std::atomic<size_t> widest_batch{0};
     Init({.max_batch_tokens = max_batch_tokens,
           .clock = [] { return absl::Now(); },
           .step_observer = [&widest_batch](const StepReport& report) {
             widest_batch = std::max(widest_batch.load(), report.scheduled.size());
           }});
-    const std::vector<engine::GenerationResult> solo = Solo(cases);
-    absl::Mutex mu;
-    std::vector<absl::StatusOr<RequestResult>> results(cases.size(),
-                                                       absl::UnknownError("not finished"));
-    std::vector<std::vector<int32_t>> streamed(cases.size());
-    int remaining = static_cast<int>(cases.size());
-    // Four submitting threads with small gaps: requests join a batch that is already running.
-    std::vector<std::thread> submitters;
-    for (int t = 0; t < 4; ++t) {
-      submitters.emplace_back([&, t] {
-        for (size_t i = t; i < cases.size(); i += 4) {
-          SchedulerRequest request{.request_id = absl::StrCat("r", i),
-                                   .prompt = cases[i].prompt,
-                                   .params = cases[i].params};
-          request.callbacks.on_tokens = [&, i](int64_t, const std::vector<int32_t>& ids) {
-            streamed[i].insert(streamed[i].end(), ids.begin(), ids.end());
-          };
-          request.callbacks.on_done = [&, i](absl::StatusOr<RequestResult> r) {
-            absl::MutexLock lock(&mu);
-            results[i] = std::move(r);
-            --remaining;
-          };
-          EXPECT_THAT(scheduler_->Submit(std::move(request)), dmoe_testing::IsOk());
-          absl::SleepFor(absl::Milliseconds(1 + (i % 3)));
-        }
-      });
-    }
-    for (auto& t : submitters) t.join();
-    {
-      absl::MutexLock lock(&mu);
-      ASSERT_TRUE(mu.AwaitWithTimeout(
-          absl::Condition(+[](int* r) { return *r == 0; }, &remaining), absl::Seconds(60)));
-    }
+    const std::vector<engine::GenerationResult> solo =
+        scheduler_testing::SoloRuns(checkpoint_->dir(), cases);
+    const scheduler_testing::ConcurrentRun run =
+        scheduler_testing::SubmitConcurrently(*scheduler_, cases, absl::Seconds(60));
+    ASSERT_TRUE(run.finished) << "requests still running after 60 s";
+    scheduler_testing::ExpectEqualsSolo(run, solo);
     for (size_t i = 0; i < cases.size(); ++i) {
-      ASSERT_THAT(results[i], dmoe_testing::IsOk()) << "request " << i;
-      EXPECT_EQ(results[i]->ids, solo[i].ids) << "request " << i;
-      EXPECT_EQ(results[i]->forwards, solo[i].forwards) << "request " << i;
-      EXPECT_EQ(results[i]->finish_reason, solo[i].finish_reason) << "request " << i;
-      EXPECT_EQ(streamed[i], results[i]->ids) << "request " << i;
+      if (run.results[i].ok()) {
+        EXPECT_EQ(run.streamed[i], run.results[i]->ids) << "request " << i;
+      }
     }
     EXPECT_TRUE(scheduler_->WaitUntilIdle(absl::Seconds(1)));
     EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
@@ -500,15 +442,15 @@ class SchedulerExactnessTest : public SchedulerTest {
 };
 
 TEST_F(SchedulerExactnessTest, OneRequestEqualsEngine) {
-  RunConcurrently(MixedCases(1), 4096);
+  ExpectBatchedEqualsSolo(MixedCases(1), 4096);
 }
 
 TEST_F(SchedulerExactnessTest, SixteenConcurrentMixedRequestsEqualSoloEngineRuns) {
-  RunConcurrently(MixedCases(16), 4096);
+  ExpectBatchedEqualsSolo(MixedCases(16), 4096);
 }
 
 TEST_F(SchedulerExactnessTest, SixteenRequestsUnderATightTokenBudget) {
-  RunConcurrently(MixedCases(16), 48);
+  ExpectBatchedEqualsSolo(MixedCases(16), 48);
 }
 
 }  // namespace

@@ -10,6 +10,14 @@ dmoe::tools::RandomCheckpointSpec TinySpec() {
   return spec;
 }
 
+dmoe::tools::RandomCheckpointSpec DecodingSpec(uint64_t seed) {
+  dmoe::tools::RandomCheckpointSpec spec = TinySpec();
+  spec.seed = seed;
+  spec.tokenizer_dir = "";
+  spec.lm_head_std = 0.6;
+  return spec;
+}
+
 absl::Status WriteTinyCheckpoint(const std::string& dir,
                                  const dmoe::tools::RandomCheckpointSpec& spec) {
   return dmoe::tools::WriteRandomCheckpoint(spec, dir);

@@ -2,6 +2,7 @@
 #ifndef DMOE_TESTS_TESTING_TINY_CHECKPOINT_H_
 #define DMOE_TESTS_TESTING_TINY_CHECKPOINT_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -13,6 +14,11 @@ namespace dmoe_testing {
 // The `tiny` preset with seed 0 (tokenizer files copied from tools/data/tiny_tokenizer when
 // that directory exists). Adjust fields before passing it on.
 dmoe::tools::RandomCheckpointSpec TinySpec();
+
+// TinySpec for decoding tests: no tokenizer files (ids only; mask 4000 and stop 4001 are
+// plain vocabulary ids) and lm_head std 0.6, a logit std of ~5, so confidences spread over
+// (0, 1) and every threshold commits differently.
+dmoe::tools::RandomCheckpointSpec DecodingSpec(uint64_t seed = 0);
 
 // Writes the checkpoint for `spec` into `dir` (see dmoe::tools::WriteRandomCheckpoint).
 absl::Status WriteTinyCheckpoint(const std::string& dir,

@@ -3,13 +3,13 @@
 #include "model/tokenizer.h"
 
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/tokenizer_internal.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/concurrency.h"
 #include "tests/tokenizer/tokenizer_test_util.h"
 
 namespace dmoe::model {
@@ -171,16 +171,11 @@ TEST_F(TokenizerTest, ConcurrentEncodeIsConsistent) {
   const std::string text =
       ReadFileOrDie(testing::SourceDir() + "/tools/data/tokenizer_corpus.txt").substr(0, 6000);
   const std::vector<int32_t> expected = tokenizer_->Encode(text);
-  std::vector<std::thread> threads;
-  std::vector<bool> ok(4, false);
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      bool same = true;
-      for (int i = 0; i < 5; ++i) same &= tokenizer_->Encode(text) == expected;
-      ok[t] = same;
-    });
-  }
-  for (auto& th : threads) th.join();
+  const std::vector<bool> ok = dmoe_testing::RunConcurrently(4, [&](int) {
+    bool same = true;
+    for (int i = 0; i < 5; ++i) same &= tokenizer_->Encode(text) == expected;
+    return same;
+  });
   EXPECT_THAT(ok, ElementsAre(true, true, true, true));
 }
 

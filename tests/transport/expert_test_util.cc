@@ -1,46 +1,26 @@
 #include "tests/transport/expert_test_util.h"
 
-#include <unistd.h>
-
-#include <atomic>
 #include <cstring>
-#include <filesystem>
 
-#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "model/kv_cache.h"
-#include "tools/checkpoint_gen/random_checkpoint.h"
+#include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::expert_testing {
 
-namespace fs = std::filesystem;
-
 absl::StatusOr<std::unique_ptr<TinyModel>> TinyModel::Create(uint64_t seed) {
-  static std::atomic<int> counter{0};
   auto tiny = std::unique_ptr<TinyModel>(new TinyModel());
-  const char* tmp = std::getenv("TEST_TMPDIR");
-  tiny->dir_ = (fs::path(tmp ? tmp : fs::temp_directory_path().string()) /
-                absl::StrCat("dmoe_expert_tiny_", ::getpid(), "_", counter++))
-                   .string();
-  tools::RandomCheckpointSpec spec = tools::TinyCheckpointSpec();
-  spec.seed = seed;
-  spec.tokenizer_dir = "";  // ids only
-  // Logit std ~5: confidences spread over (0, 1), several tokens commit per forward.
-  spec.lm_head_std = 0.6;
-  DMOE_RETURN_IF_ERROR(tools::WriteRandomCheckpoint(spec, tiny->dir_));
-  DMOE_ASSIGN_OR_RETURN(tiny->checkpoint_, model::Checkpoint::Open(tiny->dir_));
+  // Confidences spread over (0, 1): several tokens commit per forward.
+  DMOE_RETURN_IF_ERROR(
+      dmoe_testing::WriteTinyCheckpoint(tiny->dir(), dmoe_testing::DecodingSpec(seed)));
+  DMOE_ASSIGN_OR_RETURN(tiny->checkpoint_, model::Checkpoint::Open(tiny->dir()));
   DMOE_ASSIGN_OR_RETURN(tiny->full_weights_, model::LoadModelWeights(*tiny->checkpoint_, {}));
   DMOE_ASSIGN_OR_RETURN(tiny->attention_weights_,
                         model::LoadModelWeights(*tiny->checkpoint_, {.load_experts = false}));
   tiny->full_ = std::make_unique<model::Model>(tiny->config(), tiny->full_weights_);
   tiny->attention_ = std::make_unique<model::Model>(tiny->config(), tiny->attention_weights_);
   return tiny;
-}
-
-TinyModel::~TinyModel() {
-  std::error_code ignored;
-  fs::remove_all(dir_, ignored);
 }
 
 std::vector<int32_t> Prompt(int64_t length, int32_t salt) {

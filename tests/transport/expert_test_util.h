@@ -17,6 +17,7 @@
 #include "model/kernels.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dmoe::expert_testing {
 
@@ -29,9 +30,8 @@ inline constexpr int32_t kStop = 4001;
 class TinyModel {
  public:
   static absl::StatusOr<std::unique_ptr<TinyModel>> Create(uint64_t seed = 7);
-  ~TinyModel();
 
-  const std::string& dir() const { return dir_; }
+  const std::string& dir() const { return tmp_.path(); }
   const model::ModelConfig& config() const { return checkpoint_->config(); }
   // Every weight: the LocalExpertExecutor baseline.
   const model::Model& full() const { return *full_; }
@@ -41,7 +41,7 @@ class TinyModel {
 
  private:
   TinyModel() = default;
-  std::string dir_;
+  dmoe_testing::TempDir tmp_;  // first: removed after everything that maps its files
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights full_weights_;
   model::ModelWeights attention_weights_;
