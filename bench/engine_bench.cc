@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -47,6 +48,19 @@ int64_t PeakRssBytes() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+// "model name" of /proc/cpuinfo, for the table header (machines differ between runs).
+std::string CpuModelName() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "unknown CPU";
 }
 
 // Read bandwidth of this machine: `threads` threads summing a 1 GiB buffer.
@@ -121,7 +135,9 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
   (void)engine.model().Forward(prefill, kernels, recorder);
 
   BlockForwardFigures out;
-  std::vector<double> times;
+  // Every figure is the median over the repeats, the phases too (each phase on its own, so
+  // they need not add up to the median total exactly).
+  std::vector<double> times, attention, moe, head;
   for (int r = 0; r < repeats; ++r) {
     recorder.tokens_per_expert.clear();
     std::vector<model::ForwardSegment> seg(1);
@@ -130,9 +146,14 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
     auto t0 = Clock::now();
     auto logits = engine.model().Forward(seg, kernels, recorder, &stats);
     times.push_back(Since(t0));
-    if (r == 0) out.stats = stats;
+    attention.push_back(stats.attention_seconds);
+    moe.push_back(stats.moe_seconds);
+    head.push_back(stats.head_seconds);
   }
   out.seconds = Median(times);
+  out.stats = {.attention_seconds = Median(attention),
+               .moe_seconds = Median(moe),
+               .head_seconds = Median(head)};
 
   // Bytes and FLOPs of that forward (GEMMs; attention and elementwise work are small here).
   const int64_t t = 32, h = c.hidden_size;
@@ -280,9 +301,11 @@ int Run(int argc, char** argv) {
   const double roofline_seconds = fast.bytes_touched / bandwidth;
   std::printf("## dmoe engine benchmark: bench-mini (%s), %d threads, %s GEMM\n\n",
               model_dir.c_str(), n_threads, std::string(model::GemmIsa()).c_str());
+  std::printf("CPU: %s; measured read bandwidth %.2f GB/s (%d threads); medians of %d runs.\n\n",
+              CpuModelName().c_str(), bandwidth / 1e9, n_threads, repeats);
   std::printf("| figure | value |\n|---|---|\n");
   std::printf("| block forward (32 tokens over 64 cached), fast backend | %.2f ms |\n", fast.seconds * 1e3);
-  std::printf("|   of which attention+norms / MoE+dense FFN / lm_head | %.2f / %.2f / %.2f ms |\n",
+  std::printf("|   phases (medians): attention+norms / MoE+dense FFN / lm_head | %.2f / %.2f / %.2f ms |\n",
               fast.stats.attention_seconds * 1e3, fast.stats.moe_seconds * 1e3,
               fast.stats.head_seconds * 1e3);
   std::printf("| experts touched per MoE layer | %.1f of 256 |\n", fast.experts_touched_per_layer);
@@ -312,6 +335,10 @@ int Run(int argc, char** argv) {
                         {"bytes_touched", fast.bytes_touched},
                         {"bandwidth_gbps", bandwidth / 1e9},
                         {"roofline_ratio", fast.seconds / roofline_seconds},
+                        {"attention_ms", fast.stats.attention_seconds * 1e3},
+                        {"moe_ms", fast.stats.moe_seconds * 1e3},
+                        {"head_ms", fast.stats.head_seconds * 1e3},
+                        {"cpu", CpuModelName()},
                         {"fast_gflops", fast.flops / fast.seconds / 1e9},
                         {"reference_gflops", ref.flops / ref.seconds / 1e9},
                         {"blas_gflops", fast.flops / blas_seconds / 1e9},
