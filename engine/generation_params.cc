@@ -32,6 +32,14 @@ GenerationParams BuildGenerationParams(const DecodingRequest& request,
   return p;
 }
 
+absl::Status CheckFitsContext(int64_t prompt_tokens, int64_t max_new_tokens,
+                              const model::ModelConfig& config) {
+  if (prompt_tokens + max_new_tokens <= config.max_position_embeddings) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "prompt is too long: ", prompt_tokens, " prompt tokens + max_new_tokens ", max_new_tokens,
+      " exceed the model's max_position_embeddings ", config.max_position_embeddings));
+}
+
 absl::StatusOr<std::optional<DecodeMode>> ParseDecodeMode(absl::string_view name,
                                                           absl::string_view field) {
   if (name.empty()) return std::nullopt;

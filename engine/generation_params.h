@@ -48,6 +48,11 @@ struct ModelDecodingDefaults {
 GenerationParams BuildGenerationParams(const DecodingRequest& request,
                                        const ModelDecodingDefaults& defaults);
 
+// INVALID_ARGUMENT "prompt is too long: ..." when the prompt and max_new_tokens do not fit the
+// model's context (max_position_embeddings). The server and the CLI refuse with this check.
+absl::Status CheckFitsContext(int64_t prompt_tokens, int64_t max_new_tokens,
+                              const model::ModelConfig& config);
+
 // "diffusion" or "ar" (also "autoregressive"); "" = unset (the checkpoint's kind decides).
 // INVALID_ARGUMENT naming `field` otherwise.
 absl::StatusOr<std::optional<DecodeMode>> ParseDecodeMode(absl::string_view name,

@@ -54,6 +54,7 @@ absl::StatusOr<Sequence> Sequence::Create(std::vector<int32_t> prompt,
     // Reference: steps = min(steps, gen_length // minimal_topk), minimal_topk = 1.
     s.effective_steps_ = std::min(params.steps, params.max_new_tokens);
     s.StartBlock(s.prompt_length_ / b * b);
+    s.denoised_block_start_ = s.block_start_;
   }
   return s;
 }
@@ -122,6 +123,7 @@ absl::Status Sequence::ApplyAutoregressive(const Proposal& proposal) {
 
 absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
   const int64_t b = params_.block_length;
+  denoised_block_start_ = block_start_;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   std::vector<float> confidence(b, kNegInf);
   int64_t active = 0, above = 0;
@@ -167,6 +169,13 @@ void Sequence::FinishBlock() {
   } else {
     StartBlock(end);
   }
+}
+
+std::vector<int32_t> Sequence::DenoisedBlock() const {
+  if (denoised_block_start_ == block_start_) return block_;
+  // Finished and moved on: the block is in tokens_ now.
+  const auto begin = tokens_.begin() + denoised_block_start_;
+  return std::vector<int32_t>(begin, begin + params_.block_length);
 }
 
 std::vector<int32_t> Sequence::FinalTokens() const {

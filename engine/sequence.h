@@ -67,6 +67,11 @@ class Sequence {
   // Position of the block being decoded (diffusion) and its current contents (masks included).
   int64_t block_start() const { return block_start_; }
   const std::vector<int32_t>& block() const { return block_; }
+  // The block the last forward denoised, after its commits: the finished block when that
+  // forward finished it (block() has moved on to the next one by then). What --visual and the
+  // API's canvas events show. Before the first forward: the current block.
+  int64_t denoised_block_start() const { return denoised_block_start_; }
+  std::vector<int32_t> DenoisedBlock() const;
 
   // The next forward. Requires !done().
   StepPlan NextStep() const;
@@ -97,6 +102,7 @@ class Sequence {
   int64_t cached_ = 0;           // KV cached for tokens_[0, cached_)
   int64_t canvas_end_ = 0;       // reference N = ceil((P + max_new) / B) * B
   int64_t block_start_ = 0;
+  int64_t denoised_block_start_ = 0;  // block_start_ of the last diffusion forward
   std::vector<int32_t> block_;   // current block (diffusion)
   int64_t block_step_ = 0;       // forwards spent on the current block
   int64_t effective_steps_ = 0;

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -440,7 +441,31 @@ absl::StatusOr<std::string> ReadCheckpointFile(const std::string& path) {
 
 }  // namespace internal
 
+absl::Status CheckModelDir(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("the model directory is an empty string");
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(dir, ec);
+  if (status.type() == std::filesystem::file_type::not_found) {
+    return absl::NotFoundError(absl::StrCat("model directory ", dir, " does not exist"));
+  }
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model directory ", dir, ": cannot access: ", ec.message()));
+  }
+  if (!std::filesystem::is_directory(status)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir, " is not a directory: give the checkpoint directory (the one with config.json)"));
+  }
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json", ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        dir, " has no config.json: not a Hugging Face checkpoint directory (config.json, "
+             "*.safetensors, tokenizer.json)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+  DMOE_RETURN_IF_ERROR(CheckModelDir(dir));
   const std::string path = dir + "/config.json";
   DMOE_ASSIGN_OR_RETURN(std::string text, internal::ReadCheckpointFile(path));
   return ParseModelConfig(text, path);

@@ -83,7 +83,12 @@ struct ModelConfig {
 // takes the defaults above (num_key_value_heads defaults to num_attention_heads).
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
 
-// Reads `<dir>/config.json`. NOT_FOUND when it does not exist.
+// The first thing a command checks about --model, with a message that names the actual
+// problem: NOT_FOUND "model directory DIR does not exist", FAILED_PRECONDITION "DIR is not a
+// directory", NOT_FOUND "DIR has no config.json (...)".
+absl::Status CheckModelDir(const std::string& dir);
+
+// CheckModelDir, then reads `<dir>/config.json`.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
 
 // FNV-1a 64 of the config.json bytes as 16 lowercase hex digits: pods and the scheduler

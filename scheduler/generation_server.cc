@@ -182,6 +182,13 @@ class GenerationServer::StreamCall final
         event->set_block_start(canvas.block_start);
         event->mutable_tokens()->Add(canvas.block.begin(), canvas.block.end());
         event->set_mask_id(canvas.mask_id);
+        event->set_prompt_length(canvas.prompt_length);
+        if (const model::Tokenizer* tokenizer = server_->tokenizer_) {
+          for (int32_t t : canvas.block) {
+            const bool text = t != canvas.mask_id && !tokenizer->IsSpecial(t);
+            event->add_token_bytes(text ? tokenizer->TokenBytes(t) : std::string());
+          }
+        }
         Enqueue(std::move(msg), std::nullopt);
       };
     }

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "engine/generation_params.h"
 
 namespace dmoe::scheduler {
 namespace {
@@ -90,13 +91,8 @@ absl::Status Scheduler::ValidateRequest(const SchedulerRequest& request) const {
     }
   }
   DMOE_RETURN_IF_ERROR(request.params.Validate(config.vocab_size));
-  const int64_t prompt = static_cast<int64_t>(request.prompt.size());
-  if (prompt + request.params.max_new_tokens > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt is too long: ", prompt, " prompt tokens + max_new_tokens ",
-        request.params.max_new_tokens, " exceed the model's max_position_embeddings ",
-        config.max_position_embeddings));
-  }
+  DMOE_RETURN_IF_ERROR(engine::CheckFitsContext(static_cast<int64_t>(request.prompt.size()),
+                                                request.params.max_new_tokens, config));
   const int64_t pages = PagesNeeded(request);
   const int64_t capacity = executor_.KvPagesCapacity();
   // capacity 0 is a cluster between attention replicas: the request waits (unavailable_grace).
@@ -466,12 +462,13 @@ void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
     if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
     e.emitted += static_cast<int64_t>(fresh.size());
   }
-  if (e.callbacks.on_step && !e.sequence.done() &&
-      e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
+  // The block this step denoised (the finished one when the step finished it), every step.
+  if (e.callbacks.on_step && e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
     e.callbacks.on_step({.forward = e.sequence.forwards(),
-                         .block_start = e.sequence.block_start(),
-                         .block = e.sequence.block(),
-                         .mask_id = e.sequence.params().mask_id});
+                         .block_start = e.sequence.denoised_block_start(),
+                         .block = e.sequence.DenoisedBlock(),
+                         .mask_id = e.sequence.params().mask_id,
+                         .prompt_length = e.sequence.prompt_length()});
   }
 }
 

@@ -92,12 +92,13 @@ struct SchedulerOptions {
   absl::Status Validate() const;
 };
 
-// The block being denoised after a step (for visualisation, GenerateRequest.canvas_events).
+// The block a step denoised, after its commits (for visualisation, GenerateRequest.canvas_events).
 struct CanvasSnapshot {
   int64_t forward = 0;              // the request's forwards so far (1 after its first step)
   int64_t block_start = 0;          // absolute position of block[0]
   std::vector<int32_t> block;       // still-masked positions hold mask_id
   int32_t mask_id = -1;
+  int64_t prompt_length = 0;        // positions below this are the prompt's tail
 };
 
 // How a finished request went.

@@ -35,9 +35,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
 #include "clients/cli/decoding_flags.h"
+#include "clients/cli/progress.h"
 #include "clients/cpp/generation_client.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
@@ -110,6 +112,14 @@ absl::StatusOr<std::vector<Sample>> RunServer(const BenchFlags& f, const engine:
   const uint64_t prompt_seed = asked.seed.value_or(0);
   std::vector<Sample> samples(f.requests);
   std::atomic<int> next{0};
+  std::atomic<int64_t> finished{0}, generated{0};
+  ProgressLine progress("requests", f.requests, StderrIsTerminal());
+  const auto start = Clock::now();
+  auto report = [&](int64_t tokens) {
+    const int64_t total_tokens = generated += tokens;
+    progress.Update(++finished,
+                    absl::StrFormat("%.1f tokens/s", total_tokens / std::max(Since(start), 1e-9)));
+  };
   auto worker = [&] {
     for (int i = next++; i < f.requests; i = next++) {
       dmoe::v1::GenerateRequest request;
@@ -127,10 +137,12 @@ absl::StatusOr<std::vector<Sample>> RunServer(const BenchFlags& f, const engine:
       s.seconds = Since(t0);
       if (!final_event.ok()) {
         s.code = final_event.status().code();
+        report(0);
         continue;
       }
       s.tokens = final_event->stats().generated_tokens();
       s.forwards = final_event->stats().forwards();
+      report(s.tokens);
     }
   };
   const auto t0 = Clock::now();
@@ -138,6 +150,7 @@ absl::StatusOr<std::vector<Sample>> RunServer(const BenchFlags& f, const engine:
   for (int t = 0; t < f.concurrency; ++t) threads.emplace_back(worker);
   for (std::thread& t : threads) t.join();
   *wall = Since(t0);
+  progress.Finish();
   return samples;
 }
 
@@ -164,8 +177,11 @@ absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, const engine:
       std::min<int32_t>(static_cast<int32_t>(config.vocab_size), params.mask_id);
 
   std::vector<Sample> samples(f.requests);
+  ProgressLine progress("requests", f.requests, StderrIsTerminal());
+  int64_t generated = 0;
   const auto t0 = Clock::now();
   for (int first = 0; first < f.requests; first += f.concurrency) {
+    progress.Update(first, absl::StrFormat("%.1f tokens/s", generated / std::max(Since(t0), 1e-9)));
     const int last = std::min(f.requests, first + f.concurrency);
     std::vector<engine::GenerationRequest> batch;
     for (int i = first; i < last; ++i) {
@@ -188,8 +204,10 @@ absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, const engine:
       s.forwards = r.forwards;
       s.first_block_seconds = r.first_block_seconds;
       s.seconds = r.seconds;
+      generated += s.tokens;
     }
   }
+  progress.Finish();
   *wall = Since(t0);
   return samples;
 }

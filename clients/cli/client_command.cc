@@ -1,7 +1,10 @@
 // dmoe client: calls a running server (`dmoe serve`, or a cluster's router) through the C++
 // client library. `dmoe client generate` takes the decoding flags of `dmoe generate` and prints
 // the same JSON fields with --json.
+#include <unistd.h>
+
 #include <cstdio>
+#include <map>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -11,6 +14,7 @@
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
 #include "clients/cli/decoding_flags.h"
+#include "clients/cli/denoise_view.h"
 #include "clients/cpp/generation_client.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -35,11 +39,12 @@ struct ClientFlags {
 // The decoding flags of `dmoe generate`: each is sent only when given, so the server's
 // defaults (the same as `dmoe generate`'s) apply otherwise.
 struct GenerateFlags {
-  std::string prompt, chat, prompt_ids;
+  PromptFlags input;
   DecodingFlags decoding;
   std::string stop_ids;
   std::string request_id;
   bool stream = false;
+  bool visual = false;
   bool json = false;
 };
 
@@ -52,18 +57,16 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const Clien
 absl::StatusOr<dmoe::v1::GenerateRequest> BuildRequest(const ClientFlags& c,
                                                        const GenerateFlags& f) {
   dmoe::v1::GenerateRequest request;
-  const int inputs = !f.prompt.empty() + !f.chat.empty() + !f.prompt_ids.empty();
-  if (inputs != 1) {
-    return absl::InvalidArgumentError("give exactly one of --prompt, --chat or --prompt-ids");
-  }
-  if (!f.prompt.empty()) {
-    request.set_text(f.prompt);
-  } else if (!f.chat.empty()) {
+  DMOE_RETURN_IF_ERROR(CheckPromptFlags(f.input));
+  if (f.input.prompt) {
+    request.set_text(*f.input.prompt);
+  } else if (f.input.chat) {
     dmoe::v1::ChatMessage* m = request.mutable_chat()->add_messages();
     m->set_role("user");
-    m->set_content(f.chat);
+    m->set_content(*f.input.chat);
   } else {
-    DMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(f.prompt_ids, "--prompt-ids"));
+    DMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                          ParseIdList(*f.input.prompt_ids, "--prompt-ids"));
     request.mutable_prompt_ids()->mutable_ids()->Add(ids.begin(), ids.end());
   }
   if (!c.model.empty()) request.mutable_model()->set_name(c.model);
@@ -73,6 +76,7 @@ absl::StatusOr<dmoe::v1::GenerateRequest> BuildRequest(const ClientFlags& c,
     DMOE_ASSIGN_OR_RETURN(asked.stop_ids, ParseIdList(f.stop_ids, "--stop-ids"));
   }
   *request.mutable_params() = ToDecodingParamsProto(asked);
+  request.set_canvas_events(f.visual);
   return request;
 }
 
@@ -104,7 +108,7 @@ void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const 
 absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
   DMOE_ASSIGN_OR_RETURN(dmoe::v1::GenerateRequest request, BuildRequest(c, f));
   DMOE_ASSIGN_OR_RETURN(auto client, MakeClient(c));
-  if (!f.stream) {
+  if (!f.stream && !f.visual) {
     DMOE_ASSIGN_OR_RETURN(dmoe::v1::GenerateResponse response, client->Generate(request));
     std::vector<int32_t> ids(response.ids().begin(), response.ids().end());
     PrintResult(f, ids, response.text(), response.stats(), false);
@@ -112,19 +116,42 @@ absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
   }
   std::vector<int32_t> ids;
   std::string text;
+  // --visual: the canvas events through the renderer of `dmoe generate --visual`; the token
+  // texts come with each event (the client has no tokenizer).
+  std::map<int32_t, std::string> token_text;
+  DenoiseView view({.tty = isatty(STDOUT_FILENO) != 0, .width = TerminalColumns(STDOUT_FILENO)},
+                   [&token_text](int32_t id) {
+                     auto it = token_text.find(id);
+                     return it != token_text.end() ? it->second : absl::StrCat("[", id, "]");
+                   });
+  const bool print_blocks = !f.json && !f.visual;
   DMOE_ASSIGN_OR_RETURN(
       dmoe::v1::FinalEvent final_event,
       client->GenerateStream(request, [&](const dmoe::v1::GenerateStreamResponse& event) {
         if (event.has_block()) {
           ids.insert(ids.end(), event.block().ids().begin(), event.block().ids().end());
           text += event.block().text();
-          if (!f.json) std::cout << event.block().text() << std::flush;
+          if (print_blocks) std::cout << event.block().text() << std::flush;
+        } else if (event.has_canvas() && f.visual && !f.json) {
+          const dmoe::v1::CanvasEvent& c = event.canvas();
+          for (int i = 0; i < c.token_bytes_size() && i < c.tokens_size(); ++i) {
+            if (c.tokens(i) == c.mask_id()) continue;
+            // Empty bytes: a special token (◇, as `dmoe generate --visual` shows it).
+            token_text[c.tokens(i)] = c.token_bytes(i).empty() ? "\u25c7" : c.token_bytes(i);
+          }
+          std::cout << view.Render({.forward = c.forward(),
+                                    .block_start = c.block_start(),
+                                    .tokens = {c.tokens().begin(), c.tokens().end()},
+                                    .mask_id = c.mask_id(),
+                                    .prompt_length = c.prompt_length()})
+                    << std::flush;
         }
         return true;
       }));
   text += final_event.text();
-  if (!f.json) std::cout << final_event.text();
-  PrintResult(f, ids, text, final_event.stats(), /*text_already_printed=*/true);
+  if (print_blocks) std::cout << final_event.text();
+  if (f.visual && !f.json) std::cout << view.Clear();
+  PrintResult(f, ids, text, final_event.stats(), /*text_already_printed=*/print_blocks);
   return absl::OkStatus();
 }
 
@@ -168,13 +195,13 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* gen = client->add_subcommand("generate", "Generate text through the server");
   add_common(gen);
-  gen->add_option("--prompt", flags->prompt, "Raw prompt text");
-  gen->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
-  gen->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
+  AddPromptFlags(gen, &flags->input);
   AddDecodingFlags(gen, &flags->decoding);
   gen->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
   gen->add_option("--request-id", flags->request_id, "Request id for the server's logs");
   gen->add_flag("--stream", flags->stream, "Print text as blocks commit (GenerateStream)");
+  gen->add_flag("--visual", flags->visual,
+                "Show the block being denoised after every forward (canvas events)");
   gen->add_flag("--json", flags->json, "Print one JSON object: ids, text, forwards, ...");
   gen->callback([common, flags, exit_code] {
     absl::Status status = RunClientGenerate(*common, *flags);

@@ -5,6 +5,32 @@
 
 namespace dmoe::cli {
 
+void AddPromptFlags(CLI::App* cmd, PromptFlags* flags) {
+  cmd->add_option("--prompt", flags->prompt, "Raw prompt text");
+  cmd->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
+  cmd->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
+}
+
+absl::Status CheckPromptFlags(const PromptFlags& flags) {
+  const int given = flags.prompt.has_value() + flags.chat.has_value() +
+                    flags.prompt_ids.has_value();
+  if (given != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "give exactly one of --prompt, --chat or --prompt-ids (", given == 0 ? "none" : "several",
+        " given)"));
+  }
+  if (flags.prompt && flags.prompt->empty()) {
+    return absl::InvalidArgumentError("--prompt is empty: give the text to continue");
+  }
+  if (flags.chat && flags.chat->empty()) {
+    return absl::InvalidArgumentError("--chat is empty: give the user's message");
+  }
+  if (flags.prompt_ids && flags.prompt_ids->empty()) {
+    return absl::InvalidArgumentError("--prompt-ids is empty: give token ids, e.g. 1,2,3");
+  }
+  return absl::OkStatus();
+}
+
 void AddDecodingFlags(CLI::App* cmd, DecodingFlags* flags) {
   const engine::GenerationParams defaults;
   // A command may preset a flag to its own workload default (eval, bench: shorter outputs).

@@ -1,4 +1,5 @@
-// The decoding flags of `dmoe generate`, `dmoe eval` and `dmoe bench`, registered once. Each
+// The request flags of `dmoe generate`, `dmoe client generate`, `dmoe eval` and `dmoe bench`,
+// registered once: the prompt (--prompt | --chat | --prompt-ids) and the decoding knobs. Each
 // flag is unset unless given, so what a command leaves out takes the same default as a request
 // to the server (engine::BuildGenerationParams).
 #ifndef DMOE_CLIENTS_CLI_DECODING_FLAGS_H_
@@ -14,6 +15,19 @@
 #include "proto/dmoe/v1/generation.pb.h"
 
 namespace dmoe::cli {
+
+// Exactly one of them; unset = not given (so `--prompt ""` is an empty prompt, not a missing one).
+struct PromptFlags {
+  std::optional<std::string> prompt = std::nullopt;      // raw text
+  std::optional<std::string> chat = std::nullopt;        // one user message, chat template
+  std::optional<std::string> prompt_ids = std::nullopt;  // "1,2,3"
+};
+
+void AddPromptFlags(CLI::App* cmd, PromptFlags* flags);
+
+// INVALID_ARGUMENT "give exactly one of --prompt, --chat or --prompt-ids" when none or several
+// are given, "--prompt is empty" (and so on) when the one given is empty.
+absl::Status CheckPromptFlags(const PromptFlags& flags);
 
 struct DecodingFlags {
   std::string mode = "";  // "" = from the checkpoint kind

@@ -24,6 +24,7 @@
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
 #include "clients/cli/decoding_flags.h"
+#include "clients/cli/progress.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "model/tokenizer.h"
@@ -157,7 +158,11 @@ absl::Status RunEval(const EvalFlags& f) {
 
   std::map<std::string, TaskStats> stats;
   std::vector<std::string> task_order;
+  ProgressLine progress("samples", static_cast<int64_t>(samples.size()), StderrIsTerminal());
+  int64_t done = 0, done_correct = 0;
   for (size_t begin = 0; begin < samples.size(); begin += f.batch) {
+    progress.Update(done, done > 0 ? absl::StrFormat("accuracy %.1f%%", 100.0 * done_correct / done)
+                                   : std::string());
     const size_t end = std::min(samples.size(), begin + static_cast<size_t>(f.batch));
     std::vector<engine::GenerationRequest> requests;
     for (size_t i = begin; i < end; ++i) {
@@ -178,6 +183,8 @@ absl::Status RunEval(const EvalFlags& f) {
       TaskStats& t = stats[s.task];
       t.n += 1;
       t.correct += correct;
+      ++done;
+      done_correct += correct;
       t.tokens += static_cast<int64_t>(r.ids.size());
       t.forwards += r.forwards;
       // A batch's wall time is shared out by generated tokens.
@@ -197,6 +204,7 @@ absl::Status RunEval(const EvalFlags& f) {
       }
     }
   }
+  progress.Finish();
   std::sort(task_order.begin(), task_order.end());
   TaskStats all;
   double mean_accuracy = 0;

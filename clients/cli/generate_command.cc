@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
 #include "clients/cli/decoding_flags.h"
+#include "clients/cli/denoise_view.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "engine/generation_params.h"
@@ -31,7 +31,7 @@ namespace {
 
 struct GenerateFlags {
   std::string model_dir;
-  std::string prompt, chat, prompt_ids;
+  PromptFlags input;
   DecodingFlags decoding;
   int32_t mask_id = -1;
   std::string stop_ids;
@@ -41,22 +41,6 @@ struct GenerateFlags {
   int threads = 0;
   std::string device = "cpu";
 };
-
-// Renders the block being decoded on one terminal line: masks as ░, newlines as ⏎.
-std::string RenderBlock(const model::Tokenizer* tokenizer, const engine::Sequence& s) {
-  std::string line;
-  for (int32_t t : s.block()) {
-    if (t == s.params().mask_id) {
-      line += "\u2591";
-    } else if (tokenizer) {
-      line += absl::StrReplaceAll(SanitizeUtf8(tokenizer->TokenBytes(t)),
-                                  {{"\n", "\u23ce"}, {"\r", ""}, {"\t", " "}});
-    } else {
-      line += absl::StrCat("[", t, "]");
-    }
-  }
-  return line;
-}
 
 using Observer = std::function<void(size_t, engine::Sequence&)>;
 
@@ -102,25 +86,24 @@ absl::StatusOr<engine::GenerationResult> GenerateWithExecutor(
 }
 
 absl::Status RunGenerate(const GenerateFlags& f) {
-  const int inputs = !f.prompt.empty() + !f.chat.empty() + !f.prompt_ids.empty();
-  if (inputs != 1) {
-    return absl::InvalidArgumentError("give exactly one of --prompt, --chat or --prompt-ids");
-  }
+  // Cheap checks first, each naming what is wrong: the prompt flags, the directory, the config.
+  DMOE_RETURN_IF_ERROR(CheckPromptFlags(f.input));
+  DMOE_ASSIGN_OR_RETURN(const model::ModelConfig config, model::LoadModelConfig(f.model_dir));
   std::unique_ptr<model::Tokenizer> tokenizer;
   if (std::filesystem::exists(std::filesystem::path(f.model_dir) / "tokenizer.json")) {
     DMOE_ASSIGN_OR_RETURN(tokenizer, model::Tokenizer::Load(f.model_dir));
-  } else if (f.prompt_ids.empty()) {
+  } else if (!f.input.prompt_ids) {
     return absl::FailedPreconditionError(absl::StrCat(
         f.model_dir, " has no tokenizer.json: use --prompt-ids, --mask-id and --stop-ids"));
   }
 
   std::vector<int32_t> prompt;
-  if (!f.prompt_ids.empty()) {
-    DMOE_ASSIGN_OR_RETURN(prompt, ParseIdList(f.prompt_ids, "--prompt-ids"));
-  } else if (!f.prompt.empty()) {
-    prompt = tokenizer->Encode(f.prompt);
+  if (f.input.prompt_ids) {
+    DMOE_ASSIGN_OR_RETURN(prompt, ParseIdList(*f.input.prompt_ids, "--prompt-ids"));
+  } else if (f.input.prompt) {
+    prompt = tokenizer->Encode(*f.input.prompt);
   } else {
-    DMOE_ASSIGN_OR_RETURN(std::string text, model::RenderChat({{"user", f.chat}}, true));
+    DMOE_ASSIGN_OR_RETURN(std::string text, model::RenderChat({{"user", *f.input.chat}}, true));
     prompt = tokenizer->Encode(text);
   }
 
@@ -135,24 +118,26 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     DMOE_ASSIGN_OR_RETURN(ids, model::ResolveDecodeTokenIds(*tokenizer, mask_override,
                                                             asked.stop_ids));
   }
+  const engine::GenerationParams params = engine::BuildGenerationParams(
+      asked, engine::ModelDecodingDefaults::For(config, ids.mask_id, ids.stop_ids));
+  // The server's checks, before any weight is loaded.
+  DMOE_RETURN_IF_ERROR(params.Validate(config.vocab_size));
+  DMOE_RETURN_IF_ERROR(
+      engine::CheckFitsContext(static_cast<int64_t>(prompt.size()), params.max_new_tokens, config));
 
   std::unique_ptr<engine::Engine> engine;
-  model::ModelConfig config;
   if (f.device == "cpu") {
     DMOE_ASSIGN_OR_RETURN(engine, engine::Engine::Create({.model_dir = f.model_dir,
                                                           .kernels = f.kernels,
                                                           .num_threads = f.threads}));
-    config = engine->config();
-  } else {
-    DMOE_ASSIGN_OR_RETURN(config, model::LoadModelConfig(f.model_dir));
   }
-  const engine::GenerationParams params = engine::BuildGenerationParams(
-      asked, engine::ModelDecodingDefaults::For(config, ids.mask_id, ids.stop_ids));
 
   const bool stream = !f.json && !f.visual;
   std::unique_ptr<model::StreamingDetokenizer> detok;
   if (tokenizer) detok = std::make_unique<model::StreamingDetokenizer>(*tokenizer, true);
   const bool tty = isatty(STDOUT_FILENO);
+  DenoiseView view({.tty = tty, .width = TerminalColumns(STDOUT_FILENO)},
+                   TokenTextOf(tokenizer.get()));
   std::string committed_text;
   auto observer = [&](size_t, engine::Sequence& s) {
     std::vector<int32_t> fresh = s.TakeNewTokens();
@@ -160,11 +145,13 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     if (stream && detok) {
       std::cout << committed_text << std::flush;
       committed_text.clear();
-    } else if (f.visual) {
-      if (!s.done() && params.mode == engine::DecodeMode::kDiffusion) {
-        std::cout << (tty ? "\r\033[K" : "") << "[block @" << s.block_start() << "] "
-                  << RenderBlock(tokenizer.get(), s) << (tty ? "" : "\n") << std::flush;
-      }
+    } else if (f.visual && params.mode == engine::DecodeMode::kDiffusion) {
+      std::cout << view.Render({.forward = s.forwards(),
+                                .block_start = s.denoised_block_start(),
+                                .tokens = s.DenoisedBlock(),
+                                .mask_id = s.params().mask_id,
+                                .prompt_length = s.prompt_length()})
+                << std::flush;
     }
   };
   engine::GenerationResult r;
@@ -172,8 +159,6 @@ absl::Status RunGenerate(const GenerateFlags& f) {
     DMOE_ASSIGN_OR_RETURN(auto results, engine->Generate({{prompt, params}}, observer));
     r = std::move(results[0]);
   } else {
-    // Refuse bad parameters before loading anything onto the device.
-    DMOE_RETURN_IF_ERROR(params.Validate(config.vocab_size));
     // A KV pool on the device for this one request (prompt + generation + one block).
     constexpr int64_t kPageTokens = 32;
     const int64_t tokens = static_cast<int64_t>(prompt.size()) + params.max_new_tokens +
@@ -198,7 +183,7 @@ absl::Status RunGenerate(const GenerateFlags& f) {
                           {"prompt_tokens", prompt.size()}};
     std::cout << out.dump() << std::endl;
   } else {
-    if (f.visual) std::cout << (tty ? "\r\033[K" : "") << text;
+    if (f.visual) std::cout << view.Clear() << text;
     if (stream && detok) std::cout << committed_text << detok->Flush();
     if (!tokenizer) {
       for (size_t i = 0; i < r.ids.size(); ++i) std::cout << (i ? "," : "") << r.ids[i];
@@ -218,14 +203,12 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text with the single-process engine");
   cmd->add_option("--model", flags->model_dir, "Checkpoint directory (HF layout)")->required();
-  cmd->add_option("--prompt", flags->prompt, "Raw prompt text");
-  cmd->add_option("--chat", flags->chat, "A user message, rendered with the chat template");
-  cmd->add_option("--prompt-ids", flags->prompt_ids, "Prompt token ids, e.g. 1,2,3");
+  AddPromptFlags(cmd, &flags->input);
   AddDecodingFlags(cmd, &flags->decoding);
   cmd->add_option("--mask-id", flags->mask_id, "Override the mask token id");
   cmd->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
   cmd->add_flag("--json", flags->json, "Print one JSON object: ids, text, forwards, ...");
-  cmd->add_flag("--visual", flags->visual, "Redraw the block being denoised after every step");
+  cmd->add_flag("--visual", flags->visual, "Show the block being denoised after every forward (masks \u2591, new commits highlighted)");
   cmd->add_option("--kernels", flags->kernels, "cpu (fast) or reference (naive)")
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");

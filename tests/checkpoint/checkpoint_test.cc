@@ -112,7 +112,7 @@ TEST(CheckpointTest, MissingConfig) {
   TinyCheckpointDir tiny;
   std::filesystem::remove(tiny.dir() + "/config.json");
   EXPECT_THAT(Checkpoint::Open(tiny.dir()),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr(tiny.dir() + "/config.json")));
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(tiny.dir() + " has no config.json")));
 }
 
 TEST(CheckpointTest, MissingWeights) {

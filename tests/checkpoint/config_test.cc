@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -467,7 +468,14 @@ TEST(ConfigTest, MalformedJson) {
 TEST(ConfigTest, LoadFromDirectory) {
   dmoe_testing::TempDir tmp;
   EXPECT_THAT(LoadModelConfig(tmp.path()),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr(tmp.Join("config.json"))));
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr(absl::StrCat(tmp.path(), " has no config.json"))));
+  EXPECT_THAT(LoadModelConfig(tmp.Join("missing")),
+              StatusIs(absl::StatusCode::kNotFound,
+                       absl::StrCat("model directory ", tmp.Join("missing"), " does not exist")));
+  dmoe_testing::WriteFileOrDie(tmp.Join("file"), "x");
+  EXPECT_THAT(LoadModelConfig(tmp.Join("file")),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("is not a directory")));
   dmoe_testing::WriteFileOrDie(tmp.Join("config.json"), MiniConfig().dump(2));
   DMOE_ASSERT_OK_AND_ASSIGN(ModelConfig c, LoadModelConfig(tmp.path()));
   EXPECT_EQ(c.hidden_size, 2048);

@@ -285,11 +285,11 @@ TEST_F(SchedulerTest, IterationTableDiffusionJoinAndLeave) {
   EXPECT_EQ(outcomes_["E"].offsets, (std::vector<int64_t>{0, 4}));
   EXPECT_EQ(outcomes_["E"].streamed, outcomes_["E"].result->ids);
   EXPECT_EQ(outcomes_["E"].result->forwards, 8);
-  EXPECT_EQ(outcomes_["E"].canvas_events, 7);  // every step but the last
+  EXPECT_EQ(outcomes_["E"].canvas_events, 8);  // every step, the last one included
   ASSERT_THAT(outcomes_["F"].result, dmoe_testing::IsOk());
   EXPECT_EQ(outcomes_["F"].result->ids.size(), 2u);
   EXPECT_EQ(outcomes_["F"].result->forwards, 1);
-  EXPECT_EQ(outcomes_["F"].canvas_events, 0);
+  EXPECT_EQ(outcomes_["F"].canvas_events, 1);  // its one step
   EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
 }
 
