@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "cluster/grpc_server.h"
 #include "common/logging.h"
+#include "http/openai_server.h"
 #include "metrics/endpoint.h"
 #include "router/generation_proxy.h"
 
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   CLI::App app{"dmoe router: the public dmoe.v1.Generation API in front of the schedulers of "
                "one or more model versions"};
   std::string backend, model_version = "v1", split, stable, listen = "127.0.0.1:0";
-  std::string metrics_listen;
+  std::string metrics_listen, http_listen;
   std::vector<std::string> version_backends;
   double drain_seconds = 30;
   dmoe::router::CanaryPolicyOptions rollback;
@@ -56,6 +57,8 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port; port 0 picks a free port")->capture_default_str();
   app.add_option("--drain-seconds", drain_seconds, "Time calls in flight get on SIGTERM")
       ->capture_default_str();
+  app.add_option("--http-listen", http_listen,
+                 "host:port of the OpenAI-compatible HTTP API (docs/http-api.md); empty: none");
   app.add_option("--metrics-listen", metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
   CLI11_PARSE(app, argc, argv);
@@ -116,6 +119,19 @@ int main(int argc, char** argv) {
     std::cerr << "dmoe-router: " << server.status().message() << "\n";
     return 2;
   }
+  // The HTTP API calls this router's own gRPC service, so it takes the same split and canary
+  // policy as every gRPC client.
+  std::unique_ptr<dmoe::http::OpenAiServer> http;
+  if (!http_listen.empty()) {
+    auto started = dmoe::http::OpenAiServer::Start({.listen = http_listen},
+                                                  server->InProcessChannel());
+    if (!started.ok()) {
+      std::cerr << "dmoe-router: " << started.status().message() << "\n";
+      return 2;
+    }
+    http = *std::move(started);
+    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API listening on " << http->address();
+  }
   std::vector<std::string> described;
   for (const auto& b : options.backends) described.push_back(b.version + "=" + b.address);
   const dmoe::router::SplitSnapshot snapshot = (*proxy)->split().Snapshot();
@@ -131,5 +147,6 @@ int main(int argc, char** argv) {
   server->MarkNotServing();
   server->server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000)));
+  http.reset();  // after the gRPC calls it made have ended
   return 0;
 }

@@ -17,6 +17,9 @@ void AddApiFlags(CLI::App& app, ApiFlags& flags) {
   app.add_option("--metrics-listen", flags.metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); "
                  "empty: no endpoint");
+  app.add_option("--http-listen", flags.http_listen,
+                 "host:port of the OpenAI-compatible HTTP API (/v1/completions, "
+                 "/v1/chat/completions, /v1/models, /health); empty: none");
   app.add_option("--kv-pages", flags.kv_pages, "KV cache capacity in pages")
       ->capture_default_str();
   app.add_option("--kv-page-tokens", flags.kv_page_tokens, "Tokens per KV page")
@@ -49,6 +52,7 @@ absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flag
   options.scheduler.max_batch_sequences = flags.max_batch_sequences;
   options.scheduler.max_queue = flags.max_queue;
   options.metrics_listen = flags.metrics_listen;
+  options.http_listen = flags.http_listen;
   if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
   if (!flags.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));

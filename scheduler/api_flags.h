@@ -19,6 +19,7 @@ struct ApiFlags {
   std::string model_name;
   std::string model_version = "v1";
   std::string metrics_listen;
+  std::string http_listen;
   int64_t kv_pages = 8192;
   int64_t kv_page_tokens = 32;
   int64_t max_queue = 256;

@@ -98,6 +98,11 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
                  << scheduler_options.max_batch_tokens << ", max_queue "
                  << scheduler_options.max_queue << ", mask_id " << service_options.mask_id
                  << ", tokenizer " << (e->tokenizer_ ? "yes" : "no");
+  if (!options.http_listen.empty()) {
+    DMOE_ASSIGN_OR_RETURN(e->http_, http::OpenAiServer::Start({.listen = options.http_listen},
+                                                              e->InProcessChannel()));
+    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API listening on " << e->http_address();
+  }
   return e;
 }
 
@@ -123,6 +128,9 @@ void GenerationEndpoint::Drain(absl::Duration timeout) {
     }
     scheduler_->Stop();  // finishes every remaining call's reactor
   }
+  // After the scheduler: its HTTP calls have ended with their gRPC calls, so the HTTP
+  // workers can be joined.
+  http_.reset();
   if (server_.server) {
     server_.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }

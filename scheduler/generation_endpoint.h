@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "cluster/grpc_server.h"
 #include "grpcpp/channel.h"
+#include "http/openai_server.h"
 #include "metrics/endpoint.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -51,6 +52,8 @@ struct GenerationEndpointOptions {
   metrics::ProcessMetrics metrics{};
   // host:port of the /metrics endpoint; empty: none.
   std::string metrics_listen{};
+  // host:port of the OpenAI-compatible HTTP API (http/openai_server.h); empty: none.
+  std::string http_listen{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -72,6 +75,8 @@ class GenerationEndpoint {
 
   // The bound address with the real port, e.g. "127.0.0.1:41234".
   const std::string& address() const { return server_.address; }
+  // The OpenAI-compatible HTTP API's "HOST:PORT"; empty without http_listen.
+  std::string http_address() const { return http_ ? http_->address() : std::string(); }
   int port() const { return server_.port; }
   const std::string& model_name() const { return model_name_; }
   // A channel to this server that bypasses the network (tests, co-located callers).
@@ -94,7 +99,8 @@ class GenerationEndpoint {
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<GenerationServer> service_;
-  cluster::GrpcServer server_;  // destroyed first: it uses everything above
+  cluster::GrpcServer server_;  // destroyed after http_, before everything above
+  std::unique_ptr<http::OpenAiServer> http_;  // destroyed first: it calls server_
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;
 };

@@ -46,6 +46,8 @@ class EmbeddedServer {
   std::string metrics_address() const {
     return metrics_.endpoint ? metrics_.endpoint->address() : "";
   }
+  // The OpenAI-compatible HTTP API's bound address; empty without api.http_listen.
+  std::string http_address() const { return api_->http_address(); }
   // A channel to this server that bypasses the network (tests, co-located callers).
   std::shared_ptr<grpc::Channel> InProcessChannel() { return api_->InProcessChannel(); }
 

@@ -32,6 +32,8 @@ FORBIDDEN_INCLUDES = {
     "metrics": set(ROLES) | {"serve", "cluster", "transport"} | set(COMPUTE),
     "common": set(ROLES) | {"serve", "cluster", "transport", "metrics"} | set(COMPUTE),
     "clients/cpp": set(ROLES) | {"serve", "cluster", "transport"} | set(COMPUTE),
+    # The OpenAI HTTP front end speaks only the public API (like a client).
+    "http": set(ROLES) | {"serve", "cluster", "transport", "metrics"} | set(COMPUTE),
 }
 
 # Binary -> dmoe libraries (prefixes) it must not link.
