@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     http = *std::move(started);
-    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API listening on " << http->address();
+    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API at http://" << http->address();
   }
   std::vector<std::string> described;
   for (const auto& b : options.backends) described.push_back(b.version + "=" + b.address);

@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
   if (!options.http_listen.empty()) {
     DMOE_ASSIGN_OR_RETURN(e->http_, http::OpenAiServer::Start({.listen = options.http_listen},
                                                               e->InProcessChannel()));
-    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API listening on " << e->http_address();
+    DMOE_LOG(INFO) << "OpenAI-compatible HTTP API at http://" << e->http_address();
   }
   return e;
 }

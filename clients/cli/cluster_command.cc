@@ -13,6 +13,7 @@
 #include "clients/cli/commands.h"
 #include "clients/cli/local_cluster.h"
 #include "common/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace dmoe::cli {
 namespace {
@@ -45,6 +46,9 @@ absl::Status RunUp(LocalClusterOptions options, const std::string& state_file) {
     std::fprintf(stderr, "  %-14s pid %-7d %-22s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
                  p.metrics.empty() ? "" : ("metrics http://" + p.metrics + "/metrics").c_str());
   }
+  if (!cluster.http.empty()) {
+    std::fprintf(stderr, "OpenAI-compatible HTTP API at http://%s/v1\n", cluster.http.c_str());
+  }
   std::fprintf(stderr, "logs and state in %s\n", options.run_dir.c_str());
   std::printf("%s\n", cluster.router.c_str());  // the router address, alone on stdout
   return absl::OkStatus();
@@ -58,9 +62,25 @@ absl::Status RunDown(const std::string& state_file) {
   return absl::OkStatus();
 }
 
-absl::Status RunStatus(const std::string& state_file) {
+absl::Status RunStatus(const std::string& state_file, bool json) {
   DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, ReadClusterState(state_file));
+  if (json) {
+    nlohmann::json processes = nlohmann::json::array();
+    for (const ClusterProcess& p : cluster.processes) {
+      processes.push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
+                           {"address", p.address}, {"metrics", p.metrics},
+                           {"running", Alive(p.pid)}, {"log", p.log}});
+    }
+    std::printf("%s\n", nlohmann::json{{"router", cluster.router},
+                                        {"http", cluster.http},
+                                        {"scheduler", cluster.scheduler},
+                                        {"processes", processes}}
+                            .dump(2)
+                            .c_str());
+    return absl::OkStatus();
+  }
   std::printf("router %s\n", cluster.router.c_str());
+  if (!cluster.http.empty()) std::printf("http   %s\n", cluster.http.c_str());
   for (const ClusterProcess& p : cluster.processes) {
     std::printf("  %-14s pid %-7d %-22s %-8s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
                 Alive(p.pid) ? "running" : "exited",
@@ -86,6 +106,9 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
   up->add_option("--expert-replicas", options->expert_replicas, "Pods per expert range")
       ->capture_default_str();
   up->add_option("--port", options->port, "The router's port (0 = a free one)")->capture_default_str();
+  up->add_option("--http-port", options->http_port,
+                 "The router's OpenAI-compatible HTTP port (0 = a free one, -1 = none)")
+      ->capture_default_str();
   up->add_option("--threads", options->threads, "Compute threads per pod")->capture_default_str();
   up->add_option("--attention-device", options->attention_device,
                  "Where attention replicas compute: cpu, or cuda (GPU 0 of this host)")
@@ -109,8 +132,11 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
     *exit_code = status.ok() ? 0 : ReportError(status);
   });
   CLI::App* status_cmd = cmd->add_subcommand("status", "List the cluster's processes");
-  status_cmd->callback([state_file, exit_code] {
-    absl::Status status = RunStatus(state_file());
+  auto status_json = std::make_shared<bool>(false);
+  status_cmd->add_flag("--json", *status_json,
+                       "One JSON object: router, http, scheduler, processes (role, pid, addresses)");
+  status_cmd->callback([state_file, status_json, exit_code] {
+    absl::Status status = RunStatus(state_file(), *status_json);
     *exit_code = status.ok() ? 0 : ReportError(status);
   });
 }

@@ -90,6 +90,17 @@ std::string MetricsAddress(const std::string& log) {
   return std::regex_search(s, m, kMetrics) ? m[1].str() : "";
 }
 
+// The OpenAI HTTP API address a process logged ("HTTP API at http://ADDR"); "" without one.
+std::string HttpAddress(const std::string& log) {
+  static const std::regex kHttp("HTTP API at http://([0-9.]+:[0-9]+)");
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string s = text.str();
+  std::smatch m;
+  return std::regex_search(s, m, kHttp) ? m[1].str() : "";
+}
+
 void Kill(pid_t pid, int sig) {
   if (pid > 0) kill(pid, sig);
 }
@@ -183,6 +194,9 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
                                           "--backend", cluster.scheduler, "--listen",
                                           absl::StrCat("127.0.0.1:", o.port)};
   if (o.metrics) router_argv.insert(router_argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+  if (o.http_port >= 0) {
+    router_argv.insert(router_argv.end(), {"--http-listen", absl::StrCat("127.0.0.1:", o.http_port)});
+  }
   auto router_pid = Spawn(router_argv, router.log);
   if (!router_pid.ok()) return fail(router_pid.status());
   router.pid = *router_pid;
@@ -192,6 +206,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   cluster.router = *router_address;
   cluster.processes.back().address = *router_address;
   cluster.processes.back().metrics = MetricsAddress(router.log);
+  if (o.http_port >= 0) cluster.http = HttpAddress(router.log);
 
   const int64_t experts = config.num_experts;
   for (int s = 0; s < o.expert_shards; ++s) {
@@ -257,6 +272,7 @@ void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace) {
 absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& path) {
   nlohmann::json j;
   j["router"] = cluster.router;
+  j["http"] = cluster.http;
   j["scheduler"] = cluster.scheduler;
   for (const ClusterProcess& p : cluster.processes) {
     j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
@@ -278,6 +294,7 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   }
   LocalCluster c;
   c.router = j["router"].get<std::string>();
+  c.http = j.value("http", "");
   c.scheduler = j.value("scheduler", "");
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),

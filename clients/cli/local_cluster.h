@@ -23,6 +23,7 @@ struct LocalClusterOptions {
   int expert_shards = 2;          // expert ranges of equal size
   int expert_replicas = 1;        // pods per range
   int port = 0;                   // the router's (public) port; 0 = free
+  int http_port = 0;              // the router's OpenAI-compatible HTTP port; 0 = free, < 0 = none
   int threads = 1;                // compute threads per pod
   std::string attention_device = "cpu";  // --device of the attention replicas: cpu | cuda
   std::string expert_device = "cpu";     // --device of the expert pods: cpu | cuda
@@ -46,6 +47,7 @@ struct ClusterProcess {
 
 struct LocalCluster {
   std::string router;    // the address clients call (dmoe-router)
+  std::string http;      // the router's OpenAI-compatible HTTP API, host:port ("" = none)
   std::string scheduler; // where pods register (also serves the Generation API)
   std::vector<ClusterProcess> processes;
 };

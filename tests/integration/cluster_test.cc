@@ -2,6 +2,7 @@
 // engine's, for several cluster shapes and with 16 concurrent requests mixed in the same
 // steps; an expert replica killed with SIGKILL mid-generation changes nothing when its range
 // has a second replica, and ends requests with UNAVAILABLE (not a hang) when it has none.
+#include <httplib.h>
 #include <signal.h>
 
 #include <cstdlib>
@@ -116,6 +117,17 @@ TEST_F(ClusterTest, OneShardOneRequestAndSixteenConcurrent) {
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   ExpectExact(cluster->router, 1);
   ExpectExact(cluster->router, 16);
+  // The router's OpenAI-compatible HTTP API (cluster up starts it on a free port).
+  ASSERT_FALSE(cluster->http.empty());
+  const std::string& http = cluster->http;
+  httplib::Client client(http.substr(0, http.rfind(':')), std::stoi(http.substr(http.rfind(':') + 1)));
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200) << health->body;
+  auto completion = client.Post("/v1/completions", R"({"prompt": [1, 2, 3], "max_tokens": 4})",
+                                "application/json");
+  ASSERT_TRUE(completion);
+  EXPECT_EQ(completion->status, 200) << completion->body;
   StopLocalCluster(*cluster);
 }
 
