@@ -1,0 +1,311 @@
+"""Synchronous and asyncio clients of the Generation API (proto/dmoe/v1/generation.proto).
+
+Every decoding knob left as None takes the server's default, the same as `dmoe generate`'s.
+"""
+from dataclasses import dataclass, field
+from typing import (AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple, Union)
+
+import grpc
+
+from dmoe.errors import DmoeError, from_rpc_error
+from dmoe.v1 import generation_pb2 as pb
+from dmoe.v1 import generation_pb2_grpc as pb_grpc
+
+Chat = Union[str, Sequence[Dict[str, str]]]
+
+
+@dataclass
+class Result:
+    """A finished generation."""
+    ids: List[int]
+    text: str
+    forwards: int
+    tokens_per_forward: float
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int = 0
+    request_id: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Chunk:
+    """One committed block of a stream: its ids, the text they complete and their offset."""
+    ids: List[int]
+    text: str
+    offset: int = 0
+    final: Optional[Result] = None  # set on the last chunk only (statistics, held-back text)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    vocab_size: int
+    max_position_embeddings: int
+    block_length: int
+    mask_id: int
+    stop_ids: List[int] = field(default_factory=list)
+
+
+_FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+
+
+def _request(prompt: Optional[str], chat: Optional[Chat], prompt_ids: Optional[Sequence[int]],
+             model: Optional[str], max_new_tokens: Optional[int], threshold: Optional[float],
+             block_length: Optional[int], steps: Optional[int], temperature: Optional[float],
+             top_p: Optional[float], top_k: Optional[int], seed: Optional[int],
+             stop_ids: Optional[Sequence[int]], request_id: Optional[str]) -> pb.GenerateRequest:
+    given = sum(x is not None for x in (prompt, chat, prompt_ids))
+    if given != 1:
+        raise ValueError("give exactly one of prompt, chat or prompt_ids")
+    request = pb.GenerateRequest()
+    if prompt is not None:
+        request.text = prompt
+    elif chat is not None:
+        messages = [{"role": "user", "content": chat}] if isinstance(chat, str) else chat
+        for m in messages:
+            request.chat.messages.add(role=m["role"], content=m["content"])
+    else:
+        request.prompt_ids.ids.extend(prompt_ids)
+    if model:
+        request.model.name = model
+    p = request.params
+    for name, value in (("max_new_tokens", max_new_tokens), ("threshold", threshold),
+                        ("block_length", block_length), ("steps", steps),
+                        ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                        ("seed", seed)):
+        if value is not None:
+            setattr(p, name, value)
+    if stop_ids is not None:
+        p.stop_ids.SetInParent()  # present and empty: only the length limit stops
+        p.stop_ids.ids.extend(stop_ids)
+    if request_id:
+        request.request_id = request_id
+    return request
+
+
+def _result(response_ids, text: str, stats, request_id: str) -> Result:
+    return Result(ids=list(response_ids), text=text, forwards=stats.forwards,
+                  tokens_per_forward=stats.tokens_per_forward,
+                  finish_reason=_FINISH.get(stats.finish_reason, "stop"),
+                  prompt_tokens=stats.prompt_tokens, request_id=request_id,
+                  seconds=stats.seconds)
+
+
+def _model_info(m) -> ModelInfo:
+    return ModelInfo(name=m.name, version=m.version, vocab_size=m.vocab_size,
+                     max_position_embeddings=m.max_position_embeddings,
+                     block_length=m.block_length, mask_id=m.mask_id, stop_ids=list(m.stop_ids))
+
+
+def _channel_args(target: str, tls_ca: Optional[str], aio: bool):
+    module = grpc.aio if aio else grpc
+    if tls_ca is None:
+        return module.insecure_channel(target)
+    with open(tls_ca, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return module.secure_channel(target, credentials)
+
+
+class _Common:
+    def __init__(self, target: str, api_key: Optional[str], timeout: Optional[float]):
+        self._target = target
+        self._metadata: Tuple[Tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ())
+        self._timeout = timeout
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        return timeout if timeout is not None else self._timeout
+
+
+class Client(_Common):
+    """Blocking client; thread-safe (one channel, any number of concurrent calls).
+
+    Args:
+        target: "host:port" of any Generation API server (router, scheduler, dmoe serve).
+        api_key: sent as "authorization: Bearer KEY" metadata.
+        tls_ca: path of a PEM CA bundle: connect with TLS, verifying the server against it.
+        timeout: default deadline of every call, in seconds (None: none).
+    """
+
+    def __init__(self, target: str, api_key: Optional[str] = None, tls_ca: Optional[str] = None,
+                 timeout: Optional[float] = None):
+        super().__init__(target, api_key, timeout)
+        self._channel = _channel_args(target, tls_ca, aio=False)
+        self._stub = pb_grpc.GenerationStub(self._channel)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def generate(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
+                 prompt_ids: Optional[Sequence[int]] = None, *, model: Optional[str] = None,
+                 max_new_tokens: Optional[int] = None, threshold: Optional[float] = None,
+                 block_length: Optional[int] = None, steps: Optional[int] = None,
+                 temperature: Optional[float] = None, top_p: Optional[float] = None,
+                 top_k: Optional[int] = None, seed: Optional[int] = None,
+                 stop_ids: Optional[Sequence[int]] = None, request_id: Optional[str] = None,
+                 timeout: Optional[float] = None) -> Result:
+        """Generates for one prompt (raw text, a chat message or messages, or token ids)."""
+        request = _request(prompt, chat, prompt_ids, model, max_new_tokens, threshold,
+                           block_length, steps, temperature, top_p, top_k, seed, stop_ids,
+                           request_id)
+        try:
+            r = self._stub.Generate(request, timeout=self._deadline(timeout),
+                                    metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return _result(r.ids, r.text, r.stats, r.request_id)
+
+    def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
+               prompt_ids: Optional[Sequence[int]] = None, *, model: Optional[str] = None,
+               max_new_tokens: Optional[int] = None, threshold: Optional[float] = None,
+               block_length: Optional[int] = None, steps: Optional[int] = None,
+               temperature: Optional[float] = None, top_p: Optional[float] = None,
+               top_k: Optional[int] = None, seed: Optional[int] = None,
+               stop_ids: Optional[Sequence[int]] = None, request_id: Optional[str] = None,
+               timeout: Optional[float] = None) -> Iterator[Chunk]:
+        """Yields one Chunk per committed block; the last one carries ``final`` (a Result).
+
+        Leaving the loop early (break, an exception) cancels the request on the server.
+        """
+        request = _request(prompt, chat, prompt_ids, model, max_new_tokens, threshold,
+                           block_length, steps, temperature, top_p, top_k, seed, stop_ids,
+                           request_id)
+        call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
+                                         metadata=self._metadata)
+        ids: List[int] = []
+        text = ""
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "block":
+                    ids.extend(event.block.ids)
+                    text += event.block.text
+                    yield Chunk(ids=list(event.block.ids), text=event.block.text,
+                                offset=event.block.offset)
+                elif kind == "final":
+                    text += event.final.text
+                    yield Chunk(ids=[], text=event.final.text, offset=len(ids),
+                                final=_result(ids, text, event.final.stats, event.request_id))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()  # a no-op after the end; frees the request's KV when left early
+
+    def models(self, timeout: Optional[float] = None) -> List[ModelInfo]:
+        """The models this server serves."""
+        try:
+            r = self._stub.ListModels(pb.ListModelsRequest(), timeout=self._deadline(timeout),
+                                      metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return [_model_info(m) for m in r.models]
+
+    def tokenize(self, text: Optional[str] = None, chat: Optional[Chat] = None,
+                 timeout: Optional[float] = None) -> List[int]:
+        """Token ids of a text, or of chat messages rendered with the model's template."""
+        request = pb.TokenizeRequest()
+        if (text is None) == (chat is None):
+            raise ValueError("give exactly one of text or chat")
+        if text is not None:
+            request.text = text
+        else:
+            messages = [{"role": "user", "content": chat}] if isinstance(chat, str) else chat
+            for m in messages:
+                request.chat.messages.add(role=m["role"], content=m["content"])
+        try:
+            r = self._stub.Tokenize(request, timeout=self._deadline(timeout),
+                                    metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return list(r.ids)
+
+
+class AsyncClient(_Common):
+    """The same calls for asyncio: ``await client.generate(...)``, ``async for c in
+    client.stream(...)``. Create it inside the event loop that uses it."""
+
+    def __init__(self, target: str, api_key: Optional[str] = None, tls_ca: Optional[str] = None,
+                 timeout: Optional[float] = None):
+        super().__init__(target, api_key, timeout)
+        self._channel = _channel_args(target, tls_ca, aio=True)
+        self._stub = pb_grpc.GenerationStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def generate(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
+                       prompt_ids: Optional[Sequence[int]] = None, *,
+                       timeout: Optional[float] = None, **knobs) -> Result:
+        """As Client.generate; the decoding knobs are the same keyword arguments."""
+        request = _request(prompt, chat, prompt_ids, knobs.pop("model", None),
+                           *_knobs(knobs))
+        try:
+            r = await self._stub.Generate(request, timeout=self._deadline(timeout),
+                                          metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return _result(r.ids, r.text, r.stats, r.request_id)
+
+    async def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
+                     prompt_ids: Optional[Sequence[int]] = None, *,
+                     timeout: Optional[float] = None, **knobs) -> AsyncIterator[Chunk]:
+        """As Client.stream, as an async iterator; leaving it early cancels the request."""
+        request = _request(prompt, chat, prompt_ids, knobs.pop("model", None),
+                           *_knobs(knobs))
+        call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
+                                         metadata=self._metadata)
+        ids: List[int] = []
+        text = ""
+        try:
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "block":
+                    ids.extend(event.block.ids)
+                    text += event.block.text
+                    yield Chunk(ids=list(event.block.ids), text=event.block.text,
+                                offset=event.block.offset)
+                elif kind == "final":
+                    text += event.final.text
+                    yield Chunk(ids=[], text=event.final.text, offset=len(ids),
+                                final=_result(ids, text, event.final.stats, event.request_id))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    async def models(self, timeout: Optional[float] = None) -> List[ModelInfo]:
+        try:
+            r = await self._stub.ListModels(pb.ListModelsRequest(),
+                                            timeout=self._deadline(timeout),
+                                            metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return [_model_info(m) for m in r.models]
+
+
+_KNOBS = ("max_new_tokens", "threshold", "block_length", "steps", "temperature", "top_p",
+          "top_k", "seed", "stop_ids", "request_id")
+
+
+def _knobs(knobs: dict) -> list:
+    unknown = set(knobs) - set(_KNOBS)
+    if unknown:
+        raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    return [knobs.get(name) for name in _KNOBS]
+
+
+__all__ = ["AsyncClient", "Chunk", "Client", "DmoeError", "ModelInfo", "Result"]

@@ -1,0 +1,120 @@
+"""The Python SDK (clients/python) against a real `dmoe serve` on the committed tiny model:
+sync and asyncio clients give the ids of `dmoe generate`, streams concatenate to the unary
+result, errors are typed, leaving a stream early cancels it."""
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import dmoe
+
+BIN = os.environ.get("DMOE_BIN_DIR", "build/bin")
+MODEL = os.path.join(os.environ.get("DMOE_SOURCE_DIR", "."), "models", "tiny-diffusion")
+CHAT = "Reverse the list:\nred\ncat\nmoon\nship"
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = subprocess.Popen([f"{BIN}/dmoe", "serve", "--model", MODEL, "--listen", "127.0.0.1:0",
+                             "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    address = None
+    deadline = time.time() + 60
+    while time.time() < deadline and address is None:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.match(r"listening on (\S+)", line)
+        if m:
+            address = m.group(1)
+    if address is None:
+        proc.kill()
+        pytest.fail("dmoe serve did not start")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def engine_ids(**flags):
+    args = [f"{BIN}/dmoe", "generate", "--model", MODEL, "--json"]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+
+
+def test_generate_equals_the_engine(server):
+    expected = engine_ids(chat=CHAT, max_new_tokens=32)
+    with dmoe.Client(server, timeout=60) as client:
+        r = client.generate(chat=CHAT, max_new_tokens=32)
+    assert r.ids == expected["ids"]
+    assert r.text == expected["text"]
+    assert r.forwards == expected["forwards"]
+    assert r.finish_reason == expected["finish_reason"]
+    assert r.tokens_per_forward > 0
+
+
+def test_stream_concatenates_to_generate(server):
+    with dmoe.Client(server, timeout=60) as client:
+        unary = client.generate(prompt="Once upon a time", max_new_tokens=48)
+        chunks = list(client.stream(prompt="Once upon a time", max_new_tokens=48))
+    assert chunks[-1].final is not None
+    assert [i for c in chunks for i in c.ids] == unary.ids
+    assert "".join(c.text for c in chunks) == unary.text
+    assert chunks[-1].final.ids == unary.ids
+
+
+def test_models_and_tokenize(server):
+    with dmoe.Client(server) as client:
+        models = client.models()
+        assert models[0].name == "tiny-diffusion"
+        assert models[0].block_length == 32
+        ids = client.tokenize(text="hello world")
+        assert ids and all(isinstance(i, int) for i in ids)
+        assert client.tokenize(chat="hi") != client.tokenize(text="hi")  # the chat template
+
+
+def test_errors_are_typed(server):
+    with dmoe.Client(server) as client:
+        with pytest.raises(dmoe.InvalidArgument) as e:
+            client.generate(prompt="x", max_new_tokens=0)
+        assert "max_new_tokens" in e.value.message
+        with pytest.raises(dmoe.InvalidArgument):
+            client.generate(prompt="x", model="other")
+        with pytest.raises(ValueError):
+            client.generate(prompt="x", chat="y")
+    with dmoe.Client("127.0.0.1:1", timeout=2) as dead:
+        with pytest.raises((dmoe.Unavailable, dmoe.DeadlineExceeded)):
+            dead.generate(prompt="x")
+
+
+def test_leaving_a_stream_early_cancels_it(server):
+    with dmoe.Client(server, timeout=60) as client:
+        stream = client.stream(prompt="Once upon a time", max_new_tokens=256, stop_ids=[])
+        first = next(stream)
+        assert first.ids
+        stream.close()  # GeneratorExit: the call is cancelled
+        # The server keeps serving.
+        assert client.generate(prompt="Once", max_new_tokens=8).ids
+
+
+def test_async_client(server):
+    expected = engine_ids(chat=CHAT, max_new_tokens=32)
+
+    async def run():
+        async with dmoe.AsyncClient(server, timeout=60) as client:
+            r = await client.generate(chat=CHAT, max_new_tokens=32)
+            chunks = [c async for c in client.stream(chat=CHAT, max_new_tokens=32)]
+            both = await asyncio.gather(client.generate(prompt="Once", max_new_tokens=16),
+                                        client.generate(prompt="Once", max_new_tokens=16))
+            models = await client.models()
+            return r, chunks, both, models
+
+    r, chunks, both, models = asyncio.run(run())
+    assert r.ids == expected["ids"]
+    assert [i for c in chunks for i in c.ids] == expected["ids"]
+    assert both[0].ids == both[1].ids
+    assert models[0].name == "tiny-diffusion"
