@@ -1,0 +1,169 @@
+// Node.js client of dmoe's Generation API (proto/dmoe/v1/generation.proto) on @grpc/grpc-js.
+// Every decoding option left out takes the server's default, the same as `dmoe generate`'s.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+// The proto next to this file (a packed copy) or the repository's.
+const PROTO = [path.join(__dirname, 'generation.proto'),
+               path.join(__dirname, '..', '..', 'proto', 'dmoe', 'v1', 'generation.proto')]
+  .find((p) => fs.existsSync(p));
+const definition = protoLoader.loadSync(PROTO, {
+  keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
+});
+const { Generation } = grpc.loadPackageDefinition(definition).dmoe.v1;
+
+/** A failed call: `code` is the gRPC status code (number), `codeName` its name. */
+class DmoeError extends Error {
+  constructor(code, details) {
+    const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === code) || 'UNKNOWN';
+    super(`${codeName}: ${details}`);
+    this.name = 'DmoeError';
+    this.code = code;
+    this.codeName = codeName;
+    this.details = details;
+  }
+}
+
+function toError(e) {
+  return e && typeof e.code === 'number' ? new DmoeError(e.code, e.details || e.message) : e;
+}
+
+const FINISH = { FINISH_REASON_STOP: 'stop', FINISH_REASON_LENGTH: 'length' };
+
+function buildRequest(o) {
+  const given = ['prompt', 'chat', 'promptIds'].filter((k) => o[k] !== undefined);
+  if (given.length !== 1) throw new TypeError('give exactly one of prompt, chat or promptIds');
+  const request = { params: {} };
+  if (o.prompt !== undefined) request.text = o.prompt;
+  if (o.chat !== undefined) {
+    const messages = typeof o.chat === 'string' ? [{ role: 'user', content: o.chat }] : o.chat;
+    request.chat = { messages };
+  }
+  if (o.promptIds !== undefined) request.prompt_ids = { ids: o.promptIds };
+  if (o.model) request.model = { name: o.model };
+  if (o.requestId) request.request_id = o.requestId;
+  const knobs = { maxNewTokens: 'max_new_tokens', threshold: 'threshold', blockLength: 'block_length',
+                  steps: 'steps', temperature: 'temperature', topP: 'top_p', topK: 'top_k', seed: 'seed' };
+  for (const [js, field] of Object.entries(knobs)) {
+    if (o[js] !== undefined && o[js] !== null) request.params[field] = o[js];
+  }
+  if (o.stopIds !== undefined) request.params.stop_ids = { ids: o.stopIds };
+  return request;
+}
+
+function toResult(ids, text, stats, requestId) {
+  return {
+    ids, text, requestId,
+    forwards: stats.forwards,
+    tokensPerForward: stats.tokens_per_forward,
+    finishReason: FINISH[stats.finish_reason] || 'stop',
+    promptTokens: stats.prompt_tokens,
+    seconds: stats.seconds,
+  };
+}
+
+class Client {
+  /**
+   * @param {string} target "host:port" of any Generation API server (router, scheduler, dmoe serve)
+   * @param {{apiKey?: string, tlsCa?: string|Buffer, timeout?: number}} options timeout in seconds
+   */
+  constructor(target, { apiKey, tlsCa, timeout } = {}) {
+    const credentials = tlsCa
+      ? grpc.credentials.createSsl(Buffer.isBuffer(tlsCa) ? tlsCa : fs.readFileSync(tlsCa))
+      : grpc.credentials.createInsecure();
+    this._stub = new Generation(target, credentials);
+    this._apiKey = apiKey;
+    this._timeout = timeout;
+  }
+
+  _metadata() {
+    const m = new grpc.Metadata();
+    if (this._apiKey) m.set('authorization', `Bearer ${this._apiKey}`);
+    return m;
+  }
+
+  _options(timeout) {
+    const t = timeout !== undefined ? timeout : this._timeout;
+    return t ? { deadline: new Date(Date.now() + t * 1000) } : {};
+  }
+
+  /** Generates for one prompt; resolves to {ids, text, forwards, tokensPerForward, finishReason}. */
+  generate(options = {}) {
+    const request = buildRequest(options);
+    return new Promise((resolve, reject) => {
+      const call = this._stub.Generate(request, this._metadata(), this._options(options.timeout),
+        (err, r) => {
+          if (err) return reject(toError(err));
+          resolve(toResult(r.ids, r.text, r.stats, r.request_id));
+        });
+      if (options.signal) {
+        if (options.signal.aborted) call.cancel();
+        options.signal.addEventListener('abort', () => call.cancel(), { once: true });
+      }
+    });
+  }
+
+  /**
+   * One chunk {ids, text, offset} per committed block; the last one has `final` (a result).
+   * Breaking out of the loop or aborting `signal` cancels the request on the server.
+   */
+  async *stream(options = {}) {
+    const request = buildRequest(options);
+    const call = this._stub.GenerateStream(request, this._metadata(), this._options(options.timeout));
+    const onAbort = () => call.cancel();
+    if (options.signal) options.signal.addEventListener('abort', onAbort, { once: true });
+    const ids = [];
+    let text = '';
+    try {
+      for await (const event of call) {
+        if (event.event === 'block') {
+          ids.push(...event.block.ids);
+          text += event.block.text;
+          yield { ids: event.block.ids, text: event.block.text, offset: event.block.offset };
+        } else if (event.event === 'final') {
+          text += event.final.text;
+          yield { ids: [], text: event.final.text, offset: ids.length,
+                  final: toResult(ids, text, event.final.stats, event.request_id) };
+        }
+      }
+    } catch (e) {
+      throw toError(e);
+    } finally {
+      call.cancel();  // a no-op after the end; frees the request's KV when left early
+      if (options.signal) options.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** The served models: [{name, version, vocabSize, maxPositionEmbeddings, blockLength, maskId}]. */
+  models({ timeout } = {}) {
+    return new Promise((resolve, reject) => {
+      this._stub.ListModels({}, this._metadata(), this._options(timeout), (err, r) => {
+        if (err) return reject(toError(err));
+        resolve(r.models.map((m) => ({
+          name: m.name, version: m.version, vocabSize: m.vocab_size,
+          maxPositionEmbeddings: m.max_position_embeddings, blockLength: m.block_length,
+          maskId: m.mask_id, stopIds: m.stop_ids,
+        })));
+      });
+    });
+  }
+
+  /** Token ids of {text} or {chat} (rendered with the model's chat template). */
+  tokenize({ text, chat, timeout } = {}) {
+    const request = text !== undefined ? { text }
+      : { chat: { messages: typeof chat === 'string' ? [{ role: 'user', content: chat }] : chat } };
+    return new Promise((resolve, reject) => {
+      this._stub.Tokenize(request, this._metadata(), this._options(timeout), (err, r) => {
+        if (err) return reject(toError(err));
+        resolve(r.ids);
+      });
+    });
+  }
+
+  close() { this._stub.close(); }
+}
+
+module.exports = { Client, DmoeError, status: grpc.status };

@@ -1,0 +1,90 @@
+// @dmoe/client against a real `dmoe serve` on the committed tiny model (node --test).
+// DMOE_BIN_DIR: the dmoe binaries (default build/bin of the repository).
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert');
+const { spawn, execFileSync } = require('node:child_process');
+const path = require('node:path');
+const readline = require('node:readline');
+const { Client, DmoeError, status } = require('..');
+
+const ROOT = path.join(__dirname, '..', '..', '..');
+const BIN = process.env.DMOE_BIN_DIR || path.join(ROOT, 'build', 'bin');
+const MODEL = path.join(ROOT, 'models', 'tiny-diffusion');
+const CHAT = 'Reverse the list:\nred\ncat\nmoon\nship';
+let server;
+let client;
+
+before(async () => {
+  server = spawn(path.join(BIN, 'dmoe'), ['serve', '--model', MODEL, '--listen', '127.0.0.1:0',
+                                          '--threads', '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const address = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('dmoe serve did not start')), 60000);
+    readline.createInterface({ input: server.stdout }).on('line', (line) => {
+      const m = /^listening on (\S+)/.exec(line);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    server.on('exit', () => reject(new Error('dmoe serve exited')));
+  });
+  client = new Client(address, { timeout: 60 });
+});
+
+after(() => {
+  if (client) client.close();
+  if (server) server.kill('SIGTERM');
+});
+
+function engine(args) {
+  return JSON.parse(execFileSync(path.join(BIN, 'dmoe'),
+    ['generate', '--model', MODEL, '--json', ...args]).toString());
+}
+
+test('generate equals dmoe generate', async () => {
+  const expected = engine(['--chat', CHAT, '--max-new-tokens', '32']);
+  const r = await client.generate({ chat: CHAT, maxNewTokens: 32 });
+  assert.deepStrictEqual(r.ids, expected.ids);
+  assert.strictEqual(r.text, expected.text);
+  assert.strictEqual(r.forwards, expected.forwards);
+  assert.strictEqual(r.finishReason, expected.finish_reason);
+});
+
+test('stream chunks concatenate to generate', async () => {
+  const unary = await client.generate({ prompt: 'Once upon a time', maxNewTokens: 48 });
+  const chunks = [];
+  for await (const c of client.stream({ prompt: 'Once upon a time', maxNewTokens: 48 })) chunks.push(c);
+  assert.deepStrictEqual(chunks.flatMap((c) => c.ids), unary.ids);
+  assert.strictEqual(chunks.map((c) => c.text).join(''), unary.text);
+  assert.deepStrictEqual(chunks[chunks.length - 1].final.ids, unary.ids);
+});
+
+test('models and tokenize', async () => {
+  const models = await client.models();
+  assert.strictEqual(models[0].name, 'tiny-diffusion');
+  const ids = await client.tokenize({ text: 'hello world' });
+  assert.ok(ids.length > 0);
+});
+
+test('errors carry the gRPC code', async () => {
+  await assert.rejects(client.generate({ prompt: 'x', maxNewTokens: 0 }), (e) => {
+    assert.ok(e instanceof DmoeError);
+    assert.strictEqual(e.code, status.INVALID_ARGUMENT);
+    assert.match(e.details, /max_new_tokens/);
+    return true;
+  });
+  await assert.rejects(client.stream({ prompt: 'x', chat: 'y' }).next(), TypeError);
+});
+
+test('AbortSignal cancels a stream', async () => {
+  const controller = new AbortController();
+  const seen = [];
+  await assert.rejects((async () => {
+    for await (const c of client.stream({ prompt: 'Once upon a time', maxNewTokens: 512, stopIds: [],
+                                          signal: controller.signal })) {
+      seen.push(c);
+      controller.abort();
+    }
+  })(), (e) => e.code === status.CANCELLED);
+  assert.strictEqual(seen.length, 1);
+  const r = await client.generate({ prompt: 'Once', maxNewTokens: 8 });  // still serving
+  assert.ok(r.ids.length > 0);
+});
