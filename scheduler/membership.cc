@@ -2,13 +2,27 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 
 namespace dmoe::scheduler {
 
-Membership::Membership(const MembershipOptions& options) : options_(options) {}
+namespace {
+
+// A random nonzero 31-bit epoch (the ids stay positive in every language's int64).
+uint64_t RandomEpoch() {
+  std::random_device rd;
+  uint64_t epoch = 0;
+  while (epoch == 0) epoch = (static_cast<uint64_t>(rd()) ^ (static_cast<uint64_t>(rd()) << 16)) & 0x7fffffffu;
+  return epoch;
+}
+
+}  // namespace
+
+Membership::Membership(const MembershipOptions& options)
+    : options_(options), next_id_((RandomEpoch() << 32) | 1) {}
 
 absl::StatusOr<uint64_t> Membership::Register(const PodInfo& pod) {
   if (pod.address.empty()) return absl::InvalidArgumentError("address is empty");

@@ -93,7 +93,10 @@ class Membership {
 
   MembershipOptions options_;
   absl::Mutex mu_;
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Member ids are (epoch << 32) | counter with a random epoch per Membership: after a
+  // scheduler restart a pod holding an old id cannot renew a new pod's lease (NOT_FOUND makes
+  // it register again).
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Member> members_ ABSL_GUARDED_BY(mu_);
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   std::string placement_signature_ ABSL_GUARDED_BY(mu_);

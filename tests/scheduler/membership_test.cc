@@ -132,3 +132,33 @@ TEST(MembershipLoadTest, RemovedPodLeavesThePlacementAtOnce) {
 
 }  // namespace
 }  // namespace dmoe::scheduler
+
+namespace dmoe::scheduler {
+namespace {
+
+// A restarted scheduler (a new Membership) never hands out an id the old one did, so a pod
+// that still holds an old id gets NOT_FOUND (and registers again) instead of renewing the
+// lease of whichever new pod got the same number.
+TEST(MembershipIdsTest, UniqueAcrossRestarts) {
+  Membership before({.num_experts = 16});
+  Membership after({.num_experts = 16});
+  const PodInfo attention{.role = PodRole::kAttention, .address = "10.0.0.1:1"};
+  const PodInfo other{.role = PodRole::kAttention, .address = "10.0.0.2:1"};
+  absl::StatusOr<uint64_t> old_id = before.Register(attention);
+  ASSERT_TRUE(old_id.ok());
+  absl::StatusOr<uint64_t> new_id = after.Register(other);
+  ASSERT_TRUE(new_id.ok());
+  EXPECT_NE(*old_id >> 32, *new_id >> 32);  // different epochs
+  EXPECT_EQ(after.Heartbeat(*old_id).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(after.Heartbeat(*new_id).ok());
+  // Within one scheduler ids are distinct and stable for a re-registering pod.
+  absl::StatusOr<uint64_t> again = after.Register(other);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *new_id);
+  absl::StatusOr<uint64_t> second = after.Register(attention);
+  ASSERT_TRUE(second.ok());
+  EXPECT_NE(*second, *new_id);
+}
+
+}  // namespace
+}  // namespace dmoe::scheduler
