@@ -79,26 +79,26 @@ absl::StatusOr<std::string> WaitListening(pid_t pid, const std::string& name, co
       absl::StrCat(name, " did not report 'listening on' in time; log ", log, Tail(log, 8)));
 }
 
-// The /metrics address a process logged ("metrics on http://ADDR/metrics"); "" without one.
-std::string MetricsAddress(const std::string& log) {
-  static const std::regex kMetrics("metrics on http://([0-9.]+:[0-9]+)/metrics");
+// The first address `pattern` (one capture group) finds in a process's log; "" without one.
+std::string LoggedAddress(const std::string& log, const std::regex& pattern) {
   std::ifstream in(log);
   std::stringstream text;
   text << in.rdbuf();
   const std::string s = text.str();
   std::smatch m;
-  return std::regex_search(s, m, kMetrics) ? m[1].str() : "";
+  return std::regex_search(s, m, pattern) ? m[1].str() : "";
 }
 
-// The OpenAI HTTP API address a process logged ("HTTP API at http://ADDR"); "" without one.
+// "metrics on http://ADDR/metrics".
+std::string MetricsAddress(const std::string& log) {
+  static const std::regex kMetrics("metrics on http://([0-9.]+:[0-9]+)/metrics");
+  return LoggedAddress(log, kMetrics);
+}
+
+// The OpenAI HTTP API: "HTTP API at http://ADDR".
 std::string HttpAddress(const std::string& log) {
   static const std::regex kHttp("HTTP API at http://([0-9.]+:[0-9]+)");
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string s = text.str();
-  std::smatch m;
-  return std::regex_search(s, m, kHttp) ? m[1].str() : "";
+  return LoggedAddress(log, kHttp);
 }
 
 void Kill(pid_t pid, int sig) {

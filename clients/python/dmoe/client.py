@@ -98,6 +98,29 @@ def _model_info(m) -> ModelInfo:
                      block_length=m.block_length, mask_id=m.mask_id, stop_ids=list(m.stop_ids))
 
 
+class _ChunkAssembler:
+    """Stream events to Chunks (canvas events are skipped); the final chunk carries the
+    whole Result, so it keeps the ids and text seen so far."""
+
+    def __init__(self):
+        self._ids: List[int] = []
+        self._text = ""
+
+    def add(self, event) -> Optional[Chunk]:
+        kind = event.WhichOneof("event")
+        if kind == "block":
+            self._ids.extend(event.block.ids)
+            self._text += event.block.text
+            return Chunk(ids=list(event.block.ids), text=event.block.text,
+                         offset=event.block.offset)
+        if kind == "final":
+            self._text += event.final.text
+            return Chunk(ids=[], text=event.final.text, offset=len(self._ids),
+                         final=_result(self._ids, self._text, event.final.stats,
+                                       event.request_id))
+        return None
+
+
 def _channel_args(target: str, tls_ca: Optional[str], aio: bool):
     module = grpc.aio if aio else grpc
     if tls_ca is None:
@@ -180,20 +203,12 @@ class Client(_Common):
                            request_id)
         call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
-        ids: List[int] = []
-        text = ""
+        chunks = _ChunkAssembler()
         try:
             for event in call:
-                kind = event.WhichOneof("event")
-                if kind == "block":
-                    ids.extend(event.block.ids)
-                    text += event.block.text
-                    yield Chunk(ids=list(event.block.ids), text=event.block.text,
-                                offset=event.block.offset)
-                elif kind == "final":
-                    text += event.final.text
-                    yield Chunk(ids=[], text=event.final.text, offset=len(ids),
-                                final=_result(ids, text, event.final.stats, event.request_id))
+                chunk = chunks.add(event)
+                if chunk is not None:
+                    yield chunk
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         finally:
@@ -268,20 +283,12 @@ class AsyncClient(_Common):
                            *_knobs(knobs))
         call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
-        ids: List[int] = []
-        text = ""
+        chunks = _ChunkAssembler()
         try:
             async for event in call:
-                kind = event.WhichOneof("event")
-                if kind == "block":
-                    ids.extend(event.block.ids)
-                    text += event.block.text
-                    yield Chunk(ids=list(event.block.ids), text=event.block.text,
-                                offset=event.block.offset)
-                elif kind == "final":
-                    text += event.final.text
-                    yield Chunk(ids=[], text=event.final.text, offset=len(ids),
-                                final=_result(ids, text, event.final.stats, event.request_id))
+                chunk = chunks.add(event)
+                if chunk is not None:
+                    yield chunk
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         finally:
