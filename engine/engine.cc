@@ -113,6 +113,7 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::Generate(
   }
   for (size_t i = 0; i < sequences.size(); ++i) {
     results[i].ids = sequences[i].FinalTokens();
+    results[i].logprobs = sequences[i].FinalLogprobs();
     results[i].finish_reason = sequences[i].finish_reason();
     results[i].forwards = sequences[i].forwards();
   }

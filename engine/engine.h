@@ -40,6 +40,7 @@ struct EngineOptions {
 
 struct GenerationResult {
   std::vector<int32_t> ids;        // generated ids, truncated after the first stop token
+  std::vector<float> logprobs;     // per id: its log-probability when committed
   FinishReason finish_reason = FinishReason::kNone;
   int64_t forwards = 0;
   double seconds = 0;              // wall time from start of Generate to this request's end

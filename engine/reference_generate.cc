@@ -1,12 +1,23 @@
 #include "engine/reference_generate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
 #include "common/status_macros.h"
 
 namespace dmoe::engine {
+namespace {
+
+double LogSoftmaxAt(const float* row, int64_t vocab, int32_t token) {
+  const double max = *std::max_element(row, row + vocab);
+  double sum = 0;
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max);
+  return static_cast<double>(row[token]) - max - std::log(sum);
+}
+
+}  // namespace
 
 absl::StatusOr<ReferenceResult> ReferenceGenerate(const model::Model& model,
                                                   model::Kernels& kernels,
@@ -24,6 +35,7 @@ absl::StatusOr<ReferenceResult> ReferenceGenerate(const model::Model& model,
   const int64_t nb = (P + gen_length + B - 1) / B, N = nb * B;
   std::vector<int32_t> x(prompt);
   x.resize(N, params.mask_id);
+  std::vector<float> logprob(N, 0.0f);
   std::vector<int64_t> sched(steps, B / steps);
   for (int64_t i = 0; i < B % steps; ++i) sched[i] += 1;
   auto is_stop = [&](int32_t t) {
@@ -65,8 +77,12 @@ absl::StatusOr<ReferenceResult> ReferenceGenerate(const model::Model& model,
                          [&](int64_t a, int64_t c) { return conf[a] > conf[c]; });
         for (int64_t r = 0; r < std::min(sched[step], n_active); ++r) commit[order[r]] = true;
       }
-      for (int64_t i = 0; i < B; ++i)
-        if (commit[i]) x[end - B + i] = p.tokens[i];
+      for (int64_t i = 0; i < B; ++i) {
+        if (!commit[i]) continue;
+        x[end - B + i] = p.tokens[i];
+        logprob[end - B + i] =
+            static_cast<float>(LogSoftmaxAt(logits[0].data() + i * vocab, vocab, p.tokens[i]));
+      }
     }
     bool stop = false;
     for (int64_t i = P; i < end; ++i) stop = stop || is_stop(x[i]);
@@ -74,6 +90,7 @@ absl::StatusOr<ReferenceResult> ReferenceGenerate(const model::Model& model,
   }
   for (int64_t i = P; i < std::min(P + gen_length, N); ++i) {
     result.ids.push_back(x[i]);
+    result.logprobs.push_back(logprob[i]);
     if (is_stop(x[i])) break;
   }
   return result;

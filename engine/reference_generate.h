@@ -16,6 +16,9 @@ namespace dmoe::engine {
 
 struct ReferenceResult {
   std::vector<int32_t> ids;  // x[P : P + gen_length], truncated after the first stop token
+  // Per id: log-softmax over the full vocabulary of the logits row that committed it, computed
+  // directly in double (equals Sequence::FinalLogprobs() when sampling is plain greedy).
+  std::vector<float> logprobs;
   int64_t forwards = 0;
 };
 

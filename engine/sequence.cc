@@ -9,6 +9,14 @@
 #include "common/status_macros.h"
 
 namespace dmoe::engine {
+namespace {
+
+// Finite even if a probability underflowed to 0.
+float LogProb(float probability) {
+  return std::log(std::max(probability, std::numeric_limits<float>::min()));
+}
+
+}  // namespace
 
 std::string FinishReasonName(FinishReason reason) {
   switch (reason) {
@@ -48,6 +56,7 @@ absl::StatusOr<Sequence> Sequence::Create(std::vector<int32_t> prompt,
   s.params_ = params;
   s.prompt_length_ = static_cast<int64_t>(prompt.size());
   s.tokens_ = std::move(prompt);
+  s.logprobs_.assign(s.tokens_.size(), 0.0f);
   if (params.mode == DecodeMode::kDiffusion) {
     const int64_t b = params.block_length;
     s.canvas_end_ = (s.prompt_length_ + params.max_new_tokens + b - 1) / b * b;
@@ -64,7 +73,9 @@ void Sequence::StartBlock(int64_t start) {
   block_.assign(params_.block_length, params_.mask_id);
   // The partial last prompt block: its prompt tokens stay, the rest are masks.
   for (int64_t p = start; p < prompt_length_; ++p) block_[p - start] = tokens_[p];
+  block_logprobs_.assign(params_.block_length, 0.0f);
   tokens_.resize(start);
+  logprobs_.resize(start);
   block_step_ = 0;
 }
 
@@ -111,6 +122,7 @@ absl::Status Sequence::Apply(const StepPlan& plan, const Proposal& proposal) {
 absl::Status Sequence::ApplyAutoregressive(const Proposal& proposal) {
   const int32_t token = proposal.tokens.back();
   tokens_.push_back(token);
+  logprobs_.push_back(LogProb(proposal.confidence.back()));
   const int64_t generated = static_cast<int64_t>(tokens_.size()) - prompt_length_;
   if (std::find(params_.stop_ids.begin(), params_.stop_ids.end(), token) !=
       params_.stop_ids.end()) {
@@ -136,16 +148,20 @@ absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
   // Commit everything above the threshold if that meets this step's quota, else the
   // quota's most confident positions (ties to the lower position).
   const int64_t quota = StepQuota(block_step_);
+  auto commit = [&](int64_t i) {
+    block_[i] = proposal.tokens[i];
+    block_logprobs_[i] = LogProb(proposal.confidence[i]);
+  };
   if (above >= quota) {
     for (int64_t i = 0; i < b; ++i) {
-      if (confidence[i] > params_.threshold) block_[i] = proposal.tokens[i];
+      if (confidence[i] > params_.threshold) commit(i);
     }
   } else {
     std::vector<int64_t> order(b);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t x, int64_t y) { return confidence[x] > confidence[y]; });
-    for (int64_t r = 0; r < std::min(quota, active); ++r) block_[order[r]] = proposal.tokens[order[r]];
+    for (int64_t r = 0; r < std::min(quota, active); ++r) commit(order[r]);
   }
   ++block_step_;
   const bool masks_left =
@@ -156,6 +172,7 @@ absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
 
 void Sequence::FinishBlock() {
   tokens_.insert(tokens_.end(), block_.begin(), block_.end());
+  logprobs_.insert(logprobs_.end(), block_logprobs_.begin(), block_logprobs_.end());
   const int64_t end = block_start_ + params_.block_length;
   bool stopped = false;
   for (int64_t p = prompt_length_; p < end && !stopped; ++p) {
@@ -192,6 +209,12 @@ std::vector<int32_t> Sequence::FinalTokens() const {
     }
   }
   return out;
+}
+
+std::vector<float> Sequence::FinalLogprobs() const {
+  const size_t n = FinalTokens().size();
+  const auto begin = logprobs_.begin() + prompt_length_;
+  return std::vector<float>(begin, begin + static_cast<int64_t>(n));
 }
 
 std::vector<int32_t> Sequence::TakeNewTokens() {

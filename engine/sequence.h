@@ -85,6 +85,10 @@ class Sequence {
   // Generated ids so far that are final (whole committed blocks / AR tokens), truncated as
   // the final output will be (at max_new_tokens, and after the first stop token).
   std::vector<int32_t> FinalTokens() const;
+  // The log-probability of each of FinalTokens() when it was committed: log of its confidence,
+  // i.e. the softmax probability under the distribution it was drawn from (the full vocabulary
+  // when greedy; the temperature / top-k / top-p distribution when sampling).
+  std::vector<float> FinalLogprobs() const;
   // Final tokens not returned by an earlier call (for streaming).
   std::vector<int32_t> TakeNewTokens();
 
@@ -99,11 +103,13 @@ class Sequence {
   GenerationParams params_;
   int64_t prompt_length_ = 0;
   std::vector<int32_t> tokens_;  // prompt + final generated tokens (whole blocks)
+  std::vector<float> logprobs_;  // parallel to tokens_: log-probability at commit (0 for prompt)
   int64_t cached_ = 0;           // KV cached for tokens_[0, cached_)
   int64_t canvas_end_ = 0;       // reference N = ceil((P + max_new) / B) * B
   int64_t block_start_ = 0;
   int64_t denoised_block_start_ = 0;  // block_start_ of the last diffusion forward
   std::vector<int32_t> block_;   // current block (diffusion)
+  std::vector<float> block_logprobs_;  // parallel to block_
   int64_t block_step_ = 0;       // forwards spent on the current block
   int64_t effective_steps_ = 0;
   int64_t forwards_ = 0;

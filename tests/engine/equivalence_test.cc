@@ -2,6 +2,7 @@
 // full recompute, no cache) on tiny random checkpoints: same ids for prompts below, at and
 // above a block boundary, at thresholds 0.0 / 0.5 / 0.95, in BF16 and F32; batched requests
 // equal solo ones; the AR path equals a causal full-recompute loop.
+#include <cmath>
 #include <memory>
 #include <string>
 
@@ -119,6 +120,26 @@ TEST_P(EquivalenceTest, SixteenConcurrentRequestsEqualSoloRuns) {
     EXPECT_EQ((*batched)[i].ids, Cached(requests[i].prompt, requests[i].params)) << "request " << i;
   }
   EXPECT_EQ(engine_->kv_pool().pages_in_use(), 0);  // every request freed its KV
+}
+
+// Logprobs are the log of each token's probability when it was committed: the engine's (from
+// the sampler's confidence, KV-cached) equal a direct log-softmax of the reference's logits.
+TEST_P(EquivalenceTest, LogprobsEqualDirectLogSoftmaxAtCommit) {
+  for (float threshold : {0.0f, 0.95f}) {
+    GenerationParams p = Params(threshold, 8, 20);
+    std::vector<int32_t> prompt = Prompt(13, 5);
+    auto r = engine_->Generate({{prompt, p}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    const GenerationResult& got = (*r)[0];
+    ReferenceResult ref = Reference(prompt, p);
+    ASSERT_EQ(got.ids, ref.ids);
+    ASSERT_EQ(got.logprobs.size(), got.ids.size());
+    for (size_t i = 0; i < got.ids.size(); ++i) {
+      EXPECT_TRUE(std::isfinite(got.logprobs[i])) << i;
+      EXPECT_LE(got.logprobs[i], 0.0f) << i;
+      EXPECT_NEAR(got.logprobs[i], ref.logprobs[i], 1e-4) << "threshold " << threshold << " id " << i;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EquivalenceTest, ::testing::Values(DType::kBF16, DType::kF32),
