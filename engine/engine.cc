@@ -116,6 +116,8 @@ absl::StatusOr<std::vector<GenerationResult>> Engine::Generate(
     results[i].logprobs = sequences[i].FinalLogprobs();
     results[i].finish_reason = sequences[i].finish_reason();
     results[i].forwards = sequences[i].forwards();
+    results[i].edits = sequences[i].edits();
+    results[i].remasks = sequences[i].remasks();
   }
   return results;
 }

@@ -43,6 +43,8 @@ struct GenerationResult {
   std::vector<float> logprobs;     // per id: its log-probability when committed
   FinishReason finish_reason = FinishReason::kNone;
   int64_t forwards = 0;
+  int64_t edits = 0;               // token editing: T2T rewrites (re-masks included)
+  int64_t remasks = 0;             // of which back to the mask id
   double seconds = 0;              // wall time from start of Generate to this request's end
   double first_block_seconds = 0;  // time to the first final token(s)
   double tokens_per_forward() const {

@@ -46,6 +46,21 @@ absl::Status GenerationParams::Validate(int64_t vocab_size) const {
       return bad("stop id ", id, " equals the mask id");
     }
   }
+  if (edit_threshold.has_value()) {
+    if (mode != DecodeMode::kDiffusion) {
+      return bad("edit_threshold applies to diffusion decoding only");
+    }
+    if (!(*edit_threshold >= 0.0f && *edit_threshold <= 1.0f)) {
+      return bad("edit_threshold must be in [0, 1], got ", *edit_threshold);
+    }
+  }
+  // Bounded so that max_post_steps cannot push the per-block forward bound past any sane value.
+  if (max_post_steps < 0 || max_post_steps > 4096) {
+    return bad("max_post_steps must be in [0, 4096], got ", max_post_steps);
+  }
+  if (max_block_forwards < 0) {
+    return bad("max_block_forwards must be >= 0 (0 = the default), got ", max_block_forwards);
+  }
   return sampling.Validate();
 }
 
@@ -64,6 +79,7 @@ absl::StatusOr<Sequence> Sequence::Create(std::vector<int32_t> prompt,
     s.effective_steps_ = std::min(params.steps, params.max_new_tokens);
     s.StartBlock(s.prompt_length_ / b * b);
     s.denoised_block_start_ = s.block_start_;
+    s.last_edited_.assign(b, false);
   }
   return s;
 }
@@ -77,6 +93,7 @@ void Sequence::StartBlock(int64_t start) {
   tokens_.resize(start);
   logprobs_.resize(start);
   block_step_ = 0;
+  post_steps_ = 0;
 }
 
 // Reference schedule: B // steps per step, the first B % steps steps one more.
@@ -136,6 +153,8 @@ absl::Status Sequence::ApplyAutoregressive(const Proposal& proposal) {
 absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
   const int64_t b = params_.block_length;
   denoised_block_start_ = block_start_;
+  last_edited_.assign(b, false);
+  if (params_.editing()) return ApplyEditing(proposal);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   std::vector<float> confidence(b, kNegInf);
   int64_t active = 0, above = 0;
@@ -168,6 +187,73 @@ absl::Status Sequence::ApplyDiffusion(const Proposal& proposal) {
       std::find(block_.begin(), block_.end(), params_.mask_id) != block_.end();
   if (!masks_left || block_step_ >= effective_steps_) FinishBlock();
   return absl::OkStatus();
+}
+
+// One iteration of LLaDA2.1's generate() loop after its forward: M2T over the positions that
+// were masked at the top of the iteration (A), T2T over the decoded non-prompt ones, both from
+// this forward's proposals and written together.
+absl::Status Sequence::ApplyEditing(const Proposal& proposal) {
+  const int64_t b = params_.block_length;
+  const int32_t mask = params_.mask_id;
+  std::vector<bool> active(b), write(b, false);
+  int64_t n_active = 0;
+  for (int64_t i = 0; i < b; ++i) n_active += (active[i] = block_[i] == mask) ? 1 : 0;
+  // M2T: every masked position above the threshold, else the single most confident one
+  // (num_to_transfer = 1; ties to the lower position).
+  if (n_active > 0) {
+    int64_t above = 0, best = -1;
+    for (int64_t i = 0; i < b; ++i) {
+      if (!active[i]) continue;
+      if (proposal.confidence[i] > params_.threshold) {
+        write[i] = true;
+        ++above;
+      }
+      if (best < 0 || proposal.confidence[i] > proposal.confidence[best]) best = i;
+    }
+    if (above == 0) write[best] = true;
+  }
+  // T2T: rewrite decoded, non-prompt positions whose argmax differs, strictly above the edit
+  // threshold. Past the server's forward bound no more edits are made.
+  bool edited = false;
+  if (block_step_ < params_.EffectiveMaxBlockForwards()) {
+    for (int64_t i = 0; i < b; ++i) {
+      if (active[i] || block_start_ + i < prompt_length_) continue;
+      if (!(proposal.confidence[i] > *params_.edit_threshold) || proposal.tokens[i] == block_[i]) {
+        continue;
+      }
+      write[i] = true;
+      last_edited_[i] = true;
+      edited = true;
+      ++edits_;
+      if (proposal.tokens[i] == mask) ++remasks_;
+    }
+  }
+  for (int64_t i = 0; i < b; ++i) {
+    if (!write[i]) continue;
+    block_[i] = proposal.tokens[i];
+    // A token edited back to the mask id is uncommitted again (refilled later).
+    block_logprobs_[i] = last_edited_[i] && proposal.tokens[i] == mask
+                             ? 0.0f
+                             : LogProb(proposal.confidence[i]);
+  }
+  ++block_step_;
+  // Stable exit: no masks at the top and nothing edited.
+  if ((n_active == 0 && !edited) || !BlockContinues()) FinishBlock();
+  return absl::OkStatus();
+}
+
+bool Sequence::BlockContinues() {
+  const int64_t bound = params_.EffectiveMaxBlockForwards();
+  const bool masks_left =
+      std::find(block_.begin(), block_.end(), params_.mask_id) != block_.end();
+  if (masks_left) {
+    // Past the bound only M2T runs, which fills at least one mask per forward unless the model
+    // proposes the mask id itself: B more forwards end the block whatever happens.
+    return block_step_ < bound + params_.block_length;
+  }
+  if (block_step_ >= bound) return false;
+  ++post_steps_;
+  return post_steps_ <= params_.max_post_steps;
 }
 
 void Sequence::FinishBlock() {

@@ -8,10 +8,17 @@
 // block is decoded together with the first generated tokens; a finished block's K/V are
 // persisted by the next block's first forward, which carries [clean previous block, current
 // block] (dInfer's cross-block forward), so no extra forward is spent per block.
+//
+// With `edit_threshold` set, the LLaDA2.1 token-editing loop (M2T + T2T, MODEL-SPEC.md §4.5):
+// besides filling masks, a forward may rewrite already-decoded, non-prompt tokens of the
+// current block (possibly back to the mask id), and after the masks are gone up to
+// `max_post_steps` edit-only forwards run until the block is stable. Only the current block is
+// ever edited; finished blocks are not, so their cached K/V stay valid.
 #ifndef DMOE_ENGINE_SEQUENCE_H_
 #define DMOE_ENGINE_SEQUENCE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +44,29 @@ struct GenerationParams {
   SamplingParams sampling;
   int32_t mask_id = -1;
   std::vector<int32_t> stop_ids;
+
+  // LLaDA2.1 token editing (diffusion only). Unset: the LLaDA2.0 loop above, unchanged. Set
+  // (in [0, 1]): LLaDA2.1's generate() loop: per forward, commit every masked position with
+  // confidence > threshold, else the single most confident one (`steps` is not used), and
+  // rewrite every decoded, non-prompt position of the block whose argmax differs from its
+  // token with confidence > edit_threshold (1 = no rewrites, but the post steps still run).
+  std::optional<float> edit_threshold;
+  // Editing only: edit-only forwards allowed per block once it has no masks (the original's
+  // max_post_steps, >= 0) [16]. The block ends when such a forward edits nothing, or without
+  // another forward once this budget is spent.
+  int64_t max_post_steps = 16;
+  // Editing only: a bound the original does not have, so that no request loops without end
+  // (edits can re-mask tokens forever). After this many forwards on one block, edits stop and
+  // the block ends as soon as its masks are filled (at most B more forwards). 0 = the default,
+  // kDefaultBlockForwardsPerToken * block_length + max_post_steps.
+  int64_t max_block_forwards = 0;
+  static constexpr int64_t kDefaultBlockForwardsPerToken = 4;
+
+  bool editing() const { return mode == DecodeMode::kDiffusion && edit_threshold.has_value(); }
+  int64_t EffectiveMaxBlockForwards() const {
+    return max_block_forwards > 0 ? max_block_forwards
+                                  : kDefaultBlockForwardsPerToken * block_length + max_post_steps;
+  }
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate(int64_t vocab_size) const;
@@ -72,6 +102,15 @@ class Sequence {
   // API's canvas events show. Before the first forward: the current block.
   int64_t denoised_block_start() const { return denoised_block_start_; }
   std::vector<int32_t> DenoisedBlock() const;
+  // Per position of DenoisedBlock(): whether the last forward rewrote it (T2T edit; editing
+  // only), as opposed to leaving it or filling a mask.
+  const std::vector<bool>& DenoisedEdited() const { return last_edited_; }
+
+  // Token edits (T2T rewrites, re-masks included) so far, and how many of them turned a token
+  // back into the mask id. Edits of blocks that are final count as much as others: the count
+  // is of what the decoder did, not of what the output shows.
+  int64_t edits() const { return edits_; }
+  int64_t remasks() const { return remasks_; }
 
   // The next forward. Requires !done().
   StepPlan NextStep() const;
@@ -96,9 +135,13 @@ class Sequence {
   Sequence() = default;
   absl::Status ApplyDiffusion(const Proposal& proposal);
   absl::Status ApplyAutoregressive(const Proposal& proposal);
+  absl::Status ApplyEditing(const Proposal& proposal);
   void StartBlock(int64_t start);
   void FinishBlock();
   int64_t StepQuota(int64_t step) const;
+  // Editing: the top of the original loop before the next forward; false when the block ends
+  // there (no masks and the post-step budget or the forward bound is spent).
+  bool BlockContinues();
 
   GenerationParams params_;
   int64_t prompt_length_ = 0;
@@ -111,6 +154,10 @@ class Sequence {
   std::vector<int32_t> block_;   // current block (diffusion)
   std::vector<float> block_logprobs_;  // parallel to block_
   int64_t block_step_ = 0;       // forwards spent on the current block
+  int64_t post_steps_ = 0;       // editing: the original's post_steps of the current block
+  int64_t edits_ = 0;
+  int64_t remasks_ = 0;
+  std::vector<bool> last_edited_;  // parallel to DenoisedBlock()
   int64_t effective_steps_ = 0;
   int64_t forwards_ = 0;
   size_t taken_ = 0;

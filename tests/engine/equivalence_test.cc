@@ -1,8 +1,10 @@
 // The KV-cached, batched engine against the literal reference generate() (MODEL-SPEC.md §4.3,
 // full recompute, no cache) on tiny random checkpoints: same ids for prompts below, at and
 // above a block boundary, at thresholds 0.0 / 0.5 / 0.95, in BF16 and F32; batched requests
-// equal solo ones; the AR path equals a causal full-recompute loop.
+// equal solo ones; the AR path equals a causal full-recompute loop. LLaDA2.1 token editing
+// against the literal LLaDA2.1 generate() (reference_generate_editing.cc) the same way.
 #include <cmath>
+#include <iostream>
 #include <memory>
 #include <string>
 
@@ -68,6 +70,11 @@ class EquivalenceTest : public ::testing::TestWithParam<DType> {
     auto r = ReferenceGenerate(engine_->model(), engine_->kernels(), *experts_, prompt, p);
     EXPECT_TRUE(r.ok()) << r.status();
     return *r;
+  }
+  ReferenceResult ReferenceEditing(const std::vector<int32_t>& prompt, const GenerationParams& p) {
+    auto r = ReferenceGenerateEditing(engine_->model(), engine_->kernels(), *experts_, prompt, p);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : ReferenceResult{};
   }
 
   std::unique_ptr<dmoe_testing::TinyCheckpointDir> checkpoint_;
@@ -140,6 +147,124 @@ TEST_P(EquivalenceTest, LogprobsEqualDirectLogSoftmaxAtCommit) {
       EXPECT_NEAR(got.logprobs[i], ref.logprobs[i], 1e-4) << "threshold " << threshold << " id " << i;
     }
   }
+}
+
+// --- LLaDA2.1 token editing against the literal LLaDA2.1 generate() ---
+
+GenerationParams EditParams(float threshold, float edit_threshold, int64_t post, int64_t block,
+                            int64_t max_new) {
+  GenerationParams p = Params(threshold, block, max_new);
+  p.edit_threshold = edit_threshold;
+  p.max_post_steps = post;
+  return p;
+}
+
+// Ids, forward counts (the KV-cached engine spends exactly the reference's forwards: a finished
+// block's K/V ride on the next block's first forward), edit counts and logprobs.
+TEST_P(EquivalenceTest, EditingEqualsLlada21Reference) {
+  int64_t edits = 0, remasks = 0, edited_cases = 0, cases = 0;
+  for (float threshold : {0.0f, 0.5f, 0.95f}) {
+    for (float edit_threshold : {1.0f, 0.5f, 0.0f}) {
+      for (int64_t post : {0, 16}) {
+        for (int64_t prompt_length : {5, 32, 33, 45}) {
+          GenerationParams p = EditParams(threshold, edit_threshold, post, 32, 40);
+          std::vector<int32_t> prompt = Prompt(prompt_length, prompt_length + 7);
+          auto r = engine_->Generate({{prompt, p}});
+          ASSERT_TRUE(r.ok()) << r.status();
+          const GenerationResult& got = (*r)[0];
+          ReferenceResult ref = ReferenceEditing(prompt, p);
+          const std::string where = ::testing::PrintToString(std::vector<double>{
+              threshold, edit_threshold, static_cast<double>(post),
+              static_cast<double>(prompt_length)});
+          EXPECT_EQ(got.ids, ref.ids) << where;
+          EXPECT_EQ(got.forwards, ref.forwards) << where;
+          EXPECT_EQ(got.edits, ref.edits) << where;
+          EXPECT_EQ(got.remasks, ref.remasks) << where;
+          ASSERT_EQ(got.logprobs.size(), ref.logprobs.size()) << where;
+          for (size_t i = 0; i < got.logprobs.size(); ++i) {
+            EXPECT_NEAR(got.logprobs[i], ref.logprobs[i], 1e-4) << where << " id " << i;
+          }
+          if (edit_threshold >= 1.0f) {
+            EXPECT_EQ(got.edits, 0) << where;
+          }
+          edits += got.edits;
+          remasks += got.remasks;
+          edited_cases += got.edits > 0;
+          ++cases;
+        }
+      }
+    }
+  }
+  // Not vacuous: edits happened in many cases (re-masks are rare on a random checkpoint).
+  EXPECT_GT(edited_cases, cases / 4);
+  std::cout << "editing: " << edits << " edits (" << remasks << " re-masks) in " << edited_cases
+            << " of " << cases << " generations\n";
+}
+
+// Editing off (edit threshold 1: no rewrite can pass `> 1`) and no post steps: LLaDA2.1's loop
+// is LLaDA2.0's (with steps = B, so one token per fallback), bit-identical ids and forwards.
+TEST_P(EquivalenceTest, EditingOffWithoutPostStepsIsLlada20) {
+  for (float threshold : {0.0f, 0.5f, 0.95f}) {
+    for (int64_t block : {8, 32}) {
+      for (int64_t prompt_length : {5, 32, 45}) {
+        std::vector<int32_t> prompt = Prompt(prompt_length, prompt_length);
+        GenerationParams v20 = Params(threshold, block, 40);
+        GenerationParams v21 = EditParams(threshold, 1.0f, 0, block, 40);
+        int64_t f20 = 0, f21 = 0;
+        std::vector<int32_t> ids20 = Cached(prompt, v20, &f20);
+        std::vector<int32_t> ids21 = Cached(prompt, v21, &f21);
+        ReferenceResult ref20 = Reference(prompt, v20);
+        ReferenceResult ref21 = ReferenceEditing(prompt, v21);
+        EXPECT_EQ(ids21, ids20) << threshold << " " << block << " " << prompt_length;
+        EXPECT_EQ(f21, f20);
+        EXPECT_EQ(ref21.ids, ref20.ids);
+        EXPECT_EQ(ref21.forwards, ref20.forwards);
+        EXPECT_EQ(ids20, ref20.ids);
+      }
+    }
+  }
+}
+
+TEST_P(EquivalenceTest, EditingWithSmallBlocksAndSampling) {
+  for (int64_t block : {1, 4, 8}) {
+    GenerationParams p = EditParams(0.5f, 0.1f, 3, block, 11);
+    std::vector<int32_t> prompt = Prompt(10, 3);
+    int64_t forwards = 0;
+    std::vector<int32_t> ids = Cached(prompt, p, &forwards);
+    ReferenceResult ref = ReferenceEditing(prompt, p);
+    EXPECT_EQ(ids, ref.ids) << "block " << block;
+    EXPECT_EQ(forwards, ref.forwards) << "block " << block;
+  }
+  GenerationParams sampled = EditParams(0.5f, 0.3f, 16, 8, 20);
+  sampled.sampling = {.temperature = 0.8f, .top_k = 50, .top_p = 0.9f, .seed = 1234};
+  std::vector<int32_t> prompt = Prompt(12, 4);
+  ReferenceResult ref = ReferenceEditing(prompt, sampled);
+  int64_t forwards = 0;
+  EXPECT_EQ(Cached(prompt, sampled, &forwards), ref.ids);
+  EXPECT_EQ(forwards, ref.forwards);
+}
+
+TEST_P(EquivalenceTest, EditingRequestsBatchedWithOthersEqualSoloRuns) {
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 12; ++i) {
+    GenerationParams p = i % 3 == 0 ? Params(0.5f, 8, 20 + i)
+                                    : EditParams(i % 2 ? 0.5f : 0.95f, i % 4 == 1 ? 0.0f : 0.3f,
+                                                 i % 5 == 0 ? 0 : 16, i % 2 ? 32 : 8, 20 + i);
+    requests.push_back({Prompt(3 + 5 * i, i), p});
+  }
+  auto batched = engine_->Generate(requests);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  int64_t edits = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto solo = engine_->Generate({requests[i]});
+    ASSERT_TRUE(solo.ok()) << solo.status();
+    EXPECT_EQ((*batched)[i].ids, (*solo)[0].ids) << "request " << i;
+    EXPECT_EQ((*batched)[i].forwards, (*solo)[0].forwards) << "request " << i;
+    EXPECT_EQ((*batched)[i].edits, (*solo)[0].edits) << "request " << i;
+    edits += (*batched)[i].edits;
+  }
+  EXPECT_GT(edits, 0);
+  EXPECT_EQ(engine_->kv_pool().pages_in_use(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EquivalenceTest, ::testing::Values(DType::kBF16, DType::kF32),

@@ -2,6 +2,8 @@
 // threshold rule, the reference step schedule, stops and truncation.
 #include "engine/sequence.h"
 
+#include <cmath>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -159,6 +161,105 @@ TEST(SequenceTest, RejectsBadParamsNamingTheField) {
   p.sampling.top_p = 0;
   EXPECT_THAT(std::string(p.Validate(100).message()), ::testing::HasSubstr("top_p"));
   EXPECT_FALSE(Sequence::Create({}, Params(4, 8, 0.9f)).ok());
+}
+
+// --- LLaDA2.1 token editing (M2T + T2T) ---
+
+GenerationParams Editing(int64_t block, int64_t max_new, float threshold, float edit_threshold,
+                         int64_t max_post_steps) {
+  GenerationParams p = Params(block, max_new, threshold);
+  p.edit_threshold = edit_threshold;
+  p.max_post_steps = max_post_steps;
+  return p;
+}
+
+Proposal Rows(const std::vector<int32_t>& tokens, const std::vector<float>& conf) {
+  return {.tokens = tokens, .confidence = conf};
+}
+
+TEST(SequenceEditingTest, OffByDefault) {
+  EXPECT_FALSE(GenerationParams().editing());
+  EXPECT_FALSE(GenerationParams().edit_threshold.has_value());
+}
+
+TEST(SequenceEditingTest, FillsAndEditsInOneForwardRemasksAndEndsWhenStable) {
+  // Prompt of 6, B = 4: the block [4, 8) holds the prompt tail {5, 6}, never edited.
+  auto s = Sequence::Create({1, 2, 3, 4, 5, 6}, Editing(4, 2, 0.9f, 0.5f, 2));
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(s->Apply(s->NextStep(), Rows({10, 11, 12, 13}, {0.99f, 0.99f, 0.95f, 0.2f})).ok());
+  EXPECT_THAT(s->block(), ElementsAre(5, 6, 12, kMask));  // prompt tail kept, 0.95 > 0.9 filled
+  EXPECT_EQ(s->edits(), 0);
+  // M2T falls back to the most confident mask; T2T rewrites position 2 (0.6 > 0.5, changed).
+  ASSERT_TRUE(s->Apply(s->NextStep(), Rows({20, 21, 22, 23}, {0.99f, 0.99f, 0.6f, 0.3f})).ok());
+  EXPECT_THAT(s->block(), ElementsAre(5, 6, 22, 23));
+  EXPECT_THAT(s->DenoisedEdited(), ElementsAre(false, false, true, false));
+  EXPECT_EQ(s->edits(), 1);
+  // No masks left: a post step. It turns position 3 back into the mask.
+  ASSERT_TRUE(s->Apply(s->NextStep(), Rows({5, 6, 22, kMask}, {0.9f, 0.9f, 0.9f, 0.7f})).ok());
+  EXPECT_THAT(s->block(), ElementsAre(5, 6, 22, kMask));
+  EXPECT_EQ(s->edits(), 2);
+  EXPECT_EQ(s->remasks(), 1);
+  // ... which is filled again (confidence 0.1: the top-1 fallback).
+  ASSERT_TRUE(s->Apply(s->NextStep(), Rows({5, 6, 22, 40}, {0.9f, 0.9f, 0.9f, 0.1f})).ok());
+  EXPECT_THAT(s->block(), ElementsAre(5, 6, 22, 40));
+  EXPECT_FALSE(s->done());
+  // Stable: no masks at the top and nothing edited (0.4 is not > 0.5) -> the block ends.
+  ASSERT_TRUE(s->Apply(s->NextStep(), Rows({5, 6, 23, 40}, {0.9f, 0.9f, 0.4f, 0.9f})).ok());
+  EXPECT_TRUE(s->done());
+  EXPECT_EQ(s->forwards(), 5);
+  EXPECT_THAT(s->FinalTokens(), ElementsAre(22, 40));
+  // Logprobs: position 2 from the forward that rewrote it, position 3 from its last fill.
+  EXPECT_THAT(s->FinalLogprobs(),
+              ElementsAre(::testing::FloatEq(std::log(0.6f)), ::testing::FloatEq(std::log(0.1f))));
+}
+
+TEST(SequenceEditingTest, PostStepBudgetEndsTheBlockWithoutAnotherForward) {
+  for (int64_t post : {0, 1, 3}) {
+    // Every forward proposes different, confident tokens: each post step edits.
+    auto s = Sequence::Create({1, 2}, Editing(2, 2, 0.9f, 0.5f, post));
+    ASSERT_TRUE(s.ok());
+    int32_t base = 10;
+    while (!s->done()) {
+      ASSERT_TRUE(s->Apply(s->NextStep(), Rows({base, base + 1}, {0.95f, 0.95f})).ok());
+      base += 2;
+    }
+    // One forward fills the block, then `post` edit-only forwards; S = 0 is LLaDA2.0's loop.
+    EXPECT_EQ(s->forwards(), 1 + post) << post;
+    EXPECT_EQ(s->edits(), 2 * post) << post;
+    EXPECT_THAT(s->FinalTokens(), ElementsAre(base - 2, base - 1));
+  }
+}
+
+TEST(SequenceEditingTest, ForwardBoundEndsABlockThatWouldNeverSettle) {
+  GenerationParams p = Editing(2, 4, 0.9f, 0.5f, 16);
+  p.max_block_forwards = 5;
+  auto s = Sequence::Create({1, 2}, p);
+  ASSERT_TRUE(s.ok());
+  // Masks are filled, filled tokens are re-masked: without a bound this never ends.
+  int64_t guard = 0;
+  while (!s->done() && ++guard < 100) {
+    const std::vector<int32_t> block = s->block();
+    std::vector<int32_t> tokens;
+    for (size_t i = 0; i < block.size(); ++i) tokens.push_back(block[i] == kMask ? 10 : kMask);
+    ASSERT_TRUE(s->Apply(s->NextStep(), Rows(tokens, {0.95f, 0.95f})).ok());
+  }
+  ASSERT_TRUE(s->done());
+  EXPECT_LE(s->forwards(), 2 * (5 + 2));  // two blocks, each at most bound + B forwards
+  EXPECT_THAT(s->FinalTokens(), ElementsAre(10, 10, 10, 10));
+  EXPECT_GT(s->remasks(), 0);
+}
+
+TEST(SequenceEditingTest, RejectsBadEditingParamsNamingTheField) {
+  GenerationParams p = Editing(4, 8, 0.9f, 1.5f, 16);
+  EXPECT_THAT(std::string(p.Validate(100).message()), ::testing::HasSubstr("edit_threshold"));
+  p = Editing(4, 8, 0.9f, 0.5f, -1);
+  EXPECT_THAT(std::string(p.Validate(100).message()), ::testing::HasSubstr("max_post_steps"));
+  p = Editing(4, 8, 0.9f, 0.5f, 16);
+  p.mode = DecodeMode::kAutoregressive;
+  EXPECT_THAT(std::string(p.Validate(100).message()), ::testing::HasSubstr("edit_threshold"));
+  p = Editing(4, 8, 0.9f, 0.5f, 16);
+  p.max_block_forwards = -1;
+  EXPECT_THAT(std::string(p.Validate(100).message()), ::testing::HasSubstr("max_block_forwards"));
 }
 
 }  // namespace
