@@ -11,7 +11,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "clients/cpp/generation_client.h"
+#include "common/auth/authorize.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "http/openai_protocol.h"
 
@@ -30,14 +34,17 @@ void SendError(httplib::Response& res, const absl::Status& status) {
 // then stream the rest, and cancel the call when the HTTP client goes away.
 class StreamingCall {
  public:
-  StreamingCall(client::GenerationClient& client, dmoe::v1::GenerateRequest request)
-      : thread_([this, &client, request = std::move(request)] {
+  StreamingCall(client::GenerationClient& client, dmoe::v1::GenerateRequest request,
+                client::CallOptions options)
+      : thread_([this, &client, request = std::move(request), options = std::move(options)] {
           absl::StatusOr<dmoe::v1::FinalEvent> final_event = client.GenerateStream(
-              request, [this](const dmoe::v1::GenerateStreamResponse& event) {
+              request,
+              [this](const dmoe::v1::GenerateStreamResponse& event) {
                 absl::MutexLock lock(&mu_);
                 events_.push_back(event);
                 return !cancelled_;
-              });
+              },
+              options);
           absl::MutexLock lock(&mu_);
           end_ = final_event.status();
         }) {}
@@ -93,14 +100,61 @@ struct Transcript {
   }
 };
 
+// The HTTP caller's "Authorization: Bearer KEY", passed on to the gRPC call it makes (the gRPC
+// server checks it; docs/security.md).
+client::CallOptions CallerOptions(const httplib::Request& req) {
+  client::CallOptions options;
+  if (std::optional<std::string> key = auth::ParseBearer(req.get_header_value("Authorization"))) {
+    options.api_key = *std::move(key);
+  }
+  return options;
+}
+
+// grpc.health.v1.Health/Check of the Generation service through a generic stub (Debian ships
+// no C++ health stubs): HealthCheckRequest{service = 1}, HealthCheckResponse{status = 1};
+// SERVING is 1. What /health asks when API keys keep ListModels from answering it.
+absl::Status GrpcHealth(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  const std::string service = dmoe::v1::Generation::service_full_name();
+  std::string bytes = {0x0a, static_cast<char>(service.size())};  // < 128
+  bytes += service;
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                 &response, [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  if (!status.ok()) return FromGrpcStatus(status);
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return absl::InternalError("unreadable health response");
+  std::string out;
+  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (out.size() == 2 && out[0] == 0x08 && out[1] == 1) return absl::OkStatus();
+  return absl::UnavailableError("the Generation service is not serving");
+}
+
 class Handlers {
  public:
   explicit Handlers(std::shared_ptr<grpc::Channel> channel)
-      : client_(client::GenerationClient::FromChannel(std::move(channel))) {}
+      : channel_(channel), client_(client::GenerationClient::FromChannel(std::move(channel))) {}
 
-  void Health(const httplib::Request&, httplib::Response& res) {
-    absl::StatusOr<dmoe::v1::ListModelsResponse> models =
-        client_->ListModels({.timeout = absl::Seconds(5)});
+  // Unauthenticated, like grpc.health.v1: with API keys on (ListModels refused without one)
+  // it asks the gRPC health service instead.
+  void Health(const httplib::Request& req, httplib::Response& res) {
+    client::CallOptions call = CallerOptions(req);
+    call.timeout = absl::Seconds(5);
+    absl::StatusOr<dmoe::v1::ListModelsResponse> models = client_->ListModels(call);
+    if (absl::IsUnauthenticated(models.status()) || absl::IsPermissionDenied(models.status())) {
+      if (absl::Status health = GrpcHealth(channel_); !health.ok()) return SendError(res, health);
+      res.set_content(R"({"status":"ok"})", "application/json");
+      return;
+    }
     if (!models.ok() || models->models().empty()) {
       SendError(res, models.ok() ? absl::UnavailableError("no model is served") : models.status());
       return;
@@ -108,8 +162,8 @@ class Handlers {
     res.set_content(R"({"status":"ok"})", "application/json");
   }
 
-  void Models(const httplib::Request&, httplib::Response& res) {
-    absl::StatusOr<dmoe::v1::ListModelsResponse> models = client_->ListModels();
+  void Models(const httplib::Request& req, httplib::Response& res) {
+    absl::StatusOr<dmoe::v1::ListModelsResponse> models = client_->ListModels(CallerOptions(req));
     if (!models.ok()) return SendError(res, models.status());
     Json data = Json::array();
     for (const dmoe::v1::ModelInfo& m : models->models()) {
@@ -129,7 +183,7 @@ class Handlers {
     if (!parsed.ok()) return SendError(res, parsed.status());
     auto call = std::make_shared<OpenAiCall>(*std::move(parsed));
     // The served model: its name for the response, its stop ids for stop_token_ids.
-    absl::StatusOr<dmoe::v1::ListModelsResponse> models = client_->ListModels();
+    absl::StatusOr<dmoe::v1::ListModelsResponse> models = client_->ListModels(CallerOptions(req));
     if (!models.ok()) return SendError(res, models.status());
     if (models->models().empty()) return SendError(res, absl::UnavailableError("no model"));
     const dmoe::v1::ModelInfo& served = models->models(0);
@@ -141,7 +195,7 @@ class Handlers {
     }
     const int64_t created = static_cast<int64_t>(std::time(nullptr));
 
-    auto stream = std::make_shared<StreamingCall>(*client_, call->request);
+    auto stream = std::make_shared<StreamingCall>(*client_, call->request, CallerOptions(req));
     auto transcript = std::make_shared<Transcript>(*call);
     std::optional<dmoe::v1::GenerateStreamResponse> first = stream->Next();
     if (!first) return SendError(res, stream->status());  // refused before any event
@@ -209,6 +263,7 @@ class Handlers {
   }
 
  private:
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<client::GenerationClient> client_;
 };
 

@@ -118,6 +118,11 @@ std::vector<MetricSpec> MakeCatalog() {
        "Traffic share of each model version, in percent.", {}, {}},
       {"dmoe_canary_rollbacks_total", T::kCounter, "router",
        "Automatic rollbacks of a canary version to the stable one.", {}, {}},
+      {"dmoe_api_refusals_total", T::kCounter, "router",
+       "Public API calls refused by API keys or tenant limits (also dmoe-scheduler and dmoe "
+       "serve with --api-keys), by tenant (empty: no or unknown key) and reason: "
+       "unauthenticated, permission_denied, rate, streams, tokens.",
+       {"tenant", "reason"}, {}},
       // Every gRPC server.
       {"dmoe_grpc_server_handled_total", T::kCounter, "all",
        "RPCs completed by a server, by service, method and status code (grpc_code).",

@@ -7,6 +7,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/auth/authorize.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 
@@ -25,6 +26,16 @@ std::string ClientKey(const grpc::CallbackServerContext* context, const Request&
   if (it != metadata.end()) return std::string(it->second.data(), it->second.size());
   if constexpr (requires { request.client_key(); }) return request.client_key();
   return "";
+}
+
+// The caller's authorization metadata goes on to the backend, so a scheduler with its own
+// --api-keys sees the same key.
+void ForwardAuthorization(const grpc::CallbackServerContext& from, grpc::ClientContext& to) {
+  const auto& metadata = from.client_metadata();
+  auto it = metadata.find(auth::kAuthorizationMetadata);
+  if (it != metadata.end()) {
+    to.AddMetadata(auth::kAuthorizationMetadata, std::string(it->second.data(), it->second.size()));
+  }
 }
 
 // The request as the backend gets it: the router has resolved model.version to a backend,
@@ -46,9 +57,10 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
   // `done` runs once with the backend's final status, before the caller sees it.
   StreamRelay(dmoe::v1::Generation::Stub* stub, grpc::CallbackServerContext* context,
               dmoe::v1::GenerateRequest request, std::string version,
-              std::function<void(const grpc::Status&)> done)
-      : version_(std::move(version)), done_(std::move(done)) {
+              std::function<void(const grpc::Status&)> done, auth::Admission admission)
+      : version_(std::move(version)), done_(std::move(done)), admission_(std::move(admission)) {
     client_.set_deadline(context->deadline());
+    ForwardAuthorization(*context, client_);
     thread_ = std::thread([this, stub, request = std::move(request)] { Run(stub, request); });
   }
 
@@ -71,7 +83,11 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
     auto reader = stub->GenerateStream(&client_, request);
     dmoe::v1::GenerateStreamResponse event;
     while (reader->Read(&event)) {
-      if (event.has_final()) event.mutable_final()->mutable_model()->set_version(version_);
+      if (event.has_final()) {
+        event.mutable_final()->mutable_model()->set_version(version_);
+        admission_.AddTokens(event.final().stats().prompt_tokens() +
+                             event.final().stats().generated_tokens());
+      }
       absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle));
       current_ = event;
       writing_ = true;
@@ -79,12 +95,14 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
     }
     { absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle)); }
     grpc::Status status = reader->Finish();
+    admission_ = auth::Admission();  // the slot is free before the caller sees the end
     done_(status);
     Finish(status);
   }
 
   const std::string version_;
   const std::function<void(const grpc::Status&)> done_;
+  auth::Admission admission_;  // the tenant's stream slot, until the relay is deleted
   grpc::ClientContext client_;
   absl::Mutex mu_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -134,7 +152,7 @@ absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
     proxy->metrics_->PublishSplit(proxy->split_->Snapshot());
   }
   proxy->admin_ = std::make_unique<RouterAdminService>(*proxy->split_, proxy->metrics_.get(),
-                                                       std::move(addresses));
+                                                       std::move(addresses), options.api_keys);
   return proxy;
 }
 
@@ -152,8 +170,17 @@ void GenerationProxy::OnCallDone(const std::string& version, absl::Time start,
 template <typename Request, typename Response, typename AsyncCall>
 grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerContext* context,
                                                         const Request* request,
-                                                        Response* response, AsyncCall&& call) {
+                                                        Response* response,
+                                                        auth::CallKind kind, AsyncCall&& call) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<auth::Admission> admitted =
+      auth::Authorize(*context, options_.api_keys, auth::Role::kUser, kind);
+  if (!admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted.status()));
+    return reactor;
+  }
+  // Shared: the completion callback must be copyable. Released when the backend answers.
+  auto admission = std::make_shared<auth::Admission>(*std::move(admitted));
   absl::StatusOr<std::string> version =
       split_->Pick(ClientKey(context, *request), request->model().version());
   if (!version.ok()) {
@@ -162,16 +189,22 @@ grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerCont
   }
   auto client = std::make_shared<grpc::ClientContext>();
   client->set_deadline(context->deadline());
+  ForwardAuthorization(*context, *client);
   std::shared_ptr<const Request> forwarded = ForBackend(request);
   const absl::Time start = absl::Now();
   call(backends_.at(*version).stub.get(), client.get(), forwarded.get(), response,
-       [this, reactor, client, forwarded, response, version = *version,
-        start](grpc::Status status) {
+       [this, reactor, client, forwarded, response, version = *version, start,
+        admission](grpc::Status status) {
          if constexpr (requires { response->mutable_model(); }) {
            if (status.ok()) response->mutable_model()->set_version(version);
+           admission->AddTokens(response->stats().prompt_tokens() +
+                                response->stats().generated_tokens());
          } else {
            (void)response;  // TokenizeResponse names no model
          }
+         // Before Finish: a caller that starts its next call once this one returns must find
+         // the stream slot free.
+         *admission = auth::Admission();
          OnCallDone(version, start, status);
          reactor->Finish(status);
        });
@@ -181,38 +214,39 @@ grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationProxy::Generate(grpc::CallbackServerContext* context,
                                                     const dmoe::v1::GenerateRequest* request,
                                                     dmoe::v1::GenerateResponse* response) {
-  return ForwardUnary(context, request, response, [](auto* stub, auto... args) {
-    stub->async()->Generate(args...);
-  });
+  return ForwardUnary(context, request, response, auth::CallKind::kGeneration,
+                      [](auto* stub, auto... args) { stub->async()->Generate(args...); });
 }
 
 grpc::ServerUnaryReactor* GenerationProxy::Tokenize(grpc::CallbackServerContext* context,
                                                     const dmoe::v1::TokenizeRequest* request,
                                                     dmoe::v1::TokenizeResponse* response) {
-  return ForwardUnary(context, request, response, [](auto* stub, auto... args) {
-    stub->async()->Tokenize(args...);
-  });
+  return ForwardUnary(context, request, response, auth::CallKind::kOther,
+                      [](auto* stub, auto... args) { stub->async()->Tokenize(args...); });
 }
 
 grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerationProxy::GenerateStream(
     grpc::CallbackServerContext* context, const dmoe::v1::GenerateRequest* request) {
+  class Refusal final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
+   public:
+    explicit Refusal(const grpc::Status& status) { Finish(status); }
+    void OnDone() override { delete this; }
+  };
+  absl::StatusOr<auth::Admission> admitted = auth::Authorize(
+      *context, options_.api_keys, auth::Role::kUser, auth::CallKind::kGeneration);
+  if (!admitted.ok()) return new Refusal(ToGrpcStatus(admitted.status()));
   absl::StatusOr<std::string> version =
       split_->Pick(ClientKey(context, *request), request->model().version());
-  if (!version.ok()) {
-    class Refusal final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
-     public:
-      explicit Refusal(const grpc::Status& status) { Finish(status); }
-      void OnDone() override { delete this; }
-    };
-    return new Refusal(ToGrpcStatus(version.status()));
-  }
+  if (!version.ok()) return new Refusal(ToGrpcStatus(version.status()));
   dmoe::v1::GenerateRequest forwarded = *request;
   forwarded.mutable_model()->clear_version();
   const absl::Time start = absl::Now();
   return new StreamRelay(backends_.at(*version).stub.get(), context, std::move(forwarded),
-                         *version, [this, version = *version, start](const grpc::Status& s) {
+                         *version,
+                         [this, version = *version, start](const grpc::Status& s) {
                            OnCallDone(version, start, s);
-                         });
+                         },
+                         *std::move(admitted));
 }
 
 grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContext* context,
@@ -233,6 +267,13 @@ grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContex
     std::vector<grpc::Status> statuses ABSL_GUARDED_BY(mu);
   };
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status admitted = auth::Authorize(*context, options_.api_keys, auth::Role::kUser,
+                                              auth::CallKind::kOther)
+                                  .status();
+      !admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted));
+    return reactor;
+  }
   const size_t n = backends_.size();
   auto fanout = std::make_shared<Fanout>(n);
   const auto bound = std::chrono::system_clock::now() +
@@ -241,6 +282,7 @@ grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContex
   for (const VersionBackend& b : options_.backends) fanout->versions.push_back(b.version);
   for (size_t i = 0; i < n; ++i) {
     fanout->contexts[i].set_deadline(deadline);
+    ForwardAuthorization(*context, fanout->contexts[i]);
     backends_.at(fanout->versions[i])
         .stub->async()
         ->ListModels(&fanout->contexts[i], request, &fanout->responses[i],

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/api_keys.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/registry.h"
 #include "proto/dmoe/v1/generation.grpc.pb.h"
@@ -52,6 +53,9 @@ struct GenerationProxyOptions {
   // ListModels asks every backend; this bounds the wait when the caller set no deadline
   // (a stopped backend must not hang model discovery). > 0.
   absl::Duration list_models_timeout = absl::Seconds(5);
+  // API keys (docs/security.md): every Generation call needs a key, RouterAdmin an admin key.
+  // Not owned; must outlive the proxy. Null: no authentication.
+  auth::ApiKeys* api_keys = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -96,7 +100,7 @@ class GenerationProxy final : public dmoe::v1::Generation::CallbackService {
   template <typename Request, typename Response, typename AsyncCall>
   grpc::ServerUnaryReactor* ForwardUnary(grpc::CallbackServerContext* context,
                                          const Request* request, Response* response,
-                                         AsyncCall&& call);
+                                         auth::CallKind kind, AsyncCall&& call);
 
   GenerationProxyOptions options_;
   std::map<std::string, Backend> backends_;  // by version; read-only after Create

@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   CLI::App app{"dmoe router: the public dmoe.v1.Generation API in front of the schedulers of "
                "one or more model versions"};
   std::string backend, model_version = "v1", split, stable, listen = "127.0.0.1:0";
-  std::string metrics_listen, http_listen;
+  std::string metrics_listen, http_listen, api_keys_file;
   std::vector<std::string> version_backends;
   double drain_seconds = 30;
   dmoe::router::CanaryPolicyOptions rollback;
@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
                  "host:port of the OpenAI-compatible HTTP API (docs/http-api.md); empty: none");
   app.add_option("--metrics-listen", metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (port 0 picks one); empty: none");
+  app.add_option("--api-keys", api_keys_file,
+                 "API keys file (NAME ROLE SHA256HEX [rps=N] [streams=N] [tpm=N] per line; "
+                 "docs/security.md): Generation needs a key, RouterAdmin an admin key; re-read "
+                 "when it changes. Empty: no authentication");
   CLI11_PARSE(app, argc, argv);
 
   dmoe::router::GenerationProxyOptions options;
@@ -105,6 +109,23 @@ int main(int argc, char** argv) {
   const dmoe::metrics::ProcessMetrics& metrics = served_metrics->metrics;
   options.registry = metrics.registry;
 
+  std::unique_ptr<dmoe::auth::ApiKeys> api_keys;
+  if (!api_keys_file.empty()) {
+    dmoe::auth::ApiKeysOptions keys_options;
+    keys_options.path = api_keys_file;
+    keys_options.registry = metrics.registry;
+    keys_options.model_version = metrics.model_version;
+    auto loaded = dmoe::auth::ApiKeys::Load(keys_options);
+    if (!loaded.ok()) {
+      std::cerr << "dmoe-router: --api-keys: " << loaded.status().message() << "\n";
+      return 2;
+    }
+    api_keys = *std::move(loaded);
+    options.api_keys = api_keys.get();
+  } else {
+    DMOE_LOG(INFO) << "API keys off: Generation and RouterAdmin take unauthenticated calls "
+                      "(--api-keys FILE turns them on)";
+  }
   auto proxy = dmoe::router::GenerationProxy::Create(options);
   if (!proxy.ok()) {
     std::cerr << "dmoe-router: " << proxy.status().message() << "\n";

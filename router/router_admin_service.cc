@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "common/auth/authorize.h"
 #include "common/grpc_status.h"
 
 namespace dmoe::router {
@@ -44,6 +45,13 @@ grpc::ServerUnaryReactor* RouterAdminService::SetSplit(grpc::CallbackServerConte
                                                        const dmoe::v1::SetSplitRequest* request,
                                                        dmoe::v1::SetSplitResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status admitted = auth::Authorize(*context, api_keys_, auth::Role::kAdmin,
+                                              auth::CallKind::kOther)
+                                  .status();
+      !admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted));
+    return reactor;
+  }
   std::vector<VersionWeight> weights;
   for (const dmoe::v1::VersionWeight& w : request->weights()) {
     weights.push_back({.version = w.version(), .percent = w.percent()});
@@ -62,6 +70,13 @@ grpc::ServerUnaryReactor* RouterAdminService::GetSplit(grpc::CallbackServerConte
                                                        const dmoe::v1::GetSplitRequest* request,
                                                        dmoe::v1::GetSplitResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status admitted = auth::Authorize(*context, api_keys_, auth::Role::kAdmin,
+                                              auth::CallKind::kOther)
+                                  .status();
+      !admitted.ok()) {
+    reactor->Finish(ToGrpcStatus(admitted));
+    return reactor;
+  }
   ToProto(split_.Snapshot(), backends_, response->mutable_status());
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "common/auth/api_keys.h"
 #include "proto/dmoe/v1/admin.grpc.pb.h"
 #include "router/router_metrics.h"
 #include "router/traffic_split.h"
@@ -16,12 +17,14 @@ namespace dmoe::router {
 void ToProto(const SplitSnapshot& snapshot, const std::map<std::string, std::string>& backends,
              dmoe::v1::SplitStatus* out);
 
-// Thread-safe. `split` and `metrics` (null: no metrics) must outlive it.
+// Thread-safe. `split`, `metrics` (null: no metrics) and `api_keys` (null: no authentication;
+// otherwise every call needs an admin key) must outlive it.
 class RouterAdminService final : public dmoe::v1::RouterAdmin::CallbackService {
  public:
   RouterAdminService(TrafficSplit& split, RouterMetrics* metrics,
-                     std::map<std::string, std::string> backends)
-      : split_(split), metrics_(metrics), backends_(std::move(backends)) {}
+                     std::map<std::string, std::string> backends,
+                     auth::ApiKeys* api_keys = nullptr)
+      : split_(split), metrics_(metrics), backends_(std::move(backends)), api_keys_(api_keys) {}
 
   grpc::ServerUnaryReactor* SetSplit(grpc::CallbackServerContext* context,
                                      const dmoe::v1::SetSplitRequest* request,
@@ -34,6 +37,7 @@ class RouterAdminService final : public dmoe::v1::RouterAdmin::CallbackService {
   TrafficSplit& split_;
   RouterMetrics* metrics_;
   const std::map<std::string, std::string> backends_;
+  auth::ApiKeys* const api_keys_;
 };
 
 }  // namespace dmoe::router

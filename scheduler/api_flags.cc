@@ -36,6 +36,9 @@ void AddApiFlags(CLI::App& app, ApiFlags& flags) {
   app.add_option("--drain-seconds", flags.drain_seconds,
                  "On SIGTERM/SIGINT, how long requests in flight may take to finish")
       ->capture_default_str();
+  app.add_option("--api-keys", flags.api_keys_file,
+                 "API keys file (NAME ROLE SHA256HEX [rps=N] [streams=N] [tpm=N] per line; "
+                 "docs/security.md), re-read when it changes; empty: no authentication");
 }
 
 absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flags) {
@@ -53,6 +56,7 @@ absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flag
   options.scheduler.max_queue = flags.max_queue;
   options.metrics_listen = flags.metrics_listen;
   options.http_listen = flags.http_listen;
+  options.api_keys_file = flags.api_keys_file;
   if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
   if (!flags.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));

@@ -28,6 +28,7 @@ struct ApiFlags {
   int32_t mask_id = -1;
   std::string stop_ids;
   double drain_seconds = 30;
+  std::string api_keys_file;
 };
 
 // Registers the flags on `app`; `flags` must outlive the parse.

@@ -72,6 +72,17 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
     DMOE_ASSIGN_OR_RETURN(e->tokenizer_, model::Tokenizer::Load(options.model_dir));
   }
   DMOE_RETURN_IF_ERROR(ResolveDecodingIds(options, config, e->tokenizer_.get(), service_options));
+  if (!options.api_keys_file.empty()) {
+    auth::ApiKeysOptions keys_options;
+    keys_options.path = options.api_keys_file;
+    keys_options.registry = metrics.registry;
+    keys_options.model_version = metrics.model_version;
+    DMOE_ASSIGN_OR_RETURN(e->api_keys_, auth::ApiKeys::Load(keys_options));
+    service_options.api_keys = e->api_keys_.get();
+  } else {
+    DMOE_LOG(INFO) << "API keys off: the Generation API takes unauthenticated calls "
+                      "(--api-keys FILE turns them on)";
+  }
   e->model_name_ = service_options.model_name;
 
   SchedulerOptions scheduler_options = options.scheduler;

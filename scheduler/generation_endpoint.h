@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/grpc_server.h"
+#include "common/auth/api_keys.h"
 #include "grpcpp/channel.h"
 #include "http/openai_server.h"
 #include "metrics/endpoint.h"
@@ -54,6 +55,9 @@ struct GenerationEndpointOptions {
   std::string metrics_listen{};
   // host:port of the OpenAI-compatible HTTP API (http/openai_server.h); empty: none.
   std::string http_listen{};
+  // API keys file (common/auth/api_keys.h, docs/security.md) every Generation call must
+  // present a key of; re-read when it changes. Empty: no authentication (logged).
+  std::string api_keys_file{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -95,6 +99,7 @@ class GenerationEndpoint {
   GenerationEndpoint() = default;
 
   std::string model_name_;
+  std::unique_ptr<auth::ApiKeys> api_keys_;  // null: no authentication
   std::unique_ptr<SchedulerMetrics> scheduler_metrics_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   std::unique_ptr<Scheduler> scheduler_;

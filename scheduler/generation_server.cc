@@ -9,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/auth/authorize.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -82,8 +83,16 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining"));
       return;
     }
+    absl::StatusOr<auth::Admission> admitted = auth::Authorize(
+        *context, server_->options_.api_keys, auth::Role::kUser, auth::CallKind::kGeneration);
+    if (!admitted.ok()) {
+      Finish(ToGrpcStatus(admitted.status()));
+      return;
+    }
+    admission_ = *std::move(admitted);
     absl::StatusOr<PreparedRequest> prepared = server_->Prepare(request);
     if (!prepared.ok()) {
+      admission_ = auth::Admission();
       Finish(ToGrpcStatus(prepared.status()));
       return;
     }
@@ -99,6 +108,7 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
     };
     absl::StatusOr<RequestHandle> handle = server_->scheduler_.Submit(std::move(sr));
     if (!handle.ok()) {
+      admission_ = auth::Admission();
       Finish(ToGrpcStatus(handle.status()));
       return;
     }
@@ -117,6 +127,9 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
  private:
   // On the scheduler's step thread. Nothing touches `this` after Finish: OnDone may follow.
   void OnResult(absl::StatusOr<RequestResult> r) {
+    // The stream slot is free before the caller sees the end (it may start its next call).
+    if (r.ok()) admission_.AddTokens(r->prompt_tokens + static_cast<int64_t>(r->ids.size()));
+    admission_ = auth::Admission();
     if (!r.ok()) {
       Finish(ToGrpcStatus(r.status()));
       return;
@@ -134,6 +147,7 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
   GenerationServer* const server_;
   dmoe::v1::GenerateResponse* const response_;
   std::atomic<uint64_t> handle_{0};
+  auth::Admission admission_;  // the tenant's stream slot, until OnDone
 };
 
 // One GenerateStream call. The scheduler's callbacks queue messages; at most one write is in
@@ -150,8 +164,16 @@ class GenerationServer::StreamCall final
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is draining"));
       return;
     }
+    absl::StatusOr<auth::Admission> admitted = auth::Authorize(
+        *context, server_->options_.api_keys, auth::Role::kUser, auth::CallKind::kGeneration);
+    if (!admitted.ok()) {
+      Finish(ToGrpcStatus(admitted.status()));
+      return;
+    }
+    admission_ = *std::move(admitted);
     absl::StatusOr<PreparedRequest> prepared = server_->Prepare(request);
     if (!prepared.ok()) {
+      admission_ = auth::Admission();
       Finish(ToGrpcStatus(prepared.status()));
       return;
     }
@@ -193,6 +215,8 @@ class GenerationServer::StreamCall final
       };
     }
     sr.callbacks.on_done = [this](absl::StatusOr<RequestResult> r) {
+      if (r.ok()) admission_.AddTokens(r->prompt_tokens + static_cast<int64_t>(r->ids.size()));
+      admission_ = auth::Admission();  // free before the caller sees the end
       if (!r.ok()) {
         Enqueue(std::nullopt, ToGrpcStatus(r.status()));
         return;
@@ -208,6 +232,7 @@ class GenerationServer::StreamCall final
     };
     absl::StatusOr<RequestHandle> handle = server_->scheduler_.Submit(std::move(sr));
     if (!handle.ok()) {
+      admission_ = auth::Admission();
       Finish(ToGrpcStatus(handle.status()));
       return;
     }
@@ -275,6 +300,7 @@ class GenerationServer::StreamCall final
   }
 
   GenerationServer* const server_;
+  auth::Admission admission_;  // the tenant's stream slot, until OnDone
   std::string request_id_;
   std::unique_ptr<model::StreamingDetokenizer> detokenizer_;  // step thread only
   std::atomic<uint64_t> handle_{0};
@@ -425,6 +451,9 @@ grpc::ServerUnaryReactor* GenerationServer::Tokenize(grpc::CallbackServerContext
                                                      dmoe::v1::TokenizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::Status status = [&]() -> absl::Status {
+    DMOE_RETURN_IF_ERROR(auth::Authorize(*context, options_.api_keys, auth::Role::kUser,
+                                         auth::CallKind::kOther)
+                             .status());
     DMOE_RETURN_IF_ERROR(CheckModel(request->model()));
     if (!tokenizer_) return NoTokenizer(options_.model_name, "Tokenize");
     std::vector<int32_t> ids;
@@ -450,9 +479,12 @@ grpc::ServerUnaryReactor* GenerationServer::Tokenize(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* GenerationServer::ListModels(grpc::CallbackServerContext* context,
                                                        const dmoe::v1::ListModelsRequest* request,
                                                        dmoe::v1::ListModelsResponse* response) {
-  *response->add_models() = Info();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
+  absl::Status admitted = auth::Authorize(*context, options_.api_keys, auth::Role::kUser,
+                                          auth::CallKind::kOther)
+                              .status();
+  if (admitted.ok()) *response->add_models() = Info();
+  reactor->Finish(ToGrpcStatus(admitted));
   return reactor;
 }
 

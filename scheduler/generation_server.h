@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth/api_keys.h"
 #include "engine/sequence.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -35,6 +36,9 @@ struct GenerationServerOptions {
   // diffusion models; stop_ids are the default stop tokens.
   int32_t mask_id = -1;
   std::vector<int32_t> stop_ids = {};
+  // API keys every call must present (docs/security.md); not owned, must outlive the server.
+  // Null: no authentication.
+  auth::ApiKeys* api_keys = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "common/auth/tls.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -27,6 +28,8 @@ namespace {
 
 struct AdminFlags {
   std::string router;
+  std::string api_key;  // --api-key or DMOE_API_KEY: RouterAdmin needs an admin key
+  std::string tls_ca;
   double timeout_seconds = 10;
   std::vector<std::string> weights;  // "v1=90" each, or "v1=90,v2=10"
   std::string stable;
@@ -34,11 +37,22 @@ struct AdminFlags {
 };
 
 std::unique_ptr<dmoe::v1::RouterAdmin::Stub> Connect(const AdminFlags& f) {
-  return dmoe::v1::RouterAdmin::NewStub(
-      grpc::CreateChannel(f.router, grpc::InsecureChannelCredentials()));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!f.tls_ca.empty()) {
+    auth::TlsOptions options;
+    options.ca_file = f.tls_ca;
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> tls =
+        auth::CallerCredentials(options);
+    // An unreadable CA: a channel that fails every call with the reason in its log.
+    credentials = tls.ok() ? *tls : nullptr;
+    if (!tls.ok()) std::cerr << "error: " << tls.status().message() << "\n";
+  }
+  if (credentials == nullptr) credentials = grpc::InsecureChannelCredentials();
+  return dmoe::v1::RouterAdmin::NewStub(grpc::CreateChannel(f.router, credentials));
 }
 
 void SetDeadline(const AdminFlags& f, grpc::ClientContext& context) {
+  if (!f.api_key.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", f.api_key));
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(static_cast<int64_t>(f.timeout_seconds * 1000)));
 }
@@ -126,6 +140,9 @@ void RegisterAdminCommand(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<AdminFlags>();
   auto add_common = [f](CLI::App* cmd) {
     cmd->add_option("--router", f->router, "The router's address, host:port")->required();
+    cmd->add_option("--api-key", f->api_key, "An admin API key (docs/security.md)")
+        ->envname("DMOE_API_KEY");
+    cmd->add_option("--tls-ca", f->tls_ca, "PEM CA of the router's certificate: use TLS");
     cmd->add_option("--timeout", f->timeout_seconds, "Call deadline in seconds")
         ->capture_default_str();
     cmd->add_flag("--json", f->json, "Print the SplitStatus message as JSON");

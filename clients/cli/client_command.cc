@@ -32,6 +32,8 @@ std::string FinishReasonName(dmoe::v1::FinishReason reason) {
 
 struct ClientFlags {
   std::string router;
+  std::string api_key;  // --api-key or DMOE_API_KEY
+  std::string tls_ca;
   double timeout_seconds = 0;  // 0: none
   std::string model;
 };
@@ -51,6 +53,8 @@ struct GenerateFlags {
 absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const ClientFlags& c) {
   client::ClientOptions options{.target = c.router};
   if (c.timeout_seconds > 0) options.timeout = absl::Seconds(c.timeout_seconds);
+  options.api_key = c.api_key;
+  options.tls_ca_file = c.tls_ca;
   return client::GenerationClient::Connect(options);
 }
 
@@ -190,6 +194,11 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
         ->required();
     cmd->add_option("--timeout", common->timeout_seconds, "Call deadline in seconds (0 = none)");
     cmd->add_option("--model", common->model, "Model name to select (default: the served one)");
+    cmd->add_option("--api-key", common->api_key,
+                    "API key, sent as 'authorization: Bearer KEY' (docs/security.md)")
+        ->envname("DMOE_API_KEY");
+    cmd->add_option("--tls-ca", common->tls_ca,
+                    "PEM CA of the server's certificate: connect with TLS");
   };
 
   auto flags = std::make_shared<GenerateFlags>();

@@ -21,6 +21,7 @@ void RegisterClientCommand(CLI::App& app, int* exit_code);
 void RegisterBenchCommand(CLI::App& app, int* exit_code);
 void RegisterMetricsCommand(CLI::App& app, int* exit_code);
 void RegisterAdminCommand(CLI::App& app, int* exit_code);
+void RegisterKeysCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

@@ -16,6 +16,7 @@ int RunCli(int argc, char** argv) {
   RegisterBenchCommand(app, &exit_code);
   RegisterMetricsCommand(app, &exit_code);
   RegisterAdminCommand(app, &exit_code);
+  RegisterKeysCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

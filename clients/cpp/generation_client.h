@@ -28,6 +28,15 @@ struct ClientOptions {
   std::string target;
   // Deadline of a call that does not set its own; InfiniteDuration = none.
   absl::Duration timeout = absl::InfiniteDuration();
+  // Sent as "authorization: Bearer KEY" metadata on every call (docs/security.md); empty:
+  // none.
+  std::string api_key = "";
+  // PEM file of the CA that signed the server's certificate: connect with TLS. Empty: plaintext.
+  std::string tls_ca_file = "";
+  // PEM certificate and key presented to servers that require one (mutual TLS, internal
+  // ports). Both or neither; only with tls_ca_file.
+  std::string tls_cert_file = "";
+  std::string tls_key_file = "";
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -36,12 +45,15 @@ struct ClientOptions {
 struct CallOptions {
   // This call's deadline, counted from the call's start; ZeroDuration = the client's default.
   absl::Duration timeout = absl::ZeroDuration();
+  // This call's API key (e.g. the HTTP API passing on its caller's); empty: the client's.
+  std::string api_key = "";
 };
 
 // Thread-safe: any number of calls may run concurrently from different threads.
 class GenerationClient {
  public:
-  // Creates an insecure channel to options.target (connects lazily, on the first call).
+  // Creates a channel to options.target (connects lazily, on the first call): TLS with
+  // tls_ca_file, plaintext without. NOT_FOUND when a PEM file cannot be read.
   static absl::StatusOr<std::unique_ptr<GenerationClient>> Connect(const ClientOptions& options);
   // Uses an existing channel (e.g. an in-process one in tests). options.target is ignored.
   static std::unique_ptr<GenerationClient> FromChannel(std::shared_ptr<grpc::Channel> channel,
@@ -70,7 +82,8 @@ class GenerationClient {
 
  private:
   GenerationClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
-  void SetDeadline(grpc::ClientContext& context, const CallOptions& call) const;
+  // The call's deadline and authorization metadata.
+  void Configure(grpc::ClientContext& context, const CallOptions& call) const;
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -1,0 +1,86 @@
+#include "common/auth/tls.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace dmoe::auth {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM"));
+  }
+  return text.str();
+}
+
+}  // namespace
+
+absl::Status TlsOptions::Validate() const {
+  if (!enabled()) return absl::OkStatus();
+  if (cert_file.empty() || key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-ca is required with --tls-cert: internal ports verify peers against it");
+  }
+  return absl::OkStatus();
+}
+
+void AddTlsFlags(CLI::App& app, TlsOptions& options) {
+  app.add_option("--tls-cert", options.cert_file,
+                 "PEM certificate of this process (TLS on the public port, mutual TLS on "
+                 "internal ports and calls; docs/security.md)");
+  app.add_option("--tls-key", options.key_file, "PEM private key of --tls-cert");
+  app.add_option("--tls-ca", options.ca_file,
+                 "PEM CA that signs the cluster's certificates (peers are verified against it)");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
+    const TlsOptions& options, ClientCertificates client_certificates) {
+  if (!options.enabled()) return grpc::InsecureServerCredentials();
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  grpc::SslServerCredentialsOptions ssl(
+      client_certificates == ClientCertificates::kRequired
+          ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  DMOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.ca_file, "--tls-ca"));
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  DMOE_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.key_file, "--tls-key"));
+  DMOE_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(options.cert_file, "--tls-cert"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const TlsOptions& options) {
+  if (!options.enabled()) return grpc::InsecureChannelCredentials();
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  return CallerCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CallerCredentials(
+    const TlsOptions& options) {
+  if (!options.enabled()) return grpc::InsecureChannelCredentials();
+  if (options.ca_file.empty()) return absl::InvalidArgumentError("--tls-ca is required for TLS");
+  if (options.cert_file.empty() != options.key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  DMOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.ca_file, "--tls-ca"));
+  if (!options.cert_file.empty()) {
+    DMOE_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(options.key_file, "--tls-key"));
+    DMOE_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(options.cert_file, "--tls-cert"));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace dmoe::auth
