@@ -39,7 +39,10 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const GrpcServerOptions& options) {
   // Without this Linux lets a second server bind the same port and steal half the calls.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   GrpcServer started;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &started.port);
+  builder.AddListeningPort(
+      options.listen,
+      options.credentials ? options.credentials : grpc::InsecureServerCredentials(),
+      &started.port);
   for (grpc::Service* service : options.services) builder.RegisterService(service);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "metrics/endpoint.h"
 
@@ -32,6 +33,8 @@ struct GrpcServerOptions {
   std::vector<std::string> health_services{};
   metrics::ProcessMetrics metrics;        // dmoe_grpc_server_handled_total; null registry: none
   int max_message_bytes = kMaxGrpcMessageBytes;
+  // TLS / mutual TLS of the listening port (common/auth/tls.h); null: plaintext.
+  std::shared_ptr<grpc::ServerCredentials> credentials = nullptr;
 };
 
 // A started server and the address it is bound to.

@@ -145,7 +145,9 @@ absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
     proxy->backends_[b.version] = Backend{
         .address = b.address,
         .stub = dmoe::v1::Generation::NewStub(
-            grpc::CreateChannel(b.address, grpc::InsecureChannelCredentials()))};
+            grpc::CreateChannel(b.address, options.backend_credentials
+                                               ? options.backend_credentials
+                                               : grpc::InsecureChannelCredentials()))};
   }
   if (options.registry) {
     proxy->metrics_ = std::make_unique<RouterMetrics>(*options.registry, split_options.versions);

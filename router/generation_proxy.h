@@ -56,6 +56,9 @@ struct GenerationProxyOptions {
   // API keys (docs/security.md): every Generation call needs a key, RouterAdmin an admin key.
   // Not owned; must outlive the proxy. Null: no authentication.
   auth::ApiKeys* api_keys = nullptr;
+  // What the router presents to its schedulers (mutual TLS, common/auth/tls.h); null:
+  // plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> backend_credentials = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

@@ -16,6 +16,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_join.h"
 #include "cluster/grpc_server.h"
+#include "common/auth/tls.h"
 #include "common/logging.h"
 #include "http/openai_server.h"
 #include "metrics/endpoint.h"
@@ -65,7 +66,13 @@ int main(int argc, char** argv) {
                  "API keys file (NAME ROLE SHA256HEX [rps=N] [streams=N] [tpm=N] per line; "
                  "docs/security.md): Generation needs a key, RouterAdmin an admin key; re-read "
                  "when it changes. Empty: no authentication");
+  dmoe::auth::TlsOptions tls;
+  dmoe::auth::AddTlsFlags(app, tls);
   CLI11_PARSE(app, argc, argv);
+  if (absl::Status valid = tls.Validate(); !valid.ok()) {
+    std::cerr << "dmoe-router: " << valid.message() << "\n";
+    return 2;
+  }
 
   dmoe::router::GenerationProxyOptions options;
   if (!backend.empty()) {
@@ -126,6 +133,20 @@ int main(int argc, char** argv) {
     DMOE_LOG(INFO) << "API keys off: Generation and RouterAdmin take unauthenticated calls "
                       "(--api-keys FILE turns them on)";
   }
+  // The public port: TLS, callers authenticate with API keys. The schedulers' ports: mutual
+  // TLS with the same certificate as the client's.
+  auto server_credentials =
+      dmoe::auth::ServerCredentials(tls, dmoe::auth::ClientCertificates::kNotRequested);
+  auto backend_credentials = dmoe::auth::ChannelCredentials(tls);
+  if (!server_credentials.ok() || !backend_credentials.ok()) {
+    std::cerr << "dmoe-router: "
+              << (server_credentials.ok() ? backend_credentials.status()
+                                          : server_credentials.status())
+                     .message()
+              << "\n";
+    return 2;
+  }
+  options.backend_credentials = *backend_credentials;
   auto proxy = dmoe::router::GenerationProxy::Create(options);
   if (!proxy.ok()) {
     std::cerr << "dmoe-router: " << proxy.status().message() << "\n";
@@ -135,7 +156,9 @@ int main(int argc, char** argv) {
       {.listen = listen,
        .services = {proxy->get(), &(*proxy)->admin_service()},
        .health_services = {dmoe::v1::Generation::service_full_name()},
-       .metrics = metrics});
+       .metrics = metrics,
+       .max_message_bytes = dmoe::cluster::kMaxGrpcMessageBytes,
+       .credentials = *server_credentials});
   if (!server.ok()) {
     std::cerr << "dmoe-router: " << server.status().message() << "\n";
     return 2;

@@ -39,6 +39,7 @@ void AddApiFlags(CLI::App& app, ApiFlags& flags) {
   app.add_option("--api-keys", flags.api_keys_file,
                  "API keys file (NAME ROLE SHA256HEX [rps=N] [streams=N] [tpm=N] per line; "
                  "docs/security.md), re-read when it changes; empty: no authentication");
+  auth::AddTlsFlags(app, flags.tls);
 }
 
 absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flags) {
@@ -57,6 +58,8 @@ absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flag
   options.metrics_listen = flags.metrics_listen;
   options.http_listen = flags.http_listen;
   options.api_keys_file = flags.api_keys_file;
+  DMOE_RETURN_IF_ERROR(flags.tls.Validate());
+  options.tls = flags.tls;
   if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
   if (!flags.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));

@@ -9,6 +9,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "common/auth/tls.h"
 #include "scheduler/generation_endpoint.h"
 
 namespace dmoe::scheduler {
@@ -29,6 +30,7 @@ struct ApiFlags {
   std::string stop_ids;
   double drain_seconds = 30;
   std::string api_keys_file;
+  auth::TlsOptions tls;
 };
 
 // Registers the flags on `app`; `flags` must outlive the parse.

@@ -102,6 +102,15 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
       .health_services = {dmoe::v1::Generation::service_full_name()},
       .metrics = metrics};
   for (grpc::Service* service : extra_services) server_options.services.push_back(service);
+  DMOE_ASSIGN_OR_RETURN(server_options.credentials,
+                        auth::ServerCredentials(options.tls,
+                                                extra_services.empty()
+                                                    ? auth::ClientCertificates::kNotRequested
+                                                    : auth::ClientCertificates::kRequired));
+  if (options.tls.enabled()) {
+    DMOE_LOG(INFO) << "TLS on the gRPC port"
+                   << (extra_services.empty() ? "" : ", client certificates required");
+  }
   DMOE_ASSIGN_OR_RETURN(e->server_, cluster::StartGrpcServer(server_options));
   DMOE_LOG(INFO) << "serving model '" << e->model_name_ << "' (" << config.model_type << ") on "
                  << e->address() << ": kv_pages " << options.kv_pages << " x "

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "cluster/grpc_server.h"
 #include "common/auth/api_keys.h"
+#include "common/auth/tls.h"
 #include "grpcpp/channel.h"
 #include "http/openai_server.h"
 #include "metrics/endpoint.h"
@@ -58,6 +59,11 @@ struct GenerationEndpointOptions {
   // API keys file (common/auth/api_keys.h, docs/security.md) every Generation call must
   // present a key of; re-read when it changes. Empty: no authentication (logged).
   std::string api_keys_file{};
+  // TLS of the gRPC port (docs/security.md); none set: plaintext. A port that also hosts the
+  // caller's extra services (the scheduler's Cluster service, which pods register with) is an
+  // internal port: it then requires a client certificate signed by tls.ca_file (mutual TLS);
+  // `dmoe serve`'s port asks for none (callers authenticate with API keys).
+  auth::TlsOptions tls{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
