@@ -19,6 +19,7 @@
 #include "common/auth/tls.h"
 #include "common/logging.h"
 #include "http/openai_server.h"
+#include "metrics/catalog.h"
 #include "metrics/endpoint.h"
 #include "router/generation_proxy.h"
 
@@ -120,8 +121,10 @@ int main(int argc, char** argv) {
   if (!api_keys_file.empty()) {
     dmoe::auth::ApiKeysOptions keys_options;
     keys_options.path = api_keys_file;
-    keys_options.registry = metrics.registry;
-    keys_options.model_version = metrics.model_version;
+    if (metrics.registry) {
+      keys_options.refusals = &dmoe::metrics::CounterFamily(
+          *metrics.registry, "dmoe_api_refusals_total", metrics.model_version);
+    }
     auto loaded = dmoe::auth::ApiKeys::Load(keys_options);
     if (!loaded.ok()) {
       std::cerr << "dmoe-router: --api-keys: " << loaded.status().message() << "\n";

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "metrics/catalog.h"
 
 namespace dmoe::scheduler {
 namespace {
@@ -75,8 +76,10 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
   if (!options.api_keys_file.empty()) {
     auth::ApiKeysOptions keys_options;
     keys_options.path = options.api_keys_file;
-    keys_options.registry = metrics.registry;
-    keys_options.model_version = metrics.model_version;
+    if (metrics.registry) {
+      keys_options.refusals = &dmoe::metrics::CounterFamily(
+          *metrics.registry, "dmoe_api_refusals_total", metrics.model_version);
+    }
     DMOE_ASSIGN_OR_RETURN(e->api_keys_, auth::ApiKeys::Load(keys_options));
     service_options.api_keys = e->api_keys_.get();
   } else {

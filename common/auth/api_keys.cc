@@ -22,7 +22,6 @@
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "metrics/catalog.h"
 
 namespace dmoe::auth {
 
@@ -282,12 +281,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }  // namespace
 
 ApiKeys::ApiKeys(const ApiKeysOptions& options)
-    : options_(options), entries_(std::make_shared<std::vector<KeyEntry>>()) {
-  if (options_.registry) {
-    refusals_ = &metrics::CounterFamily(*options_.registry, "dmoe_api_refusals_total",
-                                        options_.model_version);
-  }
-}
+    : options_(options), entries_(std::make_shared<std::vector<KeyEntry>>()) {}
 
 ApiKeys::~ApiKeys() = default;
 
@@ -368,8 +362,8 @@ void ApiKeys::MaybeReload() {
 }
 
 void ApiKeys::CountRefusal(const std::string& tenant, absl::string_view reason) {
-  if (refusals_ == nullptr) return;
-  refusals_->Add({{"tenant", tenant}, {"reason", std::string(reason)}}).Increment();
+  if (options_.refusals == nullptr) return;
+  options_.refusals->Add({{"tenant", tenant}, {"reason", std::string(reason)}}).Increment();
 }
 
 absl::StatusOr<Admission> ApiKeys::Admit(std::optional<absl::string_view> key, Role required,

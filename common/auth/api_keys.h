@@ -36,7 +36,6 @@
 #include "absl/time/time.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
-#include "prometheus/registry.h"
 
 namespace dmoe::auth {
 
@@ -115,9 +114,9 @@ struct ApiKeysOptions {
   std::string path;  // the keys file; must exist and parse at Load
   // How often Admit() checks the file's mtime/size/inode for a change.
   absl::Duration check_interval = absl::Seconds(1);
-  // dmoe_api_refusals_total goes here (with this model_version label); null: no metrics.
-  std::shared_ptr<prometheus::Registry> registry = nullptr;
-  std::string model_version = "";
+  // Where refusals are counted, with labels tenant and reason: the process's
+  // dmoe_api_refusals_total (metrics::CounterFamily). Not owned; null: not counted.
+  prometheus::Family<prometheus::Counter>* refusals = nullptr;
   // Time source of the token buckets and the file check (tests); null: absl::Now.
   std::function<absl::Time()> clock = nullptr;
 };
@@ -160,7 +159,6 @@ class ApiKeys {
   void CountRefusal(const std::string& tenant, absl::string_view reason);
 
   const ApiKeysOptions options_;
-  prometheus::Family<prometheus::Counter>* refusals_ = nullptr;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const std::vector<KeyEntry>> entries_ ABSL_GUARDED_BY(mu_);

@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "metrics/catalog.h"
 #include "prometheus/registry.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -112,8 +113,7 @@ class ApiKeysTest : public ::testing::Test {
     dmoe_testing::WriteFileOrDie(path_, text);
     ApiKeysOptions options;
     options.path = path_;
-    options.registry = registry_;
-    options.model_version = "v1";
+    options.refusals = &metrics::CounterFamily(*registry_, "dmoe_api_refusals_total", "v1");
     options.clock = clock_.fn();
     absl::StatusOr<std::unique_ptr<ApiKeys>> keys = ApiKeys::Load(options);
     EXPECT_THAT(keys.status(), IsOk());

@@ -18,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "http/openai_server.h"
+#include "metrics/catalog.h"
 #include "prometheus/registry.h"
 #include "proto/dmoe/v1/admin.grpc.pb.h"
 #include "proto/dmoe/v1/generation.grpc.pb.h"
@@ -133,7 +134,8 @@ class AuthRouterTest : public ::testing::Test {
                            " streams=1 rps=1000\n"));
     auth::ApiKeysOptions keys_options;
     keys_options.path = path;
-    keys_options.registry = registry_;
+    keys_options.refusals =
+        &metrics::CounterFamily(*registry_, "dmoe_api_refusals_total", "v1");
     DMOE_ASSERT_OK_AND_ASSIGN(keys_, auth::ApiKeys::Load(keys_options));
 
     GenerationProxyOptions options;
