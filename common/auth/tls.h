@@ -22,11 +22,13 @@ class App;
 
 namespace dmoe::auth {
 
-// PEM file paths. All empty: plaintext.
+// PEM file paths. All empty: plaintext. (No "= {}" initializers: with them GCC 12 reports a
+// false -Wmaybe-uninitialized on the std::function members of the options structs that hold
+// a TlsOptions, e.g. EmbeddedServerOptions.)
 struct TlsOptions {
-  std::string cert_file = "";  // this process's certificate chain
-  std::string key_file = "";   // its private key
-  std::string ca_file = "";    // the CA that signs peers' certificates
+  std::string cert_file;  // this process's certificate chain
+  std::string key_file;   // its private key
+  std::string ca_file;    // the CA that signs peers' certificates
 
   bool enabled() const { return !cert_file.empty() || !key_file.empty() || !ca_file.empty(); }
   // INVALID_ARGUMENT naming the flag: a server needs a certificate and key; mutual TLS and
