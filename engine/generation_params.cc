@@ -29,7 +29,42 @@ GenerationParams BuildGenerationParams(const DecodingRequest& request,
   p.sampling.seed = request.seed.value_or(p.sampling.seed);
   p.mask_id = defaults.mask_id;
   p.stop_ids = request.stop_ids.value_or(defaults.stop_ids);
+  // Editing: the preset first, then the explicit knobs.
+  switch (request.editing.value_or(EditingPreset::kOff)) {
+    case EditingPreset::kOff: break;
+    case EditingPreset::kSpeed:
+      p.threshold = request.threshold.value_or(0.5f);
+      p.edit_threshold = 0.0f;
+      p.max_post_steps = 16;
+      break;
+    case EditingPreset::kQuality:
+      p.threshold = request.threshold.value_or(0.7f);
+      p.edit_threshold = 0.5f;
+      p.max_post_steps = 16;
+      break;
+  }
+  if (request.edit_threshold) p.edit_threshold = request.edit_threshold;
+  p.max_post_steps = request.max_post_steps.value_or(p.max_post_steps);
   return p;
+}
+
+absl::StatusOr<std::optional<EditingPreset>> ParseEditingPreset(absl::string_view name,
+                                                               absl::string_view field) {
+  if (name.empty()) return std::nullopt;
+  if (name == "off") return EditingPreset::kOff;
+  if (name == "speed") return EditingPreset::kSpeed;
+  if (name == "quality") return EditingPreset::kQuality;
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " must be 'off', 'speed' or 'quality', got '", name, "'"));
+}
+
+std::string EditingPresetName(EditingPreset preset) {
+  switch (preset) {
+    case EditingPreset::kOff: return "off";
+    case EditingPreset::kSpeed: return "speed";
+    case EditingPreset::kQuality: return "quality";
+  }
+  return "?";
 }
 
 absl::Status CheckFitsContext(int64_t prompt_tokens, int64_t max_new_tokens,

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
 
@@ -16,6 +17,17 @@
 #include "model/config.h"
 
 namespace dmoe::engine {
+
+// The decoding modes of the LLaDA2.1 model cards ("Best Practices", Denoising Thresholds, of
+// huggingface.co/inclusionAI/LLaDA2.1-mini; docs/engine.md): speed = threshold 0.5, edit
+// threshold 0.0; quality = threshold 0.7, edit threshold 0.5; both max_post_steps 16. Off =
+// no editing (the LLaDA2.0 loop; threshold keeps its own default).
+enum class EditingPreset { kOff, kSpeed, kQuality };
+
+// "off", "speed" or "quality"; "" = unset. INVALID_ARGUMENT naming `field` otherwise.
+absl::StatusOr<std::optional<EditingPreset>> ParseEditingPreset(absl::string_view name,
+                                                               absl::string_view field);
+std::string EditingPresetName(EditingPreset preset);
 
 // The decoding knobs of one request as the client gave them; unset = the default.
 struct DecodingRequest {
@@ -29,6 +41,11 @@ struct DecodingRequest {
   std::optional<float> top_p;
   std::optional<uint64_t> seed;
   std::optional<std::vector<int32_t>> stop_ids;  // set and empty: stop only at the length limit
+  // LLaDA2.1 token editing: a preset (below), then these override it. An edit_threshold turns
+  // editing on; without one (and without a preset that sets one) decoding is LLaDA2.0's.
+  std::optional<EditingPreset> editing = std::nullopt;
+  std::optional<float> edit_threshold = std::nullopt;
+  std::optional<int64_t> max_post_steps = std::nullopt;
 };
 
 // What the served model decides for a request that leaves it out.

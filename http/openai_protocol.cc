@@ -176,6 +176,19 @@ absl::StatusOr<OpenAiCall> ParseOpenAiRequest(absl::string_view body_text, Endpo
   if (top_p) p->set_top_p(static_cast<float>(*top_p));
   if (absl::Status s = Number(body, "threshold", 0, 1, &threshold); !s.ok()) return s;
   if (threshold) p->set_threshold(static_cast<float>(*threshold));
+  // LLaDA2.1 token editing: the Generation API's names; the server checks `editing`.
+  std::optional<double> edit_threshold;
+  std::optional<int64_t> max_post_steps;
+  if (absl::Status s = Number(body, "edit_threshold", 0, 1, &edit_threshold); !s.ok()) return s;
+  if (edit_threshold) p->set_edit_threshold(static_cast<float>(*edit_threshold));
+  if (absl::Status s = Integer(body, "max_post_steps", 0, 4096, &max_post_steps); !s.ok()) {
+    return s;
+  }
+  if (max_post_steps) p->set_max_post_steps(*max_post_steps);
+  if (auto it = body.find("editing"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return Bad("editing", "must be \"off\", \"speed\" or \"quality\"");
+    p->set_editing(it->get<std::string>());
+  }
 
   if (absl::Status s = Bool(body, "stream", &call.stream); !s.ok()) return s;
   if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {

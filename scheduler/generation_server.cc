@@ -56,6 +56,8 @@ dmoe::v1::GenerationStats ToProtoStats(const RequestResult& r) {
   stats.set_prompt_tokens(r.prompt_tokens);
   stats.set_generated_tokens(static_cast<int64_t>(r.ids.size()));
   stats.set_queue_seconds(r.queue_seconds);
+  stats.set_edits(r.edits);
+  stats.set_remasks(r.remasks);
   return stats;
 }
 
@@ -405,6 +407,9 @@ absl::StatusOr<PreparedRequest> GenerationServer::Prepare(
   if (in.has_stop_ids()) {
     asked.stop_ids.emplace(in.stop_ids().ids().begin(), in.stop_ids().ids().end());
   }
+  DMOE_ASSIGN_OR_RETURN(asked.editing, engine::ParseEditingPreset(in.editing(), "params.editing"));
+  if (in.has_edit_threshold()) asked.edit_threshold = in.edit_threshold();
+  if (in.has_max_post_steps()) asked.max_post_steps = in.max_post_steps();
   out.params = engine::BuildGenerationParams(
       asked, engine::ModelDecodingDefaults::For(config_, options_.mask_id, options_.stop_ids));
   return out;

@@ -211,6 +211,7 @@ void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResul
                                                       : "error";
     options_.metrics->OnFinished(reason.c_str(), result.ok() ? result->seconds : 0.0,
                                  result.ok() ? result->tokens_per_forward() : 0.0);
+    if (result.ok()) options_.metrics->OnEdited(result->edits, result->remasks);
   }
   if (entry->callbacks.on_done) entry->callbacks.on_done(std::move(result));
   absl::MutexLock lock(&mu_);
@@ -477,6 +478,8 @@ RequestResult Scheduler::Result(const Entry& e, absl::Time after) {
   r.ids = e.sequence.FinalTokens();
   r.finish_reason = e.sequence.finish_reason();
   r.forwards = e.sequence.forwards();
+  r.edits = e.sequence.edits();
+  r.remasks = e.sequence.remasks();
   r.prompt_tokens = e.sequence.prompt_length();
   r.queue_seconds = absl::ToDoubleSeconds(e.admitted - e.submitted);
   r.first_block_seconds = absl::ToDoubleSeconds(e.first_tokens - e.submitted);

@@ -106,6 +106,8 @@ struct RequestResult {
   std::vector<int32_t> ids;         // generated ids, ending after the first stop token
   engine::FinishReason finish_reason = engine::FinishReason::kNone;
   int64_t forwards = 0;
+  int64_t edits = 0;                // token editing: T2T rewrites (re-masks included)
+  int64_t remasks = 0;
   int64_t prompt_tokens = 0;
   double queue_seconds = 0;         // Submit -> admission
   double first_block_seconds = 0;   // Submit -> first final tokens

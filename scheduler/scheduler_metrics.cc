@@ -37,6 +37,8 @@ SchedulerMetrics::SchedulerMetrics(const metrics::ProcessMetrics& m)
       prompt_tokens_(Counter(m, "dmoe_prompt_tokens_total")),
       generation_tokens_(Counter(m, "dmoe_generation_tokens_total")),
       forwards_(Counter(m, "dmoe_forwards_total")),
+      tokens_edited_(Counter(m, "dmoe_tokens_edited_total")),
+      tokens_remasked_(Counter(m, "dmoe_tokens_remasked_total")),
       tokens_per_forward_(Histogram(m, "dmoe_tokens_per_forward")),
       steps_per_block_(Histogram(m, "dmoe_denoise_steps_per_block")),
       iterations_(Counter(m, "dmoe_iterations_total")),
@@ -66,6 +68,11 @@ void SchedulerMetrics::OnCommitted(int64_t tokens, int64_t forwards, bool first,
   generation_tokens_.Increment(static_cast<double>(tokens));
   steps_per_block_.Observe(static_cast<double>(forwards));
   (first ? time_to_first_block_ : inter_block_).Observe(since_previous);
+}
+
+void SchedulerMetrics::OnEdited(int64_t edits, int64_t remasks) {
+  tokens_edited_.Increment(static_cast<double>(edits));
+  tokens_remasked_.Increment(static_cast<double>(remasks));
 }
 
 void SchedulerMetrics::OnFinished(const char* finished_reason, double seconds,

@@ -28,6 +28,9 @@ class SchedulerMetrics {
   // A request ended. `finished_reason`: stop, length, cancelled, deadline or error.
   // e2e and TPF are observed only for stop / length.
   void OnFinished(const char* finished_reason, double seconds, double tokens_per_forward);
+  // A request that ended successfully made `edits` token edits (LLaDA2.1 T2T rewrites), of
+  // which `remasks` turned a token back into the mask.
+  void OnEdited(int64_t edits, int64_t remasks);
   void OnIteration(int64_t sequences, int64_t tokens, double seconds);
   void SetState(int64_t running, int64_t waiting, int64_t kv_pages_used,
                 int64_t kv_pages_capacity);
@@ -45,6 +48,8 @@ class SchedulerMetrics {
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
   prometheus::Counter& forwards_;
+  prometheus::Counter& tokens_edited_;
+  prometheus::Counter& tokens_remasked_;
   prometheus::Histogram& tokens_per_forward_;
   prometheus::Histogram& steps_per_block_;
   prometheus::Counter& iterations_;

@@ -91,6 +91,7 @@ void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const 
                           {"text", SanitizeUtf8(text)},
                           {"forwards", stats.forwards()},
                           {"tokens_per_forward", stats.tokens_per_forward()},
+                          {"edits", stats.edits()},
                           {"seconds", stats.seconds()},
                           {"finish_reason", FinishReasonName(stats.finish_reason())},
                           {"prompt_tokens", stats.prompt_tokens()}};

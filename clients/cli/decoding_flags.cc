@@ -54,6 +54,15 @@ void AddDecodingFlags(CLI::App* cmd, DecodingFlags* flags) {
   cmd->add_option("--top-k", flags->top_k, with_default("0 = off", flags->top_k, defaults.sampling.top_k));
   cmd->add_option("--top-p", flags->top_p, with_default("1 = off", flags->top_p, defaults.sampling.top_p));
   cmd->add_option("--seed", flags->seed, with_default("Sampling seed", flags->seed, defaults.sampling.seed));
+  cmd->add_option("--editing", flags->editing,
+                  "LLaDA2.1 token editing preset: off, speed (threshold 0.5, edit threshold 0) or "
+                  "quality (threshold 0.7, edit threshold 0.5) (default: off); explicit flags win");
+  cmd->add_option("--edit-threshold", flags->edit_threshold,
+                  "LLaDA2.1 token editing: rewrite decoded tokens whose argmax differs with "
+                  "confidence above this; turns editing on (default: off)");
+  cmd->add_option("--max-post-steps", flags->max_post_steps,
+                  with_default("With editing: edit-only forwards per block after its masks",
+                               flags->max_post_steps, defaults.max_post_steps));
 }
 
 absl::StatusOr<engine::DecodingRequest> ToDecodingRequest(const DecodingFlags& flags) {
@@ -67,6 +76,9 @@ absl::StatusOr<engine::DecodingRequest> ToDecodingRequest(const DecodingFlags& f
   r.top_k = flags.top_k;
   r.top_p = flags.top_p;
   r.seed = flags.seed;
+  DMOE_ASSIGN_OR_RETURN(r.editing, engine::ParseEditingPreset(flags.editing, "--editing"));
+  r.edit_threshold = flags.edit_threshold;
+  r.max_post_steps = flags.max_post_steps;
   return r;
 }
 
@@ -85,6 +97,9 @@ dmoe::v1::DecodingParams ToDecodingParamsProto(const engine::DecodingRequest& r)
   if (r.top_k) p.set_top_k(*r.top_k);
   if (r.top_p) p.set_top_p(*r.top_p);
   if (r.seed) p.set_seed(*r.seed);
+  if (r.editing) p.set_editing(engine::EditingPresetName(*r.editing));
+  if (r.edit_threshold) p.set_edit_threshold(*r.edit_threshold);
+  if (r.max_post_steps) p.set_max_post_steps(*r.max_post_steps);
   if (r.stop_ids) p.mutable_stop_ids()->mutable_ids()->Add(r.stop_ids->begin(), r.stop_ids->end());
   return p;
 }

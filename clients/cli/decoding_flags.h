@@ -39,13 +39,17 @@ struct DecodingFlags {
   std::optional<int32_t> top_k = std::nullopt;
   std::optional<float> top_p = std::nullopt;
   std::optional<uint64_t> seed = std::nullopt;
+  std::string editing = "";  // "" = unset; off | speed | quality
+  std::optional<float> edit_threshold = std::nullopt;
+  std::optional<int64_t> max_post_steps = std::nullopt;
 };
 
 // --mode, --max-new-tokens, --threshold, --block-length, --steps, --temperature, --top-k,
-// --top-p, --seed; the help text shows each default.
+// --top-p, --seed, --editing, --edit-threshold, --max-post-steps; the help text shows each
+// default.
 void AddDecodingFlags(CLI::App* cmd, DecodingFlags* flags);
 
-// INVALID_ARGUMENT for an unknown --mode. Stop ids are the command's own business.
+// INVALID_ARGUMENT for an unknown --mode or --editing. Stop ids are the command's own business.
 absl::StatusOr<engine::DecodingRequest> ToDecodingRequest(const DecodingFlags& flags);
 
 // The request's knobs as the Generation API takes them (`dmoe client`, `dmoe bench --server`):

@@ -82,6 +82,8 @@ absl::StatusOr<engine::GenerationResult> GenerateWithExecutor(
   r.ids = sequence.FinalTokens();
   r.finish_reason = sequence.finish_reason();
   r.forwards = sequence.forwards();
+  r.edits = sequence.edits();
+  r.remasks = sequence.remasks();
   return r;
 }
 
@@ -178,6 +180,7 @@ absl::Status RunGenerate(const GenerateFlags& f) {
                           {"text", SanitizeUtf8(text)},
                           {"forwards", r.forwards},
                           {"tokens_per_forward", r.tokens_per_forward()},
+                          {"edits", r.edits},
                           {"seconds", r.seconds},
                           {"finish_reason", engine::FinishReasonName(r.finish_reason)},
                           {"prompt_tokens", prompt.size()}};
@@ -189,6 +192,10 @@ absl::Status RunGenerate(const GenerateFlags& f) {
       for (size_t i = 0; i < r.ids.size(); ++i) std::cout << (i ? "," : "") << r.ids[i];
     }
     std::cout << std::endl;
+    if (r.edits > 0) {
+      std::fprintf(stderr, "[token editing: %lld edits, %lld re-masks]\n",
+                   static_cast<long long>(r.edits), static_cast<long long>(r.remasks));
+    }
     std::fprintf(stderr, "[%zu tokens, %lld forwards, TPF %.2f, %.1f tokens/s, finish: %s]\n",
                  r.ids.size(), static_cast<long long>(r.forwards), r.tokens_per_forward(),
                  r.seconds > 0 ? r.ids.size() / r.seconds : 0.0,

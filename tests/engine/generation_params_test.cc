@@ -79,3 +79,53 @@ TEST(GenerationParamsTest, ParseDecodeMode) {
 
 }  // namespace
 }  // namespace dmoe::engine
+
+namespace dmoe::engine {
+namespace {
+
+TEST(GenerationParamsEditingTest, EditingIsOffUnlessAsked) {
+  const GenerationParams p = BuildGenerationParams({}, Defaults());
+  EXPECT_FALSE(p.editing());
+  DecodingRequest off;
+  off.editing = EditingPreset::kOff;
+  EXPECT_FALSE(BuildGenerationParams(off, Defaults()).editing());
+  EXPECT_EQ(BuildGenerationParams(off, Defaults()).threshold, GenerationParams().threshold);
+}
+
+TEST(GenerationParamsEditingTest, PresetsAreTheModelCardsModesAndExplicitKnobsWin) {
+  DecodingRequest speed;
+  speed.editing = EditingPreset::kSpeed;
+  GenerationParams p = BuildGenerationParams(speed, Defaults());
+  EXPECT_EQ(p.threshold, 0.5f);
+  EXPECT_EQ(p.edit_threshold, 0.0f);
+  EXPECT_EQ(p.max_post_steps, 16);
+  DecodingRequest quality;
+  quality.editing = EditingPreset::kQuality;
+  quality.threshold = 0.8f;
+  quality.max_post_steps = 4;
+  p = BuildGenerationParams(quality, Defaults());
+  EXPECT_EQ(p.threshold, 0.8f);
+  EXPECT_EQ(p.edit_threshold, 0.5f);
+  EXPECT_EQ(p.max_post_steps, 4);
+  DecodingRequest explicit_only;
+  explicit_only.edit_threshold = 0.3f;
+  p = BuildGenerationParams(explicit_only, Defaults());
+  EXPECT_TRUE(p.editing());
+  EXPECT_EQ(p.edit_threshold, 0.3f);
+  EXPECT_EQ(p.max_post_steps, 16);
+  EXPECT_EQ(p.threshold, GenerationParams().threshold);
+}
+
+TEST(GenerationParamsEditingTest, ParsesPresetNames) {
+  EXPECT_EQ(*ParseEditingPreset("speed", "--editing"), EditingPreset::kSpeed);
+  EXPECT_EQ(*ParseEditingPreset("quality", "--editing"), EditingPreset::kQuality);
+  EXPECT_EQ(*ParseEditingPreset("off", "--editing"), EditingPreset::kOff);
+  EXPECT_FALSE(ParseEditingPreset("", "--editing")->has_value());
+  auto bad = ParseEditingPreset("fast", "params.editing");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("params.editing"));
+  EXPECT_EQ(EditingPresetName(EditingPreset::kQuality), "quality");
+}
+
+}  // namespace
+}  // namespace dmoe::engine

@@ -173,5 +173,20 @@ TEST(OpenAiProtocolTest, StopStringsTruncateBeforeTheMatchAcrossPushes) {
   EXPECT_EQ(text, "caf\u00e9 ");
 }
 
+TEST(OpenAiProtocolTest, TokenEditingExtrasMapToTheGenerationApi) {
+  absl::StatusOr<OpenAiCall> call = ParseOpenAiRequest(
+      R"({"prompt": "x", "editing": "quality", "edit_threshold": 0.25, "max_post_steps": 4})",
+      Endpoint::kCompletions);
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_EQ(call->request.params().editing(), "quality");
+  EXPECT_FLOAT_EQ(call->request.params().edit_threshold(), 0.25f);
+  EXPECT_EQ(call->request.params().max_post_steps(), 4);
+  EXPECT_FALSE(ParseOpenAiRequest(R"({"prompt": "x", "edit_threshold": 2})",
+                                  Endpoint::kCompletions)
+                   .ok());
+  EXPECT_FALSE(
+      ParseOpenAiRequest(R"({"prompt": "x", "editing": 1})", Endpoint::kCompletions).ok());
+}
+
 }  // namespace
 }  // namespace dmoe::http

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -145,6 +146,11 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
       {{"--prompt-ids", "11,22,33,44,55,66,77", "--max-new-tokens", "40"}},
       {{"--prompt-ids", "5,6,7", "--max-new-tokens", "24", "--block-length", "8", "--threshold",
         "0.5", "--temperature", "0.8", "--top-k", "20", "--seed", "7"}},
+      // LLaDA2.1 token editing: explicit knobs (edits happen at edit threshold 0) and a preset.
+      {{"--prompt-ids", "11,22,33,44,55,66,77", "--max-new-tokens", "40", "--threshold", "0.5",
+        "--edit-threshold", "0", "--max-post-steps", "4"}},
+      {{"--prompt-ids", "5,6,7", "--max-new-tokens", "24", "--block-length", "8", "--editing",
+        "quality"}},
   };
   if (tokenizer) cases.push_back({{"--chat", "Hello there", "--max-new-tokens", "32"}});
   for (const Case& c : cases) {
@@ -155,6 +161,9 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
     auto [local_code, local_out] = RunCommand(local);
     ASSERT_EQ(local_code, 0) << local_out;
     const nlohmann::json expected = nlohmann::json::parse(local_out);
+    if (absl::StrContains(absl::StrJoin(c.flags, " "), "--edit-threshold 0")) {
+      EXPECT_GT(expected.at("edits").get<int64_t>(), 0);  // not vacuous: tokens were edited
+    }
 
     for (bool stream : {false, true}) {
       std::vector<std::string> remote = {dmoe, "client", "generate", "--router", address, "--json"};
@@ -163,8 +172,8 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
       auto [remote_code, remote_out] = RunCommand(remote);
       ASSERT_EQ(remote_code, 0) << remote_out;
       const nlohmann::json got = nlohmann::json::parse(remote_out);
-      for (const char* field : {"ids", "text", "forwards", "tokens_per_forward", "finish_reason",
-                                "prompt_tokens"}) {
+      for (const char* field : {"ids", "text", "forwards", "tokens_per_forward", "edits",
+                                "finish_reason", "prompt_tokens"}) {
         EXPECT_EQ(got.at(field), expected.at(field)) << field << (stream ? " (stream)" : "");
       }
       EXPECT_TRUE(got.contains("seconds"));
