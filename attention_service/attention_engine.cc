@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "attention_service/device_attention.h"
 #include "common/logging.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "model/cpu/make_kernels.h"
@@ -61,9 +62,7 @@ absl::Status AttentionEngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("device must be \"cpu\" or \"cuda\", got \"", device, "\""));
   }
-  if (cuda_device < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda_device must be >= 0, got ", cuda_device));
-  }
+  DMOE_RETURN_IF_ERROR(ValidateGpuFlag(cuda_device));
   return absl::OkStatus();
 }
 

@@ -68,6 +68,7 @@ void ClusterExperts::Update(const cluster::Placement& placement) {
           continue;
         }
         transport = *std::move(created);
+        if (wrap_) transport = wrap_(std::move(transport));
       }
       s.replicas.push_back(transport);
     }

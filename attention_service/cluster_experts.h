@@ -4,6 +4,7 @@
 #ifndef DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
 #define DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,10 +34,17 @@ class ClusterExperts {
   // An executor for one lane: before each layer it switches to the newest placement.
   std::unique_ptr<model::ExpertExecutor> NewExecutor();
   int64_t num_experts() const { return num_experts_; }
+  // --expert-transport nccl: every new expert pod's gRPC transport goes through `wrap`
+  // (transport::NcclPeering::Wrap). Call before the first placement arrives.
+  void SetTransportWrapper(std::function<transport::ExpertTransportSharedPtr(
+                               transport::ExpertTransportSharedPtr)> wrap) {
+    wrap_ = std::move(wrap);
+  }
   const std::shared_ptr<transport::DispatchMetrics>& metrics() const { return metrics_; }
 
  private:
   int64_t num_experts_;
+  std::function<transport::ExpertTransportSharedPtr(transport::ExpertTransportSharedPtr)> wrap_;
   std::shared_ptr<transport::DispatchMetrics> metrics_;
   absl::Mutex mu_;
   transport::ExpertPlacement current_ ABSL_GUARDED_BY(mu_);

@@ -15,13 +15,17 @@
 #include "attention_service/attention_engine.h"
 #include "attention_service/attention_server.h"
 #include "attention_service/cluster_experts.h"
+#include "cluster/communicator_client.h"
 #include "cluster/grpc_server.h"
 #include "cluster/membership_agent.h"
+#include "common/gpu_index.h"
 #include "common/logging.h"
 #include "metrics/endpoint.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "transport/nccl_pairing_client.h"
+#include "transport/nccl_peering.h"
 
 namespace {
 int Fail(const std::string& message) {
@@ -63,7 +67,24 @@ int main(int argc, char** argv) {
                  "micro-batch; see docs/cuda.md)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  int gpu = 0;
+  app.add_option("--gpu", gpu, dmoe::kGpuFlagHelp)->capture_default_str();
+  std::string expert_transport = "grpc";
+  app.add_option("--expert-transport", expert_transport,
+                 "grpc, or nccl: pair with every expert pod over NCCL, using gRPC for a pod "
+                 "until its link is up and after a link failure (needs --device cuda; see "
+                 "docs/expert-data-plane.md)")
+      ->check(CLI::IsMember({"grpc", "nccl"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (absl::Status s = dmoe::ValidateGpuFlag(gpu); !s.ok()) return Fail(s.ToString());
+  const dmoe::transport::ExpertTransportKind transport_kind =
+      *dmoe::transport::ParseExpertTransportKind(expert_transport);
+  if (absl::Status s =
+          dmoe::transport::CheckExpertTransportFlags(transport_kind, device, !scheduler.empty());
+      !s.ok()) {
+    return Fail(s.ToString());
+  }
   if (model_name.empty()) model_name = std::filesystem::path(model_dir).filename().string();
 
   dmoe::cluster::ShutdownSignals signals;  // before any thread starts
@@ -88,7 +109,7 @@ int main(int argc, char** argv) {
   dmoe::attention::ClusterExperts experts(model.config().num_experts, dispatch_metrics);
   auto engine = dmoe::attention::AttentionEngine::Create(
       {.kernels = kernels, .num_threads = threads, .kv_max_pages = kv_pages,
-       .micro_batches = micro_batches, .device = device},
+       .micro_batches = micro_batches, .device = device, .cuda_device = gpu},
       model, [&](dmoe::model::Kernels&) { return experts.NewExecutor(); });
   if (!engine.ok()) return Fail(engine.status().ToString());
   dmoe::attention::AttentionServer service({.model_name = model_name, .metrics = metrics},
@@ -99,6 +120,30 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(server.status().ToString());
   const std::string& address = server->address;
 
+  // --expert-transport nccl: pairing with every expert pod in the background, gRPC until a
+  // pod's link is up (transport/nccl_peering.h). The GPU link (communicator + exchange rounds)
+  // is not built yet (connect is null): every pod stays on gRPC, with one warning per pod and
+  // dmoe_expert_transport_fallbacks_total{reason="refused"}.
+  std::unique_ptr<dmoe::transport::NcclPeering> peering;
+  if (transport_kind == dmoe::transport::ExpertTransportKind::kNccl) {
+    dmoe::transport::NcclPeeringOptions peering_options;
+    peering_options.attention_address = address;
+    peering_options.hidden_size = model.config().hidden_size;
+    peering_options.metrics = metrics;
+    dmoe::transport::NcclPeeringDeps peering_deps;
+    peering_deps.fetch_id = [scheduler](const std::string& group, uint64_t failed_generation,
+                                        absl::Time deadline) {
+      return dmoe::cluster::FetchCommunicatorId(scheduler, group, failed_generation, deadline);
+    };
+    peering_deps.pair = dmoe::transport::PairOverGrpc;
+    auto created = dmoe::transport::NcclPeering::Create(peering_options, std::move(peering_deps));
+    if (!created.ok()) return Fail(created.status().ToString());
+    peering = *std::move(created);
+    experts.SetTransportWrapper([p = peering.get()](dmoe::transport::ExpertTransportSharedPtr t) {
+      return p->Wrap(std::move(t));
+    });
+  }
+
   dmoe::v1::RegisterRequest registration;
   registration.set_role(dmoe::v1::POD_ROLE_ATTENTION);
   registration.set_address(address);
@@ -107,7 +152,8 @@ int main(int argc, char** argv) {
       {.scheduler_address = scheduler,
        .registration = registration,
        .on_placement = [&](const dmoe::cluster::Placement& p) { experts.Update(p); }});
-  DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", device " << device << ", "
+  DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", device " << device
+                 << (device == "cuda" ? dmoe::DescribeGpuFlag(gpu) : "") << ", "
                  << (*engine)->options().micro_batches << " micro-batch(es), KV " << kv_pages
                  << " pages, scheduler " << scheduler;
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 #include "model/cpu/make_kernels.h"
 #include "metrics/catalog.h"
@@ -70,7 +71,7 @@ absl::Status ExpertEngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("device_max_rows: ", device_max_rows, " < 1"));
   }
-  return absl::OkStatus();
+  return ValidateGpuFlag(cuda_device);
 }
 
 absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
@@ -124,7 +125,8 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
   if (options.device == "cuda") {
     DMOE_ASSIGN_OR_RETURN(engine->device_,
                           CreateCudaExperts(c, engine->weights_,
-                                            {.max_rows = options.device_max_rows,
+                                            {.device = options.cuda_device,
+                                             .max_rows = options.device_max_rows,
                                              .max_queue = options.max_queue}));
   } else {
     for (int i = 0; i < options.num_workers; ++i) {

@@ -82,9 +82,11 @@ struct ExpertEngineOptions {
   // Routed experts [expert_first, expert_last) of every MoE layer; expert_last < 0 means all.
   int64_t expert_first = 0;
   int64_t expert_last = -1;
-  // Where the experts run: "cpu" (the kernels below) or "cuda" (GPU 0, grouped expert kernels;
-  // the kernels and threads settings then do not apply).
+  // Where the experts run: "cpu" (the kernels below) or "cuda" (GPU `cuda_device`, grouped
+  // expert kernels; the kernels and threads settings then do not apply).
   std::string device = "cpu";
+  // `--gpu`: index into the CUDA devices the process can see (common/gpu_index.h); "cuda" only.
+  int cuda_device = 0;
   // Rows per GPU launch with device "cuda"; larger calls run in chunks.
   int64_t device_max_rows = 4096;
   // CPU compute backend: "cpu" (fast, batch-invariant) or "reference" (naive oracle).

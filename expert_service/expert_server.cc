@@ -162,9 +162,11 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   DMOE_RETURN_IF_ERROR(options.Validate());
   auto server = std::unique_ptr<ExpertServer>(new ExpertServer());
   server->service_ = std::make_unique<internal::ExpertServiceImpl>(engine);
+  std::vector<grpc::Service*> services = {server->service_.get()};
+  services.insert(services.end(), options.extra_services.begin(), options.extra_services.end());
   DMOE_ASSIGN_OR_RETURN(server->server_,
                         cluster::StartGrpcServer({.listen = options.listen_address,
-                                                  .services = {server->service_.get()},
+                                                  .services = std::move(services),
                                                   .health_services = {kExpertServiceName},
                                                   .metrics = options.metrics}));
   return server;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -29,6 +30,8 @@ struct ExpertServerOptions {
   std::string listen_address = "127.0.0.1:0";
   // dmoe_grpc_server_handled_total; null registry: none.
   metrics::ProcessMetrics metrics{};
+  // Served on the same port (e.g. NcclPairing); not owned, must outlive the server.
+  std::vector<grpc::Service*> extra_services{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

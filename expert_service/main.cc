@@ -17,10 +17,13 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cluster/grpc_server.h"
+#include "cluster/communicator_client.h"
 #include "cluster/membership_agent.h"
+#include "common/gpu_index.h"
 #include "common/logging.h"
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
+#include "expert_service/nccl_pairing.h"
 #include "metrics/endpoint.h"
 
 namespace {
@@ -89,7 +92,24 @@ int main(int argc, char** argv) {
                  "apply)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  int gpu = 0;
+  app.add_option("--gpu", gpu, dmoe::kGpuFlagHelp)->capture_default_str();
+  std::string expert_transport = "grpc";
+  app.add_option("--expert-transport", expert_transport,
+                 "grpc, or nccl: also accept NCCL pairings from attention replicas (needs "
+                 "--device cuda and --scheduler; unpaired replicas use gRPC; see "
+                 "docs/expert-data-plane.md)")
+      ->check(CLI::IsMember({"grpc", "nccl"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (absl::Status s = dmoe::ValidateGpuFlag(gpu); !s.ok()) return Fail(s.ToString());
+  const dmoe::transport::ExpertTransportKind transport_kind =
+      *dmoe::transport::ParseExpertTransportKind(expert_transport);
+  if (absl::Status s = dmoe::transport::CheckExpertTransportFlags(transport_kind, device,
+                                                                  !scheduler.empty());
+      !s.ok()) {
+    return Fail(s.ToString());
+  }
 
   auto served_metrics = dmoe::metrics::ServeProcessMetrics("expert", model_version, metrics_listen);
   if (!served_metrics.ok()) return Fail(std::string(served_metrics.status().ToString()));
@@ -98,6 +118,7 @@ int main(int argc, char** argv) {
   dmoe::expert::ExpertEngineOptions engine_options{.model_dir = model_dir,
                                                    .model_name = model_name,
                                                    .device = device,
+                                                   .cuda_device = gpu,
                                                    .kernels = kernels,
                                                    .num_workers = workers,
                                                    .threads_per_worker = threads,
@@ -110,13 +131,38 @@ int main(int argc, char** argv) {
   dmoe::cluster::ShutdownSignals signals;  // before any thread starts
 
   DMOE_LOG(INFO) << "dmoe-expert: model " << model_dir << ", experts " << experts << ", listen "
-                 << listen << ", device " << device << ", kernels " << kernels << ", workers " << workers << " x "
+                 << listen << ", device " << device
+                 << (device == "cuda" ? dmoe::DescribeGpuFlag(gpu) : "") << ", kernels " << kernels << ", workers " << workers << " x "
                  << threads << " thread(s), max queue " << max_queue << ", drain timeout "
                  << drain_timeout_s << " s";
   auto engine = dmoe::expert::ExpertEngine::Create(engine_options);
   if (!engine.ok()) return Fail(std::string(engine.status().ToString()));
+  // --expert-transport nccl: the pairing handshake (expert_service/nccl_pairing.h). The serve
+  // loop that would run the pair's NCCL rounds on the device thread is not built yet
+  // (start_serve is null), so this pod answers pairings FAILED_PRECONDITION and its attention
+  // replicas keep using gRPC.
+  std::unique_ptr<dmoe::expert::NcclPairingHost> pairing_host;
+  std::unique_ptr<dmoe::expert::NcclPairingService> pairing_service;
+  std::vector<grpc::Service*> extra_services;
+  if (transport_kind == dmoe::transport::ExpertTransportKind::kNccl) {
+    dmoe::expert::NcclPairingHostOptions pairing_options;
+    pairing_options.transport = transport_kind;
+    pairing_options.hidden_size = (*engine)->info().hidden_size;
+    dmoe::expert::NcclPairingHostDeps pairing_deps;
+    pairing_deps.fetch_id = [scheduler](const std::string& group, absl::Time deadline) {
+      return dmoe::cluster::FetchCommunicatorId(scheduler, group, 0, deadline);
+    };
+    pairing_host = std::make_unique<dmoe::expert::NcclPairingHost>(pairing_options,
+                                                                   std::move(pairing_deps));
+    pairing_service = std::make_unique<dmoe::expert::NcclPairingService>(*pairing_host);
+    extra_services.push_back(pairing_service.get());
+    DMOE_LOG(WARNING) << "--expert-transport nccl: this build answers NCCL pairings but has no "
+                         "NCCL serve loop yet; attention replicas stay on gRPC for this pod "
+                         "(docs/expert-data-plane.md, \"NCCL\")";
+  }
   auto server = dmoe::expert::ExpertServer::Create(
-      {.listen_address = listen, .metrics = metrics}, **engine);
+      {.listen_address = listen, .metrics = metrics, .extra_services = extra_services},
+      **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
   std::unique_ptr<dmoe::cluster::MembershipAgent> agent;
   if (!scheduler.empty()) {

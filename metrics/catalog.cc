@@ -101,6 +101,14 @@ std::vector<MetricSpec> MakeCatalog() {
       {"dmoe_expert_combine_seconds", T::kHistogram, "attention",
        "Weighted combine of one layer's expert outputs into the hidden states.", {},
        kFastLatency},
+      {"dmoe_expert_transport_peers", T::kGauge, "attention",
+       "Expert pods this replica sends rows to, by transport: nccl (a link is up) or grpc "
+       "(--expert-transport grpc, or nccl while unpaired or after a failure).",
+       {"transport"}, {}},
+      {"dmoe_expert_transport_fallbacks_total", T::kCounter, "attention",
+       "--expert-transport nccl: times an expert pod stayed on or fell back to gRPC, by reason: "
+       "refused, pairing_failed, link_failed, heartbeat_failed.",
+       {"reason"}, {}},
       {"dmoe_attention_step_seconds", T::kHistogram, "attention",
        "One Step call on an attention replica (attention, dense layers and expert dispatch).",
        {}, kLatency},

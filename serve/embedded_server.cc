@@ -1,6 +1,7 @@
 #include "serve/embedded_server.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 
 namespace dmoe::serve {
@@ -10,6 +11,7 @@ absl::Status EmbeddedServerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("device must be 'cpu' or 'cuda', got '", device, "'"));
   }
+  DMOE_RETURN_IF_ERROR(ValidateGpuFlag(cuda_device));
   return api.Validate();
 }
 
@@ -27,7 +29,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(
                                                            .kv_page_tokens =
                                                                options.api.kv_page_tokens,
                                                            .kv_max_pages = options.api.kv_pages,
-                                                           .device = options.device}));
+                                                           .device = options.device,
+                                                           .cuda_device = options.cuda_device}));
   DMOE_ASSIGN_OR_RETURN(s->api_,
                         scheduler::GenerationEndpoint::Start(options.api, s->metrics_.metrics,
                                                              s->model_->config(),

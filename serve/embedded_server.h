@@ -24,6 +24,8 @@ struct EmbeddedServerOptions {
   std::string kernels = "cpu";   // "cpu" or "reference"
   // Where the forward runs, "cpu" or "cuda" (InProcessModel).
   std::string device = "cpu";
+  // `--gpu`: index into the visible CUDA devices (common/gpu_index.h); device "cuda" only.
+  int cuda_device = 0;
   int num_threads = 0;           // compute threads; <= 0: all hardware threads
 
   // INVALID_ARGUMENT naming the field.

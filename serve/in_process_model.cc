@@ -1,6 +1,7 @@
 #include "serve/in_process_model.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 #include "serve/cuda_step_executor.h"
 
@@ -18,7 +19,7 @@ absl::Status InProcessModelOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("device must be 'cpu' or 'cuda', got '", device, "'"));
   }
-  return absl::OkStatus();
+  return ValidateGpuFlag(cuda_device);
 }
 
 absl::StatusOr<std::unique_ptr<InProcessModel>> InProcessModel::Create(

@@ -119,6 +119,11 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
                  "expert pod)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  up->add_option("--expert-transport", options->expert_transport,
+                 "How attention replicas reach expert pods: grpc, or nccl (both devices cuda; "
+                 "gRPC per pod until its NCCL link is up; docs/expert-data-plane.md)")
+      ->check(CLI::IsMember({"grpc", "nccl"}))
+      ->capture_default_str();
   up->callback([options, run_dir, state_file, exit_code] {
     options->run_dir = *run_dir;
     options->bin_dir = SelfBinDir();

@@ -17,6 +17,7 @@
 #include "clients/cli/commands.h"
 #include "clients/cli/decoding_flags.h"
 #include "clients/cli/denoise_view.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 #include "engine/engine.h"
 #include "engine/generation_params.h"
@@ -40,6 +41,7 @@ struct GenerateFlags {
   std::string kernels = "cpu";
   int threads = 0;
   std::string device = "cpu";
+  int gpu = 0;
 };
 
 using Observer = std::function<void(size_t, engine::Sequence&)>;
@@ -90,6 +92,7 @@ absl::StatusOr<engine::GenerationResult> GenerateWithExecutor(
 absl::Status RunGenerate(const GenerateFlags& f) {
   // Cheap checks first, each naming what is wrong: the prompt flags, the directory, the config.
   DMOE_RETURN_IF_ERROR(CheckPromptFlags(f.input));
+  DMOE_RETURN_IF_ERROR(ValidateGpuFlag(f.gpu));
   DMOE_ASSIGN_OR_RETURN(const model::ModelConfig config, model::LoadModelConfig(f.model_dir));
   std::unique_ptr<model::Tokenizer> tokenizer;
   if (std::filesystem::exists(std::filesystem::path(f.model_dir) / "tokenizer.json")) {
@@ -170,7 +173,8 @@ absl::Status RunGenerate(const GenerateFlags& f) {
                           serve::InProcessModel::Create({.model_dir = f.model_dir,
                                                              .kv_page_tokens = kPageTokens,
                                                              .kv_max_pages = pages,
-                                                             .device = "cuda"}));
+                                                             .device = "cuda",
+                                                             .cuda_device = f.gpu}));
     DMOE_ASSIGN_OR_RETURN(r, GenerateWithExecutor(device_model->step_executor(), config, prompt,
                                                   params, observer));
   }
@@ -223,6 +227,7 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
                   "Where the forward runs: cpu, or cuda (one GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  cmd->add_option("--gpu", flags->gpu, kGpuFlagHelp)->capture_default_str();
   cmd->callback([flags, exit_code] {
     absl::Status status = RunGenerate(*flags);
     *exit_code = status.ok() ? 0 : ReportError(status);

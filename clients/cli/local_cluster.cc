@@ -120,6 +120,14 @@ absl::Status LocalClusterOptions::Validate() const {
   };
   DMOE_RETURN_IF_ERROR(check_device("--attention-device", attention_device));
   DMOE_RETURN_IF_ERROR(check_device("--expert-device", expert_device));
+  if (expert_transport != "grpc" && expert_transport != "nccl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--expert-transport must be grpc or nccl, got '", expert_transport, "'"));
+  }
+  if (expert_transport == "nccl" && (attention_device != "cuda" || expert_device != "cuda")) {
+    return absl::InvalidArgumentError(
+        "--expert-transport nccl needs --attention-device cuda and --expert-device cuda");
+  }
   for (const char* bin : {"dmoe-router", "dmoe-scheduler", "dmoe-attention", "dmoe-expert"}) {
     if (!fs::exists(fs::path(bin_dir) / bin)) {
       return absl::FailedPreconditionError(absl::StrCat(bin, " not found in ", bin_dir));
@@ -144,11 +152,12 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
   if (role == "attention") {
     argv = {(fs::path(o.bin_dir) / "dmoe-attention").string(), "--model", o.model_dir,
             "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
-            "--device", o.attention_device};
+            "--device", o.attention_device, "--expert-transport", o.expert_transport};
   } else {
     argv = {(fs::path(o.bin_dir) / "dmoe-expert").string(), "--model", o.model_dir,
             "--scheduler", cluster.scheduler, "--listen", "127.0.0.1:0", "--threads", threads,
-            "--experts", absl::StrCat(first, ":", last), "--device", o.expert_device};
+            "--experts", absl::StrCat(first, ":", last), "--device", o.expert_device,
+            "--expert-transport", o.expert_transport};
   }
   if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));

@@ -27,6 +27,8 @@ struct LocalClusterOptions {
   int threads = 1;                // compute threads per pod
   std::string attention_device = "cpu";  // --device of the attention replicas: cpu | cuda
   std::string expert_device = "cpu";     // --device of the expert pods: cpu | cuda
+  // --expert-transport of attention replicas and expert pods: grpc | nccl (both devices cuda).
+  std::string expert_transport = "grpc";
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
   bool metrics = true;            // every process serves /metrics on a free loopback port
   absl::Duration startup_timeout = absl::Seconds(60);

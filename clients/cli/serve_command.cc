@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
+#include "common/gpu_index.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "cluster/grpc_server.h"
@@ -23,9 +24,11 @@ struct ServeFlags {
   int threads = 0;
   std::string kernels = "cpu";
   std::string device = "cpu";
+  int gpu = 0;
 };
 
 absl::Status RunServe(const ServeFlags& f) {
+  DMOE_RETURN_IF_ERROR(ValidateGpuFlag(f.gpu));
   cluster::ShutdownSignals signals;  // before any thread starts
   DMOE_ASSIGN_OR_RETURN(scheduler::GenerationEndpointOptions api,
                         scheduler::ToEndpointOptions(f.api));
@@ -33,6 +36,7 @@ absl::Status RunServe(const ServeFlags& f) {
                         serve::EmbeddedServer::Start({.api = std::move(api),
                                                       .kernels = f.kernels,
                                                       .device = f.device,
+                                                      .cuda_device = f.gpu,
                                                       .num_threads = f.threads}));
   std::printf("listening on %s\n", server->address().c_str());
   std::fflush(stdout);
@@ -60,6 +64,7 @@ void RegisterServeCommand(CLI::App& app, int* exit_code) {
                   "--kv-pages KV pool, allocated up front)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  cmd->add_option("--gpu", flags->gpu, kGpuFlagHelp)->capture_default_str();
   cmd->callback([flags, exit_code] {
     absl::Status status = RunServe(*flags);
     *exit_code = status.ok() ? 0 : ReportError(status);

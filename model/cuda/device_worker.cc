@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/gpu_index.h"
 #include "common/status_macros.h"
 #include "model/cuda/cuda_status.h"
 
@@ -54,10 +55,8 @@ absl::StatusOr<std::unique_ptr<DeviceWorker>> DeviceWorker::Create(
     const DeviceWorkerOptions& options) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   DMOE_ASSIGN_OR_RETURN(const int count, CudaDeviceCount());
-  if (options.device >= count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("device ", options.device, " does not exist (", count, " devices)"));
-  }
+  // A device the process cannot see is a deployment error (--gpu, CUDA_VISIBLE_DEVICES).
+  DMOE_RETURN_IF_ERROR(CheckGpuIndex(options.device, count));
   std::unique_ptr<DeviceWorker> worker(new DeviceWorker(options));
   absl::Status setup_status;
   absl::Notification setup_done;
@@ -154,8 +153,8 @@ absl::StatusOr<std::unique_ptr<DeviceWorker>> CreateDeviceWorkerForFlag(
   absl::StatusOr<std::unique_ptr<DeviceWorker>> worker = DeviceWorker::Create(options);
   if (worker.ok()) return worker;
   return absl::Status(worker.status().code(),
-                      absl::StrCat("--device cuda: cannot use GPU ", options.device, ": ",
-                                   worker.status().message()));
+                      absl::StrCat("--device cuda: cannot use GPU ", options.device, " (--gpu ",
+                                   options.device, "): ", worker.status().message()));
 }
 
 }  // namespace dmoe::gpu

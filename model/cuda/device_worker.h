@@ -66,8 +66,9 @@ class DeviceWorker {
   using Done = std::function<void(const absl::Status&)>;
 
   // Starts the thread and waits for its setup (cudaSetDevice, stream, cuBLAS handle). Errors:
-  // INVALID_ARGUMENT for bad options, FAILED_PRECONDITION without a usable device, CUDA and
-  // cuBLAS errors of the setup.
+  // INVALID_ARGUMENT for bad options, FAILED_PRECONDITION without a usable device or when
+  // options.device is not one of the visible devices (CheckGpuIndex), CUDA and cuBLAS errors of
+  // the setup.
   static absl::StatusOr<std::unique_ptr<DeviceWorker>> Create(const DeviceWorkerOptions& options);
   // Finishes queued work with UNAVAILABLE (its Done is called), then joins the thread, which
   // synchronises the stream and destroys the handle and the stream.
@@ -102,7 +103,7 @@ class DeviceWorker {
 };
 
 // DeviceWorker::Create for a role started with `--device cuda`: the same errors, phrased for
-// the operator ("--device cuda: cannot use GPU 0: no usable CUDA device: ...").
+// the operator ("--device cuda: cannot use GPU 0 (--gpu 0): no usable CUDA device: ...").
 absl::StatusOr<std::unique_ptr<DeviceWorker>> CreateDeviceWorkerForFlag(
     const DeviceWorkerOptions& options);
 

@@ -198,6 +198,8 @@ def check_overlays(f, image, uid):
                 env = lib.container_env(c, objects)
                 args = {name: lib.expand(value or "", env)[0] for name, value in lib.parse_args(c.get("args", []))}
                 f.check(args.get("--device") == "cuda", f"{where}: --device is {args.get('--device')!r}, not cuda")
+                f.check(args.get("--expert-transport") in ("grpc", "nccl"),
+                        f"{where}: --expert-transport is {args.get('--expert-transport')!r}, not grpc or nccl")
                 gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
                 f.check(str(gpus) == "1", f"{where}: limits nvidia.com/gpu is {gpus!r}, expected 1")
                 f.check("--gpu" not in args or args["--gpu"] == "0",

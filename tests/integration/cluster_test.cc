@@ -204,5 +204,34 @@ TEST_F(ClusterTest, DeviceOptionsReachThePods) {
   EXPECT_NE(message.find("--device cuda"), std::string::npos) << message;
 }
 
+// `dmoe cluster up --expert-transport`: nccl needs cuda on both sides (checked before any pod
+// starts); with it, the pods get the flag (without a GPU the first pod exits naming the device).
+TEST_F(ClusterTest, ExpertTransportOptionReachesThePods) {
+  LocalClusterOptions bad = Options(1, 1, 1);
+  bad.expert_transport = "nccl";
+  auto refused = StartLocalCluster(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(refused.status().message()).find("--expert-device cuda"),
+            std::string::npos)
+      << refused.status();
+  bad.expert_transport = "rdma";
+  EXPECT_EQ(StartLocalCluster(bad).status().code(), absl::StatusCode::kInvalidArgument);
+
+  LocalClusterOptions options = Options(1, 1, 1);
+  options.attention_device = "cuda";
+  options.expert_device = "cuda";
+  options.expert_transport = "nccl";
+  auto cluster = StartLocalCluster(options);
+  if (cluster.ok()) {  // a GPU machine: requests succeed (over gRPC until a link is up)
+    auto results = Run(cluster->router, 2);
+    for (const auto& r : results) EXPECT_TRUE(r.ok()) << r.status();
+    StopLocalCluster(*cluster);
+    return;
+  }
+  const std::string message(cluster.status().message());
+  EXPECT_NE(message.find("--device cuda"), std::string::npos) << message;
+  EXPECT_EQ(message.find("--expert-transport"), std::string::npos) << message;
+}
+
 }  // namespace
 }  // namespace dmoe::cli
