@@ -1,7 +1,7 @@
 // The whole cluster inside one test process, every server on 127.0.0.1:0: the scheduler
 // (cluster mode), three expert shards and an attention replica registered through the real
 // Cluster service and heartbeats. Ids equal the single-process engine's for 16 concurrent
-// requests.
+// requests, LLaDA2.1 token editing (edits, forwards and ids) included.
 #include <thread>
 
 #include "attention_service/attention_engine.h"
@@ -109,6 +109,10 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
     p.max_new_tokens = 12 + i;
     p.mask_id = kMask;
     p.stop_ids = {kStop};
+    if (i % 4 == 1) {  // LLaDA2.1 token editing: edits happen at edit threshold 0
+      p.edit_threshold = i % 8 == 1 ? 0.0f : 0.5f;
+      p.max_post_steps = i % 8 == 1 ? 4 : 16;
+    }
     std::vector<int32_t> prompt;
     for (int j = 0; j < 3 + 5 * i; ++j) prompt.push_back((j * 37 + i * 101) % 3900);
     requests.push_back({prompt, p});
@@ -126,15 +130,24 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
         request.mutable_params()->set_threshold(r.params.threshold);
         request.mutable_params()->set_block_length(r.params.block_length);
         request.mutable_params()->set_max_new_tokens(r.params.max_new_tokens);
+        if (r.params.edit_threshold) {
+          request.mutable_params()->set_edit_threshold(*r.params.edit_threshold);
+          request.mutable_params()->set_max_post_steps(r.params.max_post_steps);
+        }
         return (*client)->Generate(request, {.timeout = absl::Seconds(60)});
       });
+  int64_t edits = 0;
   for (size_t i = 0; i < responses.size(); ++i) {
     const absl::StatusOr<v1::GenerateResponse>& response = responses[i];
     ASSERT_TRUE(response.ok()) << "request " << i << ": " << response.status();
     EXPECT_EQ(std::vector<int32_t>(response->ids().begin(), response->ids().end()),
               (*expected)[i].ids)
         << "request " << i;
+    EXPECT_EQ(response->stats().forwards(), (*expected)[i].forwards) << "request " << i;
+    EXPECT_EQ(response->stats().edits(), (*expected)[i].edits) << "request " << i;
+    edits += response->stats().edits();
   }
+  EXPECT_GT(edits, 0);  // not vacuous: the cluster path edited tokens
   for (auto& agent : agents) agent->Stop();
   attention_server->Shutdown(std::chrono::system_clock::now());
   (*scheduler)->Drain(absl::Seconds(1));
