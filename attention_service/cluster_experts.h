@@ -4,10 +4,12 @@
 #ifndef DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
 #define DMOE_ATTENTION_SERVICE_CLUSTER_EXPERTS_H_
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -31,8 +33,18 @@ class ClusterExperts {
   transport::ExpertPlacement Current() ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t version() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // An executor for one lane: before each layer it switches to the newest placement.
+  // An executor for one lane: at the start of each step (SetStepDeadline) it switches to the
+  // newest placement, so a step in flight finishes on the placement it started with.
   std::unique_ptr<model::ExpertExecutor> NewExecutor();
+
+  // Expert balancing: count the tokens routed per (MoE layer, expert) from now on, for the
+  // scheduler's load window (docs/expert-balancing.md). Call before the first step.
+  void EnableLoadCounting(int64_t first_moe_layer, int64_t num_moe_layers);
+  // The counts since the previous call ([layer - first_moe_layer][expert] flattened), then
+  // zero; empty when counting is off or nothing was routed.
+  std::vector<int64_t> TakeExpertTokens();
+  // Called by the lanes' executors with each layer's routing.
+  void CountRouting(int64_t layer, const std::vector<int32_t>& experts);
   int64_t num_experts() const { return num_experts_; }
   // --expert-transport nccl: every new expert pod's gRPC transport goes through `wrap`
   // (transport::NcclPeering::Wrap). Call before the first placement arrives.
@@ -50,6 +62,13 @@ class ClusterExperts {
   transport::ExpertPlacement current_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, transport::ExpertTransportSharedPtr> transports_  // by address
       ABSL_GUARDED_BY(mu_);
+  // Rows in flight to each shard, by range "first-last", shared by every lane's executor and
+  // kept across placement versions (load-aware dispatch).
+  std::map<std::string, std::shared_ptr<std::atomic<int64_t>>> outstanding_ ABSL_GUARDED_BY(mu_);
+  // Load counting (EnableLoadCounting before the first step; then read-only but the atomics).
+  int64_t first_moe_layer_ = 0;
+  int64_t num_moe_layers_ = 0;
+  std::unique_ptr<std::atomic<int64_t>[]> tokens_;
 };
 
 }  // namespace dmoe::attention

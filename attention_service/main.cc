@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
         metrics, model.config().num_experts);
   }
   dmoe::attention::ClusterExperts experts(model.config().num_experts, dispatch_metrics);
+  experts.EnableLoadCounting(  // the scheduler's expert balancing load window
+      model.config().first_k_dense_replace,
+      model.config().num_hidden_layers - model.config().first_k_dense_replace);
   auto engine = dmoe::attention::AttentionEngine::Create(
       {.kernels = kernels, .num_threads = threads, .kv_max_pages = kv_pages,
        .micro_batches = micro_batches, .device = device, .cuda_device = gpu},
@@ -151,7 +154,9 @@ int main(int argc, char** argv) {
   dmoe::cluster::MembershipAgent agent(
       {.scheduler_address = scheduler,
        .registration = registration,
-       .on_placement = [&](const dmoe::cluster::Placement& p) { experts.Update(p); }});
+       .on_placement = [&](const dmoe::cluster::Placement& p) { experts.Update(p); },
+       .applied_version = [&] { return experts.version(); },
+       .expert_tokens = [&] { return experts.TakeExpertTokens(); }});
   DMOE_LOG(INFO) << "dmoe-attention: model " << model_dir << ", device " << device
                  << (device == "cuda" ? dmoe::DescribeGpuFlag(gpu) : "") << ", "
                  << (*engine)->options().micro_batches << " micro-batch(es), KV " << kv_pages

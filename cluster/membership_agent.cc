@@ -68,6 +68,13 @@ void MembershipAgent::Loop() {
       dmoe::v1::HeartbeatRequest request;
       request.set_member_id(member_id_);
       if (options_.busy_seconds) request.set_busy_seconds(options_.busy_seconds());
+      if (options_.applied_version) {
+        request.set_applied_placement_version(options_.applied_version());
+      }
+      if (options_.expert_tokens) {
+        std::vector<int64_t> tokens = options_.expert_tokens();
+        request.mutable_expert_tokens()->Add(tokens.begin(), tokens.end());
+      }
       dmoe::v1::HeartbeatResponse response;
       grpc::Status s = stub_->Heartbeat(&context, request, &response);
       if (!s.ok()) {

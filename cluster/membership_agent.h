@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -24,6 +25,11 @@ struct MembershipAgentOptions {
   std::function<void(const Placement&)> on_placement = nullptr;
   // Expert pods: cumulative expert compute seconds, sent with every heartbeat (autoscaling).
   std::function<double()> busy_seconds = nullptr;
+  // Sent with every heartbeat when set (expert balancing, docs/expert-balancing.md): the
+  // placement version the pod routes by or whose experts it loaded, and (attention pods) the
+  // tokens routed per (MoE layer, expert) since the previous call.
+  std::function<uint64_t()> applied_version = nullptr;
+  std::function<std::vector<int64_t>()> expert_tokens = nullptr;
 };
 
 // Thread-safe. Starts its thread on construction; Stop() (or the destructor) ends it.

@@ -138,6 +138,13 @@ absl::StatusOr<std::unique_ptr<ExpertEngine>> ExpertEngine::Create(
   {
     absl::MutexLock lock(&engine->mu_);
     engine->kernels_busy_.assign(options.num_workers, false);
+    engine->extra_.assign(static_cast<size_t>(c.num_hidden_layers - c.first_k_dense_replace),
+                          std::vector<bool>(static_cast<size_t>(c.num_experts), false));
+  }
+  {
+    absl::MutexLock lock(&engine->load_mu_);
+    engine->bound_.assign(static_cast<size_t>(c.num_experts), false);
+    for (int64_t e = first; e < last; ++e) engine->bound_[e] = true;
   }
   for (int i = 0; i < options.num_workers; ++i) {
     engine->workers_.emplace_back([e = engine.get()] { e->WorkerLoop(); });
@@ -213,12 +220,91 @@ absl::StatusOr<int64_t> ExpertEngine::Validate(const ExpertRequest& request) con
     int32_t e;
     std::memcpy(&e, id_data + i * sizeof(int32_t), sizeof(e));  // any alignment
     if (e < info_.expert_first || e >= info_.expert_last) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("expert_ids[", i, "]: expert ", e, " is outside this shard's range [",
-                       info_.expert_first, ", ", info_.expert_last, ")"));
+      if (e >= 0 && e < c.num_experts) {
+        absl::MutexLock lock(&mu_);
+        if (extra_[request.layer - c.first_k_dense_replace][e]) continue;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert_ids[", i, "]: expert ", e, " is outside this shard's range [",
+          info_.expert_first, ", ", info_.expert_last, ") and not loaded here for layer ",
+          request.layer));
     }
   }
   return n;
+}
+
+absl::Status ExpertEngine::SetResidentExperts(const std::vector<std::vector<int32_t>>& extra,
+                                              int64_t max_per_layer) {
+  const model::ModelConfig& c = config();
+  const size_t moe_layers = static_cast<size_t>(c.num_hidden_layers - c.first_k_dense_replace);
+  if (extra.size() > moe_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("extra: ", extra.size(),
+                                                   " layers, the model has ", moe_layers,
+                                                   " MoE layers"));
+  }
+  std::vector<std::vector<bool>> next(moe_layers, std::vector<bool>(c.num_experts, false));
+  int64_t count = 0;
+  for (size_t l = 0; l < extra.size(); ++l) {
+    int64_t in_layer = 0;
+    for (int32_t e : extra[l]) {
+      if (e < 0 || e >= c.num_experts) {
+        return absl::InvalidArgumentError(absl::StrCat("extra[", l, "]: expert ", e,
+                                                       " is outside [0, ", c.num_experts, ")"));
+      }
+      if (e >= info_.expert_first && e < info_.expert_last) continue;  // home: always served
+      if (!next[l][e]) ++in_layer;
+      next[l][e] = true;
+    }
+    if (max_per_layer >= 0 && in_layer > max_per_layer) {
+      return absl::InvalidArgumentError(absl::StrCat("extra[", l, "]: ", in_layer,
+                                                     " experts over the budget of ",
+                                                     max_per_layer, " per layer"));
+    }
+    count += in_layer;
+  }
+  if (device_ && count > 0) {
+    return absl::FailedPreconditionError(
+        "device cuda: GPU expert shards serve their own range only (no redundant experts)");
+  }
+  absl::MutexLock load_lock(&load_mu_);
+  // Bind the experts never served before (all their layers at once: views into the mapping),
+  // then read every page of the layers that need them, before any call may use them.
+  std::vector<bool> needed(c.num_experts, false);
+  for (const auto& layer : next) {
+    for (int64_t e = 0; e < c.num_experts; ++e) needed[e] = needed[e] || layer[e];
+  }
+  for (int64_t e = 0; e < c.num_experts; ++e) {
+    if (!needed[e] || bound_[e]) continue;
+    DMOE_ASSIGN_OR_RETURN(model::ModelWeights one,
+                          model::LoadModelWeights(*checkpoint_, {.load_dense = false,
+                                                                 .load_experts = true,
+                                                                 .expert_first = e,
+                                                                 .expert_last = e + 1}));
+    for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l) {
+      weights_.layers[l].experts[e] = one.layers[l].experts[e];
+    }
+    bound_[e] = true;
+  }
+  volatile unsigned char sink = 0;
+  for (size_t l = 0; l < next.size(); ++l) {
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      if (!next[l][e]) continue;
+      const model::FfnWeights& w = weights_.layers[c.first_k_dense_replace + l].experts[e];
+      for (const model::WeightMatrix* m : {&w.gate, &w.up, &w.down}) {
+        const auto* bytes = static_cast<const unsigned char*>(m->data);
+        for (size_t off = 0; off < m->nbytes(); off += 4096) sink = sink + bytes[off];
+      }
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  extra_ = std::move(next);
+  extra_count_ = count;
+  return absl::OkStatus();
+}
+
+int64_t ExpertEngine::resident_extra_experts() const {
+  absl::MutexLock lock(&mu_);
+  return extra_count_;
 }
 
 bool ExpertEngine::HasFreeKernels() const {
@@ -267,13 +353,13 @@ absl::Status ExpertEngine::Compute(int index, const ExpertRequest& request, int6
   }
   // One task per expert that received rows, in expert order (as BuildExpertTasks); the
   // kernels are batch-invariant, so each row's output does not depend on its neighbours.
-  const int64_t first = info_.expert_first;
-  std::vector<model::ExpertTask> by_expert(static_cast<size_t>(info_.expert_last - first));
+  // Indexed by global expert id: besides its range the shard may serve loaded extra experts.
+  std::vector<model::ExpertTask> by_expert(static_cast<size_t>(config().num_experts));
   const char* id_data = static_cast<const char*>(request.expert_ids.data);
   for (int64_t i = 0; i < num_rows; ++i) {
     int32_t e;
     std::memcpy(&e, id_data + i * sizeof(int32_t), sizeof(e));
-    model::ExpertTask& task = by_expert[e - first];
+    model::ExpertTask& task = by_expert[e];
     task.weights = &layer.experts[e];
     task.input_rows.push_back(static_cast<int32_t>(i));
     task.output_rows.push_back(static_cast<int32_t>(i));

@@ -142,6 +142,21 @@ class ExpertEngine {
   // UNAVAILABLE (engine shutting down). Never blocks on compute.
   void Submit(ExpertWorkPtr&& work);
 
+  // Expert balancing (docs/expert-balancing.md): besides its range, the shard computes
+  // `extra[i]` (expert ids of MoE layer first_moe_layer + i, outside the range; at most
+  // `max_per_layer` per layer, a negative bound meaning none) from now on. Experts not yet
+  // loaded are bound from the memory-mapped checkpoint and their pages read in before this
+  // returns, so the first call to them pays no page faults; experts dropped from the set are
+  // refused from the return on (INVALID_ARGUMENT naming the expert, like any expert outside
+  // the range). `extra` may be shorter than the MoE layer count (missing layers: none).
+  // Errors: INVALID_ARGUMENT for an id outside [0, num_experts), a layer beyond the model or
+  // a layer over the bound; FAILED_PRECONDITION on device "cuda" (GPU shards serve their
+  // range only). Thread-safe; concurrent calls to Run/Submit see the old or the new set.
+  absl::Status SetResidentExperts(const std::vector<std::vector<int32_t>>& extra,
+                                  int64_t max_per_layer = -1) ABSL_LOCKS_EXCLUDED(mu_);
+  // Experts outside the range currently served, summed over layers (metrics, tests).
+  int64_t resident_extra_experts() const ABSL_LOCKS_EXCLUDED(mu_);
+
   // Rows computed since creation (all calls), for tests and metrics.
   int64_t rows_computed() const;
   // Seconds spent computing since creation; sent with heartbeats (expert autoscaling).
@@ -180,6 +195,14 @@ class ExpertEngine {
 
   mutable absl::Mutex mu_;
   std::vector<bool> kernels_busy_ ABSL_GUARDED_BY(mu_);
+  // [MoE layer index][expert]: served although outside the range (SetResidentExperts).
+  std::vector<std::vector<bool>> extra_ ABSL_GUARDED_BY(mu_);
+  int64_t extra_count_ ABSL_GUARDED_BY(mu_) = 0;
+  // Experts whose weights_ entries are bound (the range at Create, others on first use);
+  // only SetResidentExperts writes it and weights_' entries of unbound experts, under
+  // load_mu_, before the expert becomes servable.
+  absl::Mutex load_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  std::vector<bool> bound_ ABSL_GUARDED_BY(load_mu_);
   std::deque<QueuedWork> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t rows_computed_ ABSL_GUARDED_BY(mu_) = 0;

@@ -6,6 +6,7 @@
 // SIGTERM / SIGINT: health NOT_SERVING, in-flight calls finish (up to --drain-timeout-s),
 // exit code 0. Startup errors exit with code 2.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -24,6 +25,7 @@
 #include "expert_service/expert_engine.h"
 #include "expert_service/expert_server.h"
 #include "expert_service/nccl_pairing.h"
+#include "expert_service/resident_experts.h"
 #include "metrics/endpoint.h"
 
 namespace {
@@ -164,6 +166,7 @@ int main(int argc, char** argv) {
       {.listen_address = listen, .metrics = metrics, .extra_services = extra_services},
       **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
+  std::atomic<uint64_t> applied{0};  // placement whose experts this shard loaded
   std::unique_ptr<dmoe::cluster::MembershipAgent> agent;
   if (!scheduler.empty()) {
     const dmoe::transport::ShardInfo& info = (*engine)->info();
@@ -177,7 +180,17 @@ int main(int argc, char** argv) {
         dmoe::cluster::MembershipAgentOptions{
             .scheduler_address = scheduler,
             .registration = registration,
-            .busy_seconds = [e = engine->get()] { return e->busy_seconds(); }});
+            .on_placement =
+                [e = engine->get(), &applied](const dmoe::cluster::Placement& p) {
+                  // Load the experts the balancer's maps give this shard, then say so.
+                  if (absl::Status s = dmoe::expert::FollowPlacement(*e, p); !s.ok()) {
+                    DMOE_LOG(WARNING) << "placement v" << p.version << ": " << s;
+                    return;
+                  }
+                  applied = p.version;
+                },
+            .busy_seconds = [e = engine->get()] { return e->busy_seconds(); },
+            .applied_version = [&applied] { return applied.load(); }});
   }
 
   const int signal_number = signals.Wait();

@@ -88,6 +88,22 @@ std::vector<MetricSpec> MakeCatalog() {
       {"dmoe_expert_shard_desired_replicas", T::kGauge, "scheduler",
        "Replicas each shard needs to run at the target busy ratio (the HPA's metric).",
        {"shard"}, {}},
+      // Scheduler: expert load balancing (docs/expert-balancing.md).
+      {"dmoe_expert_shard_load", T::kGauge, "scheduler",
+       "Share of the routed tokens of the load window each expert shard computes under the "
+       "active expert map, in [0, 1].",
+       {"shard"}, {}},
+      {"dmoe_expert_placement_imbalance_ratio", T::kGauge, "scheduler",
+       "Max over mean shard load over the load window, summed over MoE layers (1 is even), "
+       "for the active expert map and for the plain range placement.",
+       {"map"}, {}},
+      {"dmoe_expert_rebalances_total", T::kCounter, "scheduler",
+       "Expert maps staged by the balancer.", {}, {}},
+      {"dmoe_expert_moves_total", T::kCounter, "scheduler",
+       "Experts loaded on a shard by rebalances (per layer).", {}, {}},
+      {"dmoe_expert_redundant_experts", T::kGauge, "scheduler",
+       "Redundant slots in use: experts computed outside their home shard, over all layers.",
+       {}, {}},
       // Attention replicas (dmoe-attention; dmoe serve in process): routing and dispatch.
       {"dmoe_expert_tokens_total", T::kCounter, "attention",
        "Tokens routed to each expert of each MoE layer.", {"layer", "expert"}, {}},

@@ -46,7 +46,9 @@ grpc::ServerUnaryReactor* ClusterServer::Heartbeat(grpc::CallbackServerContext* 
                                                    const dmoe::v1::HeartbeatRequest* request,
                                                    dmoe::v1::HeartbeatResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status status = membership_.Heartbeat(request->member_id(), request->busy_seconds());
+  absl::Status status = membership_.Heartbeat(
+      request->member_id(), request->busy_seconds(), request->applied_placement_version(),
+      std::vector<int64_t>(request->expert_tokens().begin(), request->expert_tokens().end()));
   if (status.ok()) response->set_placement_version(membership_.placement_version());
   reactor->Finish(ToGrpcStatus(status));
   return reactor;

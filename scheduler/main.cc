@@ -35,14 +35,43 @@ int main(int argc, char** argv) {
   app.add_option("--lease-seconds", lease_seconds,
                  "A pod without a heartbeat for this long drops out")
       ->capture_default_str();
+  dmoe::scheduler::SchedulerServerOptions server_options;
+  dmoe::scheduler::ExpertRebalancerOptions& balance = server_options.balancer;
+  double rebalance_interval_s = 30, load_window_s = 60;
+  app.add_flag("--expert-balancing", server_options.expert_balancing,
+               "Rebalance experts over the shards from measured load (docs/expert-balancing.md)");
+  app.add_option("--redundant-slots", balance.plan.redundant_slots,
+                 "Experts outside its range each shard may compute, per layer")
+      ->capture_default_str();
+  app.add_option("--imbalance-bound", balance.imbalance_bound,
+                 "Rebalance when max/mean shard load over the window passes this")
+      ->capture_default_str();
+  app.add_option("--rebalance-interval-s", rebalance_interval_s,
+                 "At most one expert map change per this many seconds")
+      ->capture_default_str();
+  app.add_option("--load-window-s", load_window_s,
+                 "Routed tokens per (layer, expert) are counted over this many seconds")
+      ->capture_default_str();
+  app.add_option("--min-window-tokens", balance.min_window_tokens,
+                 "No rebalance with fewer routed tokens than this in the window")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   dmoe::cluster::ShutdownSignals signals;  // before any thread starts
   absl::StatusOr<dmoe::scheduler::GenerationEndpointOptions> api =
       dmoe::scheduler::ToEndpointOptions(api_flags);
   if (!api.ok()) return Fail(api.status());
-  auto server = dmoe::scheduler::SchedulerServer::Start(
-      {.api = *std::move(api), .lease = absl::Seconds(lease_seconds)});
+  server_options.api = *std::move(api);
+  server_options.lease = absl::Seconds(lease_seconds);
+  balance.min_interval = absl::Seconds(rebalance_interval_s);
+  server_options.load_window = absl::Seconds(load_window_s);
+  if (server_options.expert_balancing) {
+    DMOE_LOG(INFO) << "expert balancing: " << balance.plan.redundant_slots
+                   << " redundant slot(s) per shard and layer, bound " << balance.imbalance_bound
+                   << ", at most every " << rebalance_interval_s << " s, window "
+                   << load_window_s << " s, min " << balance.min_window_tokens << " tokens";
+  }
+  auto server = dmoe::scheduler::SchedulerServer::Start(server_options);
   if (!server.ok()) return Fail(server.status());
   std::printf("listening on %s\n", (*server)->address().c_str());
   std::fflush(stdout);

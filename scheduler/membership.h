@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/placement.h"
+#include "scheduler/expert_balancer.h"
 
 namespace dmoe::scheduler {
 
@@ -51,6 +54,21 @@ struct MembershipOptions {
   std::function<absl::Time()> clock = nullptr;  // null: absl::Now
   // Expert autoscaling: the busy ratio each replica should run at (desired replicas).
   double target_busy_ratio = 0.7;
+  // Expert balancing: the MoE layers whose routed tokens attention pods report, and how long
+  // the scheduler remembers them (ExpertLoadWindow). num_moe_layers 0: no load window.
+  int64_t first_moe_layer = 0;
+  int64_t num_moe_layers = 0;
+  absl::Duration load_window = absl::Seconds(60);
+};
+
+// What the expert balancer plans from (Membership::BalanceSnapshot).
+struct BalanceSnapshot {
+  ShardRanges shards;           // live expert shards, in placement order
+  bool complete = false;        // they cover every expert
+  cluster::ExpertMap active;    // the map attention pods route by (the range map if none)
+  bool changing = false;        // a map is staged, or the previous one not yet released
+  ExpertLoad load;              // tokens per (layer, expert) over the window
+  int64_t window_tokens = 0;
 };
 
 // Thread-safe.
@@ -64,7 +82,12 @@ class Membership {
   absl::StatusOr<uint64_t> Register(const PodInfo& pod);
   // NOT_FOUND when the member is unknown or its lease expired (it must register again).
   // `busy_seconds`: the pod's cumulative expert compute time (0 for attention pods).
-  absl::Status Heartbeat(uint64_t member_id, double busy_seconds = 0);
+  // `applied_version`: the placement version the pod routes by (attention) or whose experts
+  // it loaded (expert); `expert_tokens`: attention pods' routed tokens since the previous
+  // heartbeat, [layer index][expert] flattened (ignored unless it has that size).
+  absl::Status Heartbeat(uint64_t member_id, double busy_seconds = 0,
+                         uint64_t applied_version = 0,
+                         const std::vector<int64_t>& expert_tokens = {});
   // Drops the member now (graceful shutdown, or a caller that saw it fail).
   void Remove(uint64_t member_id);
   // Marks the pod at `address` dead until it registers again (a failed call to it).
@@ -78,6 +101,20 @@ class Membership {
   std::vector<ShardStatus> ShardStatuses();
   const MembershipOptions& options() const { return options_; }
 
+  // Expert balancing (docs/expert-balancing.md). Stages `map` (over `shards`, which must be
+  // the live shards of BalanceSnapshot) with up to `redundant_slots` extra experts per shard
+  // and layer: expert pods see it in the placement and load its experts; once every expert
+  // pod of those shards reported the staged version as applied, it becomes the map attention
+  // pods route by (a new version), the old one stays loaded until every attention pod applied
+  // the new version, then it is released. A staged map whose shard left is dropped (the
+  // active map stays: the last good placement). FAILED_PRECONDITION while a change is under
+  // way; INVALID_ARGUMENT when `shards` are not the live ones or the map has another shape.
+  absl::Status StageExpertMap(const ShardRanges& shards, cluster::ExpertMap map,
+                              int64_t redundant_slots) ABSL_LOCKS_EXCLUDED(mu_);
+  BalanceSnapshot Balance() ABSL_LOCKS_EXCLUDED(mu_);
+  // Maps staged and switched to since creation (metrics).
+  int64_t expert_maps_applied() ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   struct Member {
     PodInfo pod;
@@ -86,7 +123,23 @@ class Membership {
     double busy_seconds = -1;  // -1: no sample yet
     absl::Time busy_sampled{};
     double busy_ratio = 0;
+    uint64_t applied_version = 0;
   };
+  // An expert map over the shards (ranges) it was planned for; version 0 until published.
+  struct StoredMap {
+    ShardRanges shards;
+    cluster::ExpertMap map;
+    uint64_t version = 0;
+  };
+  // The live expert ranges, sorted (the placement's shards).
+  ShardRanges RangesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `stored` re-indexed onto `ranges`: holders whose shard left are dropped, an expert left
+  // without one goes to its home shard.
+  cluster::ExpertMap TranslateLocked(const StoredMap& stored, const ShardRanges& ranges) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Promotes a staged map that every expert pod loaded, releases the previous map once every
+  // attention pod switched, drops a staged map whose shard left.
+  void AdvanceMapsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
   void ExpireLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BumpIfPlacementChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -100,6 +153,13 @@ class Membership {
   std::map<uint64_t, Member> members_ ABSL_GUARDED_BY(mu_);
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   std::string placement_signature_ ABSL_GUARDED_BY(mu_);
+  std::optional<StoredMap> active_map_ ABSL_GUARDED_BY(mu_);
+  std::optional<StoredMap> staged_map_ ABSL_GUARDED_BY(mu_);
+  std::optional<StoredMap> previous_map_ ABSL_GUARDED_BY(mu_);
+  int64_t redundant_slots_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t map_generation_ ABSL_GUARDED_BY(mu_) = 0;  // part of the placement signature
+  int64_t maps_applied_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<ExpertLoadWindow> load_window_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::scheduler

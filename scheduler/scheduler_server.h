@@ -14,6 +14,7 @@
 #include "model/config.h"
 #include "scheduler/cluster_metrics.h"
 #include "scheduler/cluster_server.h"
+#include "scheduler/expert_rebalancer.h"
 #include "scheduler/generation_endpoint.h"
 #include "scheduler/membership.h"
 #include "scheduler/remote_attention_executor.h"
@@ -26,6 +27,11 @@ struct SchedulerServerOptions {
   // Pods heartbeat this often and drop out after `lease` without one.
   absl::Duration heartbeat_period = absl::Seconds(1);
   absl::Duration lease = absl::Seconds(10);
+  // Expert load balancing (docs/expert-balancing.md): off keeps the range placement.
+  bool expert_balancing = false;
+  ExpertRebalancerOptions balancer{};
+  // Tokens per (layer, expert) are remembered this long (the balancer's load window).
+  absl::Duration load_window = absl::Seconds(60);
 };
 
 // Thread-safe.
@@ -57,6 +63,7 @@ class SchedulerServer {
   std::unique_ptr<Membership> membership_;
   std::unique_ptr<ClusterServer> cluster_service_;
   std::unique_ptr<ClusterMetrics> cluster_metrics_;
+  std::unique_ptr<ExpertRebalancer> rebalancer_;
   std::unique_ptr<RemoteAttentionExecutor> remote_;
   std::unique_ptr<GenerationEndpoint> api_;  // destroyed first: it uses everything above
 };

@@ -49,6 +49,36 @@ absl::Status ExpertPlacement::Validate(int64_t num_experts) const {
     return absl::InvalidArgumentError(absl::StrCat("shards: cover [0, ", expected_first,
                                                    "), expected [0, ", num_experts, ")"));
   }
+  const int64_t num_shards = static_cast<int64_t>(shards.size());
+  for (size_t l = 0; l < holders.size(); ++l) {
+    if (static_cast<int64_t>(holders[l].size()) != num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("holders[", l, "]: has ", holders[l].size(),
+                                                     " experts, expected ", num_experts));
+    }
+    for (size_t e = 0; e < holders[l].size(); ++e) {
+      const std::vector<int32_t>& h = holders[l][e];
+      bool ok = !h.empty();
+      for (size_t i = 0; ok && i < h.size(); ++i) {
+        ok = h[i] >= 0 && h[i] < num_shards && (i == 0 || h[i - 1] < h[i]);
+      }
+      if (!ok) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "holders[", l, "][", e, "]: [", absl::StrJoin(h, ", "),
+            "] must be sorted, unique shard indices in [0, ", num_shards, ")"));
+      }
+    }
+  }
+  if (!outstanding.empty()) {
+    if (outstanding.size() != shards.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("outstanding: ", outstanding.size(),
+                                                     " counters for ", shards.size(), " shards"));
+    }
+    for (size_t i = 0; i < outstanding.size(); ++i) {
+      if (outstanding[i] == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("outstanding[", i, "]: is null"));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -79,6 +109,14 @@ absl::Status ShardedExpertExecutor::SetPlacement(ExpertPlacement placement) {
   shard_of_expert_.assign(static_cast<size_t>(options_.num_experts), -1);
   states_.clear();
   states_.resize(placement_.shards.size());
+  fallback_.clear();
+  fallback_.resize(placement_.shards.size());
+  outstanding_ = placement_.outstanding;
+  if (outstanding_.empty()) {
+    for (size_t i = 0; i < placement_.shards.size(); ++i) {
+      outstanding_.push_back(std::make_shared<std::atomic<int64_t>>(0));
+    }
+  }
   for (size_t i = 0; i < placement_.shards.size(); ++i) {
     const ExpertShard& shard = placement_.shards[i];
     for (int64_t e = shard.expert_first; e < shard.expert_last; ++e) {
@@ -129,9 +167,23 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
         "layer ", layer, ": routing covers ", routing.num_tokens, " tokens x ", top_k,
         " slots (", routing.experts.size(), " experts), expected ", num_tokens, " tokens"));
   }
-  for (ShardState& state : states_) {
-    state.slots.clear();
-    state.expert_ids.clear();
+  const std::vector<std::vector<int32_t>>* layer_holders = nullptr;
+  if (!placement_.holders.empty()) {
+    const int64_t index = layer - placement_.first_moe_layer;
+    if (index < 0 || index >= static_cast<int64_t>(placement_.holders.size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer, ": the expert map covers MoE layers [", placement_.first_moe_layer,
+          ", ", placement_.first_moe_layer + static_cast<int64_t>(placement_.holders.size()),
+          ")"));
+    }
+    layer_holders = &placement_.holders[index];
+  }
+  // Load-aware dispatch: rows in flight to each shard from every lane, plus this call's.
+  std::vector<int64_t> load(states_.size(), 0);
+  for (size_t i = 0; i < states_.size(); ++i) {
+    states_[i].slots.clear();
+    states_[i].expert_ids.clear();
+    if (layer_holders != nullptr) load[i] = outstanding_[i]->load(std::memory_order_relaxed);
   }
   for (int64_t j = 0; j < num_slots; ++j) {
     const int32_t e = routing.experts[j];
@@ -140,7 +192,16 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
                                                      " names expert ", e, ", outside [0, ",
                                                      options_.num_experts, ")"));
     }
-    ShardState& state = states_[shard_of_expert_[e]];
+    int32_t shard = shard_of_expert_[e];
+    if (layer_holders != nullptr) {
+      const std::vector<int32_t>& holders = (*layer_holders)[e];
+      shard = holders[0];
+      for (size_t h = 1; h < holders.size(); ++h) {
+        if (load[holders[h]] < load[shard]) shard = holders[h];  // sorted: ties keep the lowest
+      }
+      ++load[shard];
+    }
+    ShardState& state = states_[shard];
     state.slots.push_back(j);
     state.expert_ids.push_back(e);
   }
@@ -149,15 +210,25 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
   for (size_t i = 0; i < states_.size(); ++i) {
     if (!states_[i].slots.empty()) active.push_back(i);
   }
+  for (size_t i : active) {
+    outstanding_[i]->fetch_add(static_cast<int64_t>(states_[i].slots.size()),
+                               std::memory_order_relaxed);
+  }
   pool_->ParallelFor(static_cast<int64_t>(active.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; ++a) {
       const auto start = std::chrono::steady_clock::now();
-      Dispatch(active[a], layer, hidden, hidden_size, top_k);
+      Dispatch(active[a], states_[active[a]], layer, hidden, hidden_size, top_k);
       states_[active[a]].seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      outstanding_[active[a]]->fetch_sub(static_cast<int64_t>(states_[active[a]].slots.size()),
+                                         std::memory_order_relaxed);
     }
   });
 
+  for (ShardState& state : fallback_) {
+    state.slots.clear();
+    state.expert_ids.clear();
+  }
   absl::Status first_error;
   for (size_t i : active) {
     ShardState& state = states_[i];
@@ -175,13 +246,19 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
           absl::StrCat(shard.expert_first, "-", shard.expert_last), state.seconds);
     }
   }
+  if (!first_error.ok() && layer_holders != nullptr) {
+    first_error = FallBackToHome(active, layer, hidden, hidden_size, top_k);
+  }
   if (!first_error.ok()) return first_error;
   const auto combine_start = std::chrono::steady_clock::now();
   const size_t row_bytes = static_cast<size_t>(hidden_size) * sizeof(float);
-  for (size_t i : active) {
-    const ShardState& state = states_[i];
-    for (size_t r = 0; r < state.slots.size(); ++r) {
-      std::memcpy(slot_out + state.slots[r] * hidden_size, &state.out[r * hidden_size], row_bytes);
+  for (const std::vector<ShardState>* states : {&states_, &fallback_}) {
+    for (const ShardState& state : *states) {
+      if (!state.status.ok()) continue;
+      for (size_t r = 0; r < state.slots.size(); ++r) {
+        std::memcpy(slot_out + state.slots[r] * hidden_size, &state.out[r * hidden_size],
+                    row_bytes);
+      }
     }
   }
   if (options_.metrics) {
@@ -191,10 +268,47 @@ absl::Status ShardedExpertExecutor::RunExperts(int64_t layer, const float* hidde
   return absl::OkStatus();
 }
 
-void ShardedExpertExecutor::Dispatch(size_t index, int64_t layer, const float* hidden,
-                                     int64_t hidden_size, int64_t top_k) {
+absl::Status ShardedExpertExecutor::FallBackToHome(const std::vector<size_t>& active,
+                                                   int64_t layer, const float* hidden,
+                                                   int64_t hidden_size, int64_t top_k) {
+  // Rows of the shard's own range have no other home: they are tried there once more (a
+  // call that failed only for its other rows, say one of them was not loaded, then succeeds).
+  std::vector<size_t> failed;
+  for (size_t i : active) {
+    if (!states_[i].status.ok()) failed.push_back(i);
+  }
+  for (size_t i : failed) {
+    DMOE_LOG(WARNING) << "layer " << layer << ": " << states_[i].slots.size()
+                      << " row(s) of shard " << i << " go to their home shards ("
+                      << states_[i].status << ")";
+    for (size_t r = 0; r < states_[i].slots.size(); ++r) {
+      const int32_t e = states_[i].expert_ids[r];
+      ShardState& home = fallback_[shard_of_expert_[e]];
+      home.slots.push_back(states_[i].slots[r]);
+      home.expert_ids.push_back(e);
+    }
+    states_[i].slots.clear();
+    states_[i].expert_ids.clear();
+  }
+  for (size_t h = 0; h < fallback_.size(); ++h) {
+    ShardState& state = fallback_[h];
+    if (state.slots.empty()) continue;
+    Dispatch(h, state, layer, hidden, hidden_size, top_k);
+    stats_.failed_calls += state.failed_calls;
+    state.failed_calls = 0;
+    if (!state.status.ok()) return state.status;
+    ++stats_.calls;
+    stats_.rows += static_cast<int64_t>(state.slots.size());
+  }
+  for (size_t i : failed) states_[i].status = absl::OkStatus();  // its rows moved
+  return absl::OkStatus();
+}
+
+void ShardedExpertExecutor::Dispatch(size_t index, ShardState& state, int64_t layer,
+                                     const float* hidden, int64_t hidden_size, int64_t top_k) {
   const ExpertShard& shard = placement_.shards[index];
-  ShardState& state = states_[index];
+  // Replica health and the round-robin cursor are the shard's, whichever rows these are.
+  ShardState& health = states_[index];
   const int64_t n = static_cast<int64_t>(state.slots.size());
   state.hidden.resize(static_cast<size_t>(n * hidden_size));
   state.out.resize(static_cast<size_t>(n * hidden_size));
@@ -214,13 +328,13 @@ void ShardedExpertExecutor::Dispatch(size_t index, int64_t layer, const float* h
 
   // Round robin over the replicas that are up, then (last resort) the ones marked down.
   const size_t num_replicas = shard.replicas.size();
-  const size_t start = static_cast<size_t>(state.next_replica++ % num_replicas);
+  const size_t start = static_cast<size_t>(health.next_replica++ % num_replicas);
   const absl::Time now = absl::Now();
   std::vector<size_t> order;
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < num_replicas; ++i) {
       const size_t r = (start + i) % num_replicas;
-      if ((state.down_until[r] <= now) == (pass == 0)) order.push_back(r);
+      if ((health.down_until[r] <= now) == (pass == 0)) order.push_back(r);
     }
   }
   const std::string what =
@@ -232,7 +346,7 @@ void ShardedExpertExecutor::Dispatch(size_t index, int64_t layer, const float* h
         replica.RunExperts(rows, std::min(absl::Now() + options_.call_timeout, step_deadline_),
                            state.out.data());
     if (status.ok()) {
-      state.down_until[r] = absl::InfinitePast();
+      health.down_until[r] = absl::InfinitePast();
       state.status = absl::OkStatus();
       return;
     }
@@ -241,7 +355,7 @@ void ShardedExpertExecutor::Dispatch(size_t index, int64_t layer, const float* h
       state.status = absl::Status(status.code(), absl::StrCat(what, ": ", status.message()));
       return;
     }
-    state.down_until[r] = absl::Now() + options_.replica_backoff;
+    health.down_until[r] = absl::Now() + options_.replica_backoff;
     DMOE_LOG(WARNING) << what << ": replica " << replica.address() << " failed ("
                       << status.ToString() << "); trying the next replica";
     failures.push_back(status.ToString());

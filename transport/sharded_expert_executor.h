@@ -4,6 +4,7 @@
 #ifndef DMOE_TRANSPORT_SHARDED_EXPERT_EXECUTOR_H_
 #define DMOE_TRANSPORT_SHARDED_EXPERT_EXECUTOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,11 +34,24 @@ struct ExpertShard {
 // Which shard serves which experts (the scheduler's placement).
 struct ExpertPlacement {
   uint64_t version = 0;             // carried on every call (tracing)
-  std::vector<ExpertShard> shards{};  // sorted by expert_first
+  std::vector<ExpertShard> shards{};  // sorted by expert_first; each shard's range is its
+                                      // "home": it always serves those experts
+  // The expert map (expert balancing, docs/expert-balancing.md): holders[i][e] = the shards
+  // (indices into `shards`, sorted, unique, at least one) that compute expert e of MoE layer
+  // first_moe_layer + i. Empty: every expert goes to its home shard (the range placement).
+  // A holder other than the home shard must have loaded the expert
+  // (expert::ExpertEngine::SetResidentExperts).
+  int64_t first_moe_layer = 0;
+  std::vector<std::vector<std::vector<int32_t>>> holders{};
+  // Rows in flight to each shard ([shards], non-null), shared by the executors of every lane
+  // of an attention replica so that load-aware dispatch sees the other lanes' calls. Empty:
+  // the executor counts its own.
+  std::vector<std::shared_ptr<std::atomic<int64_t>>> outstanding{};
 
-  // INVALID_ARGUMENT naming the shard ("shards[1]: ..."): ranges must be non-empty, sorted,
-  // disjoint and cover [0, num_experts) exactly (every expert has exactly one owner), and
-  // every shard needs at least one non-null replica.
+  // INVALID_ARGUMENT naming the shard ("shards[1]: ...") or map entry ("holders[0][3]: ..."):
+  // ranges must be non-empty, sorted, disjoint and cover [0, num_experts) exactly (every
+  // expert has exactly one home), every shard needs at least one non-null replica, and a
+  // non-empty map names valid shards for every expert of every layer.
   absl::Status Validate(int64_t num_experts) const;
 };
 
@@ -74,12 +88,18 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
   static absl::StatusOr<std::unique_ptr<ShardedExpertExecutor>> Create(
       const ShardedExpertExecutorOptions& options, ExpertPlacement placement);
 
-  // Groups the routed (token, slot) rows by owning shard, sends each shard one call with its
-  // rows in slot order (all shards concurrently; shards that received no rows are not called),
-  // and writes row t*top_k+s of slot_out from the answers. Replicas of a shard are used round
-  // robin; a replica that fails with a retriable code (anything but INVALID_ARGUMENT,
-  // FAILED_PRECONDITION, OUT_OF_RANGE) is marked down for replica_backoff and the same rows go
-  // to the next replica. Errors: INVALID_ARGUMENT for an expert id outside [0, num_experts);
+  // Groups the routed (token, slot) rows by shard, sends each shard one call with its rows in
+  // slot order (all shards concurrently; shards that received no rows are not called), and
+  // writes row t*top_k+s of slot_out from the answers. With an expert map, a row of an expert
+  // held by several shards goes to the holder with the fewest rows (in flight from every lane
+  // plus those already given to it in this call), ties to the lowest shard index; the result
+  // is bit-identical whichever shard computes a row (batch-invariant kernels). Replicas of a
+  // shard are used round robin; a replica that fails with a retriable code (anything but
+  // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE) is marked down for replica_backoff
+  // and the same rows go to the next replica. With a map, rows a non-home holder failed
+  // (every replica down, or "not loaded") are computed again by their home shard, so a shard
+  // lost or released during a placement change costs time, not the step. Errors:
+  // INVALID_ARGUMENT for an expert id outside [0, num_experts) or a layer the map lacks;
   // UNAVAILABLE "layer L: no live replica for experts [a, b) (...)" when every replica of a
   // shard failed; a non-retriable replica error passes through prefixed with the layer and
   // range. slot_out is unspecified on error.
@@ -122,14 +142,20 @@ class ShardedExpertExecutor final : public model::ExpertExecutor {
 
   explicit ShardedExpertExecutor(const ShardedExpertExecutorOptions& options)
       : options_(options) {}
-  // Packs shard `index`'s rows and calls its replicas until one answers.
-  void Dispatch(size_t index, int64_t layer, const float* hidden, int64_t hidden_size,
-                int64_t top_k);
+  // Packs `state`'s rows and calls shard `index`'s replicas until one answers.
+  void Dispatch(size_t index, ShardState& state, int64_t layer, const float* hidden,
+                int64_t hidden_size, int64_t top_k);
+  // Rows of the failed calls in states_, computed again by their experts' home shards (map
+  // placements only). Returns the first error left.
+  absl::Status FallBackToHome(const std::vector<size_t>& active, int64_t layer,
+                              const float* hidden, int64_t hidden_size, int64_t top_k);
 
   ShardedExpertExecutorOptions options_;
   ExpertPlacement placement_;
   std::vector<int32_t> shard_of_expert_;  // [num_experts]
   std::vector<ShardState> states_;        // [shards]
+  std::vector<ShardState> fallback_;      // [shards], rows retried at their home shard
+  std::vector<std::shared_ptr<std::atomic<int64_t>>> outstanding_;  // [shards]
   std::unique_ptr<ThreadPool> pool_;      // one thread per shard (the caller is one of them)
   std::string request_id_;
   int64_t step_ = 0;

@@ -62,6 +62,9 @@ struct BenchFlags {
   int concurrency = 1;
   int requests = 8;
   int prompt_tokens = 32;
+  // > 0: prompt ids come from [0, prompt_vocab) only. Few distinct tokens give few distinct
+  // hidden states, so routing concentrates on few experts (expert balancing benches).
+  int prompt_vocab = 0;
   DecodingFlags decoding = {.max_new_tokens = 32};
   int32_t mask_id = -1;  // -1: the served / tokenizer's one
   int threads = 0;
@@ -107,6 +110,7 @@ absl::StatusOr<std::vector<Sample>> RunServer(const BenchFlags& f, const engine:
   int32_t bound = static_cast<int32_t>(model.vocab_size());
   const int32_t mask = f.mask_id >= 0 ? f.mask_id : model.mask_id();
   if (mask > 0) bound = std::min(bound, mask);
+  if (f.prompt_vocab > 0) bound = std::min(bound, f.prompt_vocab);
 
   const dmoe::v1::DecodingParams decoding = ToDecodingParamsProto(asked);
   const uint64_t prompt_seed = asked.seed.value_or(0);
@@ -173,8 +177,8 @@ absl::StatusOr<std::vector<Sample>> RunEngine(const BenchFlags& f, const engine:
   const engine::GenerationParams params = engine::BuildGenerationParams(
       asked, engine::ModelDecodingDefaults::For(config, mask_id, {}));
   const uint64_t prompt_seed = asked.seed.value_or(0);
-  const int32_t bound =
-      std::min<int32_t>(static_cast<int32_t>(config.vocab_size), params.mask_id);
+  int32_t bound = std::min<int32_t>(static_cast<int32_t>(config.vocab_size), params.mask_id);
+  if (f.prompt_vocab > 0) bound = std::min(bound, f.prompt_vocab);
 
   std::vector<Sample> samples(f.requests);
   ProgressLine progress("requests", f.requests, StderrIsTerminal());
@@ -219,6 +223,7 @@ absl::Status RunBench(const BenchFlags& f) {
   if (f.concurrency < 1) return absl::InvalidArgumentError("--concurrency must be >= 1");
   if (f.requests < 1) return absl::InvalidArgumentError("--requests must be >= 1");
   if (f.prompt_tokens < 1) return absl::InvalidArgumentError("--prompt-tokens must be >= 1");
+  if (f.prompt_vocab < 0) return absl::InvalidArgumentError("--prompt-vocab must be >= 0");
   DMOE_ASSIGN_OR_RETURN(engine::DecodingRequest asked, ToDecodingRequest(f.decoding));
   asked.stop_ids.emplace();  // every request generates max_new_tokens
   double wall = 0;
@@ -299,6 +304,10 @@ void RegisterBenchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "Prompt length in tokens")
       ->capture_default_str();
   AddDecodingFlags(cmd, &f->decoding);
+  cmd->add_option("--prompt-vocab", f->prompt_vocab,
+                  "Draw prompt ids from [0, N) only (0 = the whole vocabulary): a small N "
+                  "concentrates the routing on few experts (skewed expert load)")
+      ->capture_default_str();
   cmd->add_option("--mask-id", f->mask_id,
                   "Mask token id (--engine without tokenizer: required; --server: only bounds "
                   "the prompt ids, the server's own mask id applies)");

@@ -127,6 +127,38 @@ TEST_F(ExpertEngineTest, RowsAreBitIdenticalToLocalExecutor) {
   EXPECT_EQ(engine->rows_computed(), 26);
 }
 
+// Expert balancing: experts outside the range are served once loaded, bit-identically, and
+// refused again once released; the budget and the ids are checked.
+TEST_F(ExpertEngineTest, ResidentExpertsOutsideTheRangeAreServedUntilReleased) {
+  auto engine = Engine({.expert_first = 4, .expert_last = 8});
+  ASSERT_NE(engine, nullptr);
+  const Rows rows = MakeRows({1, 5, 12, 1, 7});
+  std::vector<float> out(rows.ids.size() * kHidden);
+  absl::Status refused = engine->Run(rows.Request(1), absl::InfiniteFuture(), out.data());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("expert 1 is outside"));
+
+  // MoE layers [1, 3) of the tiny model: layer index 0 is layer 1.
+  ASSERT_TRUE(engine->SetResidentExperts({{1, 12}, {}}, /*max_per_layer=*/2).ok());
+  EXPECT_EQ(engine->resident_extra_experts(), 2);
+  ASSERT_TRUE(engine->Run(rows.Request(1), absl::InfiniteFuture(), out.data()).ok());
+  EXPECT_TRUE(BitIdentical(out, Expected(rows, 1)));
+  // Loaded for layer 1 only.
+  EXPECT_EQ(engine->Run(rows.Request(2), absl::InfiniteFuture(), out.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  ASSERT_TRUE(engine->SetResidentExperts({{12}, {}}).ok());  // 1 released
+  EXPECT_EQ(engine->Run(rows.Request(1), absl::InfiniteFuture(), out.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(engine->SetResidentExperts({{1, 2, 3}}, 2).code(),
+            absl::StatusCode::kInvalidArgument);  // over the budget
+  EXPECT_EQ(engine->SetResidentExperts({{16}}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->SetResidentExperts({{}, {}, {}}).code(),
+            absl::StatusCode::kInvalidArgument);  // 3 layers, the model has 2 MoE layers
+  EXPECT_EQ(engine->resident_extra_experts(), 1);  // failed calls change nothing
+}
+
 TEST_F(ExpertEngineTest, ZeroRowsSucceed) {
   auto engine = Engine({.expert_first = 0, .expert_last = 8});
   ASSERT_NE(engine, nullptr);

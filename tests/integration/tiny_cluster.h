@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "clients/cli/local_cluster.h"
@@ -21,7 +22,8 @@ class TinyCluster {
   static constexpr int32_t kStop = 4001;
 
   // Writes the checkpoint (dir()/model) and starts the processes.
-  absl::Status Start(int attention, int expert_shards, int expert_replicas) {
+  absl::Status Start(int attention, int expert_shards, int expert_replicas,
+                     const std::vector<std::string>& extra_scheduler_args = {}) {
     DMOE_RETURN_IF_ERROR(
         dmoe_testing::WriteTinyCheckpoint(dir_.Join("model"), dmoe_testing::DecodingSpec()));
     const char* bin = std::getenv("DMOE_BIN_DIR");
@@ -33,6 +35,8 @@ class TinyCluster {
                 .expert_replicas = expert_replicas,
                 .scheduler_args = {"--mask-id", std::to_string(kMask), "--stop-ids",
                                    std::to_string(kStop)}};
+    options_.scheduler_args.insert(options_.scheduler_args.end(), extra_scheduler_args.begin(),
+                                   extra_scheduler_args.end());
     DMOE_ASSIGN_OR_RETURN(cluster_, StartLocalCluster(options_));
     started_ = true;
     return absl::OkStatus();

@@ -180,6 +180,91 @@ TEST_F(ShardedExpertExecutorTest, ShardsWithZeroTokensAreNotCalled) {
   EXPECT_EQ(s0->calls, 1);
 }
 
+// Expert balancing: an expert map where every expert is held by both shards. Load-aware
+// dispatch splits rows over the holders; outputs stay bit-identical whichever shard computes
+// a row.
+TEST_F(ShardedExpertExecutorTest, ExpertMapSplitsRowsOverHoldersBitIdentically) {
+  const model::ModelConfig& c = tiny_->config();
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  auto a = Replica(0, 8);
+  expert::ExpertEngine& engine_a = *engines_.back();
+  auto b = Replica(8, 16);
+  expert::ExpertEngine& engine_b = *engines_.back();
+  std::vector<int32_t> high(8), low(8);
+  for (int32_t e = 0; e < 8; ++e) {
+    low[e] = e;
+    high[e] = 8 + e;
+  }
+  ASSERT_TRUE(engine_a.SetResidentExperts(std::vector<std::vector<int32_t>>(moe_layers, high))
+                  .ok());
+  ASSERT_TRUE(engine_b.SetResidentExperts(std::vector<std::vector<int32_t>>(moe_layers, low))
+                  .ok());
+  EXPECT_EQ(engine_a.resident_extra_experts(), 8 * moe_layers);
+  ExpertPlacement placement{.version = 7, .shards = {{0, 8, {a}}, {8, 16, {b}}}};
+  placement.first_moe_layer = c.first_k_dense_replace;
+  placement.holders.assign(moe_layers, std::vector<std::vector<int32_t>>(16, {0, 1}));
+  auto executor = Executor(std::move(placement));
+  ASSERT_NE(executor, nullptr);
+  ExpectSameAsLocal(*executor);
+  // Least loaded first, ties to shard 0: every other row of a layer goes to each shard.
+  EXPECT_GT(a->rows, 0);
+  EXPECT_GT(b->rows, 0);
+  EXPECT_LE(std::abs(a->rows.load() - b->rows.load()), a->calls.load() + b->calls.load());
+  EXPECT_EQ(executor->stats().failed_calls, 0);
+}
+
+// Rows given to a holder that has not loaded the expert (or whose replicas are all down) are
+// computed by the expert's home shard: a placement change or a lost shard costs time only.
+TEST_F(ShardedExpertExecutorTest, RowsAHolderCannotComputeGoHome) {
+  const model::ModelConfig& c = tiny_->config();
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  auto home = Replica(0, 8);
+  auto other = Replica(8, 16);  // never loads experts 0-7
+  ExpertPlacement placement{.shards = {{0, 8, {home}}, {8, 16, {other}}}};
+  placement.first_moe_layer = c.first_k_dense_replace;
+  placement.holders.assign(moe_layers, std::vector<std::vector<int32_t>>(16, {1}));
+  for (auto& layer : placement.holders) {
+    for (int e = 0; e < 8; ++e) layer[e] = {1};  // experts 0-7 sent to shard 1 only
+  }
+  auto executor = Executor(std::move(placement));
+  ASSERT_NE(executor, nullptr);
+  ExpectSameAsLocal(*executor);
+  EXPECT_GT(home->rows, 0);
+  EXPECT_GT(executor->stats().failed_calls, 0);
+
+  // The same with the holder unreachable.
+  auto home2 = Replica(0, 8);
+  auto dead = Replica(8, 16);
+  dead->fail_with = absl::UnavailableError("connection refused");
+  ExpertPlacement lost{.shards = {{0, 8, {home2}}, {8, 16, {dead}}}};
+  lost.first_moe_layer = c.first_k_dense_replace;
+  lost.holders.assign(moe_layers, std::vector<std::vector<int32_t>>(16, {1}));
+  for (auto& layer : lost.holders) {
+    for (int e = 0; e < 8; ++e) layer[e] = {0, 1};
+  }
+  auto executor2 = Executor(std::move(lost));
+  ASSERT_NE(executor2, nullptr);
+  // Experts 8-15 have no other home than the dead shard: those layers fail as before.
+  auto logits =
+      expert_testing::ForwardLogits(tiny_->attention(), *kernels_, *executor2, {Prompt(40, 1)});
+  EXPECT_EQ(logits.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ShardedExpertExecutorTest, ExpertMapIsValidated) {
+  auto r = Replica(0, 16);
+  ExpertPlacement placement{.shards = {{0, 16, {r}}}};
+  placement.holders.assign(1, std::vector<std::vector<int32_t>>(16, {0}));
+  placement.holders[0][3] = {1};
+  auto bad = ShardedExpertExecutor::Create({.num_experts = 16}, placement);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("holders[0][3]"));
+  placement.holders[0][3] = {};
+  EXPECT_THAT(std::string(ShardedExpertExecutor::Create({.num_experts = 16}, placement)
+                              .status()
+                              .message()),
+              HasSubstr("holders[0][3]"));
+}
+
 TEST_F(ShardedExpertExecutorTest, FailingReplicaFallsBackToTheOther) {
   auto broken = Replica(5, 11);
   broken->fail_with = absl::UnavailableError("connection refused");

@@ -90,6 +90,13 @@ int main(int argc, char** argv) {
   double_flag("--embedding-std", "word_embeddings std", &Spec::embedding_std);
   double_flag("--norm-std", "RMSNorm weights are 1 + N(0, this^2)", &Spec::norm_std);
   double_flag("--expert-bias-std", "mlp.gate.expert_bias std", &Spec::expert_bias_std);
+  int_flag("--hot-experts", "Skewed routing: this many experts per MoE layer get --hot-expert-bias",
+           &Spec::hot_experts);
+  double_flag("--hot-expert-bias", "Added to the hot experts' router expert_bias (e.g. 0.3)",
+              &Spec::hot_expert_bias);
+  int_flag("--hot-expert-first", "First hot expert of the first MoE layer", &Spec::hot_expert_first);
+  int_flag("--hot-expert-stride", "The hot set moves by this many experts per MoE layer",
+           &Spec::hot_expert_stride);
   int_flag("--vocab", "vocab_size", &Spec::vocab_size);
   int_flag("--hidden", "hidden_size", &Spec::hidden_size);
   int_flag("--layers", "num_hidden_layers", &Spec::num_hidden_layers);

@@ -36,13 +36,14 @@ using Json = nlohmann::json;
 constexpr char kSingleFile[] = "model.safetensors";
 constexpr char kIndexFile[] = "model.safetensors.index.json";
 
-// How one tensor is filled: value = mean + std * z, z ~ N(0, 1).
+// How one tensor is filled: value = mean + std * z + offsets[i], z ~ N(0, 1).
 struct PlannedTensor {
   std::string name;
   std::vector<int64_t> shape;
   DType dtype = DType::kBF16;
   double mean = 0.0;
   double std = 0.0;
+  std::vector<double> offsets{};  // per element; empty: none (the router's hot-expert bias)
 
   uint64_t numel() const {
     uint64_t n = 1;
@@ -96,7 +97,8 @@ template <typename Store>
 void FillRange(const PlannedTensor& t, const NormalStream& stream, uint64_t begin, uint64_t end,
                Store store) {
   for (uint64_t i = begin; i < end; ++i) {
-    store(i, static_cast<float>(t.mean + t.std * stream.At(i)));
+    const double offset = i < t.offsets.size() ? t.offsets[i] : 0.0;
+    store(i, static_cast<float>(t.mean + t.std * stream.At(i) + offset));
   }
 }
 
@@ -176,6 +178,18 @@ std::vector<PlannedTensor> PlanTensors(const RandomCheckpointSpec& s) {
     if (s.moe_router_enable_expert_bias) {
       add(p + ".mlp.gate.expert_bias", {s.num_experts}, s.router_dtype, 0.0,
           s.expert_bias_std);
+      if (s.hot_experts > 0 && s.hot_expert_bias != 0.0) {
+        // The hot set of this layer: hot_experts consecutive experts (mod num_experts) from
+        // hot_expert_first, shifted by hot_expert_stride per MoE layer.
+        std::vector<double>& offsets = out.back().offsets;
+        offsets.assign(static_cast<size_t>(s.num_experts), 0.0);
+        const int64_t first = s.hot_expert_first +
+                              (l - s.first_k_dense_replace) * s.hot_expert_stride;
+        for (int64_t k = 0; k < s.hot_experts && k < s.num_experts; ++k) {
+          const int64_t e = ((first + k) % s.num_experts + s.num_experts) % s.num_experts;
+          offsets[static_cast<size_t>(e)] = s.hot_expert_bias;
+        }
+      }
     }
     for (int64_t e = 0; e < s.num_experts; ++e) {
       swiglu(absl::StrCat(p, ".mlp.experts.", e), s.moe_intermediate_size);

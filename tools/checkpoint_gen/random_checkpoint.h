@@ -74,6 +74,15 @@ struct RandomCheckpointSpec {
   double lm_head_std = 0.0;
   double norm_std = 0.05;         // every RMSNorm weight is 1 + N(0, norm_std^2)
   double expert_bias_std = 0.1;   // mlp.gate.expert_bias ~ N(0, expert_bias_std^2)
+  // Skewed routing (expert balancing tests and benches, docs/expert-balancing.md): in every
+  // MoE layer, `hot_experts` consecutive experts starting at hot_expert_first (+ the MoE
+  // layer index x hot_expert_stride, mod num_experts) get hot_expert_bias added to their
+  // expert_bias, so the router picks them more often (the bias counts for selection only,
+  // not for the combine weights). 0 hot experts or a 0 bias: no skew.
+  int64_t hot_experts = 0;
+  double hot_expert_bias = 0.0;
+  int64_t hot_expert_first = 0;
+  int64_t hot_expert_stride = 0;
 
   // Files of this directory (tokenizer.json, tokenizer_config.json, ...) are copied next to
   // the weights. Empty: copy nothing. The default is skipped silently when it does not exist;
