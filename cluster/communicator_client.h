@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "cluster/communicator_id.h"
+#include "common/communicator_id.h"
 
 namespace dmoe::cluster {
 

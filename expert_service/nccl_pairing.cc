@@ -47,7 +47,7 @@ absl::StatusOr<transport::NcclPairAnswer> NcclPairingHost::Pair(
           absl::StrCat("this expert pod already serves ", options_.max_peers, " NCCL peers"));
     }
   }
-  absl::StatusOr<cluster::CommunicatorId> id = deps_.fetch_id(spec.group, deadline);
+  absl::StatusOr<CommunicatorId> id = deps_.fetch_id(spec.group, deadline);
   if (!id.ok()) {
     return absl::UnavailableError(
         absl::StrCat("communicator id of ", spec.group, ": ", id.status().ToString()));

@@ -23,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "cluster/communicator_id.h"
+#include "common/communicator_id.h"
 #include "proto/dmoe/v1/nccl_pairing.grpc.pb.h"
 #include "transport/nccl_peering.h"
 
@@ -41,14 +41,14 @@ struct NcclPairingHostOptions {
 
 struct NcclPairingHostDeps {
   // Cluster.GetCommunicator at this pod's scheduler (failed_generation 0).
-  std::function<absl::StatusOr<cluster::CommunicatorId>(const std::string& group,
+  std::function<absl::StatusOr<CommunicatorId>(const std::string& group,
                                                         absl::Time deadline)>
       fetch_id;
   // Starts joining the communicator as rank 1 and, once joined, the serve loop for the peer
   // on the device thread; returns once the join has started (the peer joins concurrently).
   // Null: this pod cannot serve NCCL peers (FAILED_PRECONDITION; the peer stays on gRPC).
   std::function<absl::Status(const transport::NcclPairSpec& spec,
-                             const cluster::CommunicatorId& id, absl::Duration idle_timeout)>
+                             const CommunicatorId& id, absl::Duration idle_timeout)>
       start_serve;
 };
 

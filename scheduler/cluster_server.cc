@@ -97,7 +97,7 @@ grpc::ServerUnaryReactor* ClusterServer::ListMembers(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ClusterServer::GetCommunicator(
     grpc::CallbackServerContext* context, const dmoe::v1::GetCommunicatorRequest* request,
     dmoe::v1::GetCommunicatorResponse* response) {
-  absl::StatusOr<cluster::CommunicatorId> id =
+  absl::StatusOr<CommunicatorId> id =
       communicators_.Get(request->group(), request->failed_generation());
   if (id.ok()) {
     response->set_unique_id(id->unique_id);

@@ -8,7 +8,7 @@
 
 namespace dmoe::scheduler {
 
-absl::StatusOr<cluster::CommunicatorId> CommunicatorIds::Get(const std::string& group,
+absl::StatusOr<CommunicatorId> CommunicatorIds::Get(const std::string& group,
                                                     uint64_t failed_generation) {
   if (group.empty() || group.size() > kMaxGroupName) {
     return absl::InvalidArgumentError(absl::StrCat("group: must be 1 to ", kMaxGroupName,
@@ -29,7 +29,7 @@ absl::StatusOr<cluster::CommunicatorId> CommunicatorIds::Get(const std::string& 
   }
   // New group, or the current generation failed: a fresh id, one generation on.
   DMOE_ASSIGN_OR_RETURN(std::string id, factory_());
-  cluster::CommunicatorId& entry = groups_[group];
+  CommunicatorId& entry = groups_[group];
   entry.unique_id = std::move(id);
   entry.generation = current + 1;
   if (current > 0) {

@@ -14,7 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "cluster/communicator_id.h"
+#include "common/communicator_id.h"
 
 namespace dmoe::scheduler {
 
@@ -38,13 +38,13 @@ class CommunicatorIds {
   // replaces it (a rank saw it fail); an older one returns the current id (another rank
   // already replaced it). INVALID_ARGUMENT for an empty or over-long group name or a
   // generation from the future; the factory's errors pass through.
-  absl::StatusOr<cluster::CommunicatorId> Get(const std::string& group, uint64_t failed_generation)
+  absl::StatusOr<CommunicatorId> Get(const std::string& group, uint64_t failed_generation)
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const UniqueIdFactory factory_;
   absl::Mutex mu_;
-  std::map<std::string, cluster::CommunicatorId> groups_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, CommunicatorId> groups_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dmoe::scheduler

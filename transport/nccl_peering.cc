@@ -318,7 +318,7 @@ void NcclPeering::TryPair(Peer& peer) {
   }
   absl::StatusOr<ShardInfo> shard = peer.grpc->GetShardInfo(deadline);
   if (!shard.ok()) return fail(shard.status(), "pairing_failed", false);
-  absl::StatusOr<cluster::CommunicatorId> id = deps_.fetch_id(spec.group, failed_generation, deadline);
+  absl::StatusOr<CommunicatorId> id = deps_.fetch_id(spec.group, failed_generation, deadline);
   if (!id.ok()) return fail(id.status(), "pairing_failed", false);
   spec.generation = id->generation;
   absl::StatusOr<NcclPairAnswer> answer = deps_.pair(spec, deadline);

@@ -39,7 +39,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "cluster/communicator_id.h"
+#include "common/communicator_id.h"
 #include "metrics/endpoint.h"
 #include "transport/expert_transport.h"
 #include "transport/shard_info.h"
@@ -99,7 +99,7 @@ using NcclLinkPtr = std::unique_ptr<NcclLink>;
 // The three outside steps of a pairing (see the file comment). Tests pass fakes.
 struct NcclPeeringDeps {
   // Cluster.GetCommunicator at the scheduler.
-  std::function<absl::StatusOr<cluster::CommunicatorId>(
+  std::function<absl::StatusOr<CommunicatorId>(
       const std::string& group, uint64_t failed_generation, absl::Time deadline)>
       fetch_id;
   // NcclPairing.Pair on spec.expert_address.
@@ -108,7 +108,7 @@ struct NcclPeeringDeps {
   // Joins the communicator as rank 0 and returns the link. Null when this process cannot run
   // NCCL links: every peer then stays on gRPC (FAILED_PRECONDITION, logged once per peer).
   std::function<absl::StatusOr<NcclLinkPtr>(const NcclPairSpec& spec,
-                                            const cluster::CommunicatorId& id,
+                                            const CommunicatorId& id,
                                             const NcclPairAnswer& answer, const ShardInfo& shard)>
       connect;
 };

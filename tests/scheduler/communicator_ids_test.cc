@@ -84,7 +84,7 @@ class CommunicatorServiceTest : public ::testing::Test {
   void TearDown() override {
     if (server_) server_->Shutdown();
   }
-  absl::StatusOr<cluster::CommunicatorId> Fetch(const std::string& group, uint64_t failed = 0) {
+  absl::StatusOr<CommunicatorId> Fetch(const std::string& group, uint64_t failed = 0) {
     return cluster::FetchCommunicatorId(address_, group, failed, absl::Now() + absl::Seconds(10));
   }
 

@@ -86,7 +86,7 @@ class FakeScheduler {
       : ids_([this]() -> absl::StatusOr<std::string> {
           return std::string(128, static_cast<char>('a' + made_++ % 26));
         }) {}
-  absl::StatusOr<cluster::CommunicatorId> Fetch(const std::string& group, uint64_t failed) {
+  absl::StatusOr<CommunicatorId> Fetch(const std::string& group, uint64_t failed) {
     return ids_.Get(group, failed);
   }
 
@@ -116,7 +116,7 @@ struct Harness {
       answer.generation = spec.generation;
       return answer;
     };
-    deps.connect = [this](const NcclPairSpec& spec, const cluster::CommunicatorId& id,
+    deps.connect = [this](const NcclPairSpec& spec, const CommunicatorId& id,
                           const NcclPairAnswer&, const ShardInfo& shard)
         -> absl::StatusOr<NcclLinkPtr> {
       EXPECT_EQ(id.unique_id.size(), 128u);
@@ -294,7 +294,7 @@ TEST(NcclPeeringTest, AFailedJoinBurnsThatGeneration) {
 
 TEST(NcclPeeringTest, WithoutALinkFactoryEveryPeerStaysOnGrpc) {
   NcclPeeringDeps deps;
-  deps.fetch_id = [](const std::string&, uint64_t, absl::Time) -> absl::StatusOr<cluster::CommunicatorId> {
+  deps.fetch_id = [](const std::string&, uint64_t, absl::Time) -> absl::StatusOr<CommunicatorId> {
     ADD_FAILURE() << "no scheduler call without a link factory";
     return absl::InternalError("unexpected");
   };
@@ -322,7 +322,7 @@ TEST(NcclPeeringTest, TheBackgroundThreadPairs) {
     return a;
   };
   auto state = std::make_shared<FakeLinkState>();
-  deps.connect = [&](const NcclPairSpec&, const cluster::CommunicatorId&, const NcclPairAnswer&,
+  deps.connect = [&](const NcclPairSpec&, const CommunicatorId&, const NcclPairAnswer&,
                      const ShardInfo&) -> absl::StatusOr<NcclLinkPtr> {
     return std::make_unique<FakeLink>(state);
   };
@@ -351,7 +351,7 @@ struct ExpertSide {
       return scheduler->Fetch(group, 0);
     };
     if (can_serve) {
-      deps.start_serve = [this](const NcclPairSpec& spec, const cluster::CommunicatorId& id,
+      deps.start_serve = [this](const NcclPairSpec& spec, const CommunicatorId& id,
                                 absl::Duration idle) {
         EXPECT_EQ(idle, absl::Seconds(3));
         absl::MutexLock lock(&mu);
@@ -443,7 +443,7 @@ TEST(NcclPairingServiceTest, HandshakeOverGrpcPairsAndRebuilds) {
   deps.fetch_id = [&](const std::string& g, uint64_t f, absl::Time) { return scheduler.Fetch(g, f); };
   deps.pair = PairOverGrpc;
   std::vector<std::shared_ptr<FakeLinkState>> links;
-  deps.connect = [&](const NcclPairSpec&, const cluster::CommunicatorId&, const NcclPairAnswer& a,
+  deps.connect = [&](const NcclPairSpec&, const CommunicatorId&, const NcclPairAnswer& a,
                      const ShardInfo&) -> absl::StatusOr<NcclLinkPtr> {
     EXPECT_EQ(a.idle_timeout, absl::Seconds(3));
     links.push_back(std::make_shared<FakeLinkState>());
