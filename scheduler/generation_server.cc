@@ -188,14 +188,15 @@ class GenerationServer::StreamCall final
                                    .prompt = std::move(prepared->prompt),
                                    .params = std::move(prepared->params),
                                    .deadline = DeadlineOf(*context)};
-    sr.callbacks.on_tokens = [this](int64_t offset, const std::vector<int32_t>& ids) {
+    sr.callbacks.on_tokens = [this](const CommittedTokens& tokens) -> KeepIds {
       dmoe::v1::GenerateStreamResponse msg;
       msg.set_request_id(request_id_);
       dmoe::v1::BlockEvent* block = msg.mutable_block();
-      block->set_offset(offset);
-      block->mutable_ids()->Add(ids.begin(), ids.end());
-      if (detokenizer_) block->set_text(detokenizer_->Push(ids));
+      block->set_offset(tokens.offset);
+      block->mutable_ids()->Add(tokens.ids.begin(), tokens.ids.end());
+      if (detokenizer_) block->set_text(detokenizer_->Push(tokens.ids));
       Enqueue(std::move(msg), std::nullopt);
+      return std::nullopt;
     };
     if (request.canvas_events()) {
       sr.callbacks.on_step = [this](const CanvasSnapshot& canvas) {

@@ -33,6 +33,7 @@ struct Scheduler::Entry {
   int64_t admission_seq = 0;
   int64_t last_scheduled_step = -1;
   int64_t emitted = 0;               // ids passed to on_tokens so far
+  std::optional<int64_t> stopped_at;  // on_tokens ended it here (a stop string matched)
   absl::Time last_commit;            // when on_tokens last ran (metrics)
   int64_t forwards_at_commit = 0;    // sequence.forwards() then
 };
@@ -442,7 +443,7 @@ std::vector<std::pair<Scheduler::Entry*, absl::StatusOr<RequestResult>>> Schedul
       continue;
     }
     StreamCommitted(e, after);
-    if (e.sequence.done()) done.emplace_back(&e, Result(e, after));
+    if (e.sequence.done() || e.stopped_at) done.emplace_back(&e, Result(e, after));
   }
   return done;
 }
@@ -450,7 +451,7 @@ std::vector<std::pair<Scheduler::Entry*, absl::StatusOr<RequestResult>>> Schedul
 // New final tokens to on_tokens (and the canvas to on_step) after an applied step.
 void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
   std::vector<int32_t> fresh = e.sequence.TakeNewTokens();
-  if (!fresh.empty()) {
+  if (!fresh.empty() && !e.stopped_at) {
     const bool first = e.first_tokens == absl::InfinitePast();
     if (options_.metrics) {
       options_.metrics->OnCommitted(
@@ -460,7 +461,16 @@ void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
     e.last_commit = after;
     e.forwards_at_commit = e.sequence.forwards();
     if (first) e.first_tokens = after;
-    if (e.callbacks.on_tokens) e.callbacks.on_tokens(e.emitted, fresh);
+    if (e.callbacks.on_tokens) {
+      CommittedTokens committed;
+      committed.offset = e.emitted;
+      committed.ids = fresh;
+      const std::vector<float> logprobs = e.sequence.FinalLogprobs();
+      committed.logprobs.assign(logprobs.begin() + e.emitted, logprobs.end());
+      if (KeepIds keep = e.callbacks.on_tokens(committed)) {
+        e.stopped_at = e.emitted + static_cast<int64_t>(std::min(*keep, fresh.size()));
+      }
+    }
     e.emitted += static_cast<int64_t>(fresh.size());
   }
   // The block this step denoised (the finished one when the step finished it), every step.
@@ -476,7 +486,13 @@ void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
 RequestResult Scheduler::Result(const Entry& e, absl::Time after) {
   RequestResult r;
   r.ids = e.sequence.FinalTokens();
+  r.logprobs = e.sequence.FinalLogprobs();
   r.finish_reason = e.sequence.finish_reason();
+  if (e.stopped_at) {
+    r.ids.resize(std::min<size_t>(r.ids.size(), *e.stopped_at));
+    r.logprobs.resize(r.ids.size());
+    r.finish_reason = engine::FinishReason::kStop;
+  }
   r.forwards = e.sequence.forwards();
   r.edits = e.sequence.edits();
   r.remasks = e.sequence.remasks();

@@ -19,6 +19,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,6 +105,7 @@ struct CanvasSnapshot {
 // How a finished request went.
 struct RequestResult {
   std::vector<int32_t> ids;         // generated ids, ending after the first stop token
+  std::vector<float> logprobs;      // per id: its log-probability when committed
   engine::FinishReason finish_reason = engine::FinishReason::kNone;
   int64_t forwards = 0;
   int64_t edits = 0;                // token editing: T2T rewrites (re-masks included)
@@ -121,11 +123,21 @@ struct RequestResult {
 // Step() / Stop() when there is no step thread), one request's calls in order and never
 // concurrently with each other. They must not block (a gRPC reactor only queues a write)
 // and must not call Step() or Stop(); Submit() and Cancel() are fine. Any may be null.
+// New final ids: whole committed blocks in diffusion mode, single tokens in AR mode.
+struct CommittedTokens {
+  int64_t offset = 0;               // generated ids before ids[0]
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;      // parallel to ids
+};
+
+// on_tokens' answer: nullopt = go on; a value = end the request now, successfully, as
+// FinishReason::kStop with its output cut after that many of the delivered ids (a stop string
+// matched). Its KV is freed at once, no further forward is spent on it.
+using KeepIds = std::optional<size_t>;
+
 struct RequestCallbacks {
-  // New final ids: whole committed blocks in diffusion mode, single tokens in AR mode.
-  // `offset` is the number of generated ids before ids[0]. Concatenated, the calls give
-  // RequestResult::ids.
-  std::function<void(int64_t offset, const std::vector<int32_t>& ids)> on_tokens;
+  // Concatenated, the calls give RequestResult::ids (as cut by a KeepIds answer).
+  std::function<KeepIds(const CommittedTokens& tokens)> on_tokens;
   // After every applied step while the request runs (diffusion mode only). Costs a copy of
   // the block per step; leave null unless wanted.
   std::function<void(const CanvasSnapshot& canvas)> on_step;

@@ -59,6 +59,8 @@ engine::GenerationParams OnePerStep(int64_t block, int64_t max_new) {
 struct Outcome {
   std::vector<int32_t> streamed;
   std::vector<int64_t> offsets;
+  std::vector<float> logprobs;
+  std::optional<size_t> stop_at_streamed;  // on_tokens ends the request after this many ids
   int canvas_events = 0;
   bool done = false;
   absl::StatusOr<RequestResult> result = absl::UnknownError("not finished");
@@ -104,9 +106,14 @@ class SchedulerTest : public ::testing::Test {
                              .prompt = std::move(prompt),
                              .params = params,
                              .deadline = deadline};
-    request.callbacks.on_tokens = [o](int64_t offset, const std::vector<int32_t>& ids) {
-      o->offsets.push_back(offset);
-      o->streamed.insert(o->streamed.end(), ids.begin(), ids.end());
+    request.callbacks.on_tokens = [o](const CommittedTokens& t) -> KeepIds {
+      o->offsets.push_back(t.offset);
+      o->streamed.insert(o->streamed.end(), t.ids.begin(), t.ids.end());
+      o->logprobs.insert(o->logprobs.end(), t.logprobs.begin(), t.logprobs.end());
+      if (o->stop_at_streamed && o->streamed.size() >= *o->stop_at_streamed) {
+        return t.ids.size() - (o->streamed.size() - *o->stop_at_streamed);
+      }
+      return std::nullopt;
     };
     if (canvas) request.callbacks.on_step = [o](const CanvasSnapshot&) { ++o->canvas_events; };
     request.callbacks.on_done = [o](absl::StatusOr<RequestResult> r) {
@@ -349,6 +356,36 @@ TEST_F(SchedulerTest, CancellationFreesKvAtTheNextStep) {
   EXPECT_EQ(scheduler_->Stats().kv_pages_reserved, 0);
   scheduler_->Cancel(running);  // already finished: no second on_done
   scheduler_->Step();
+}
+
+// What a stop string does (GenerationServer): on_tokens asks to keep only part of a block; the
+// request ends at once as a successful stop, its result cut there, its KV free.
+TEST_F(SchedulerTest, OnTokensCanEndTheRequestEarlyAsAStop) {
+  Init(Manual(), /*page_tokens=*/8, /*max_pages=*/64);
+  engine::GenerationParams params = OnePerStep(4, 40);
+  params.stop_ids.clear();
+  outcomes_["cut"].stop_at_streamed = 6;  // in the middle of the second 4-token block
+  DMOE_ASSERT_OK(Submit("cut", Prompt(9, 3), params).status());
+  DMOE_ASSERT_OK(Submit("whole", Prompt(9, 3), params).status());
+  for (int i = 0; i < 200 && !(outcomes_["cut"].done && outcomes_["whole"].done); ++i) {
+    scheduler_->Step();
+  }
+  const Outcome& cut = outcomes_["cut"];
+  const Outcome& whole = outcomes_["whole"];
+  DMOE_ASSERT_OK(cut.result.status());
+  DMOE_ASSERT_OK(whole.result.status());
+  ASSERT_EQ(whole.result->ids.size(), 40u);
+  EXPECT_EQ(cut.result->ids,
+            std::vector<int32_t>(whole.result->ids.begin(), whole.result->ids.begin() + 6));
+  EXPECT_EQ(cut.result->finish_reason, engine::FinishReason::kStop);
+  EXPECT_EQ(whole.result->finish_reason, engine::FinishReason::kLength);
+  EXPECT_LT(cut.result->forwards, whole.result->forwards);  // no forward after the stop
+  // Logprobs travel with the ids, in the stream and in the result.
+  ASSERT_EQ(cut.result->logprobs.size(), 6u);
+  EXPECT_EQ(whole.logprobs, whole.result->logprobs);
+  for (float lp : whole.result->logprobs) EXPECT_LE(lp, 0.0f);
+  EXPECT_EQ(model_->kv_pool().pages_in_use(), 0);
+  EXPECT_EQ(scheduler_->Stats().kv_pages_reserved, 0);
 }
 
 TEST_F(SchedulerTest, DeadlinesEndRequestsWithDeadlineExceeded) {

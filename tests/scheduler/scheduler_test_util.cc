@@ -68,10 +68,11 @@ ConcurrentRun SubmitConcurrently(scheduler::Scheduler& scheduler, const std::vec
       scheduler::SchedulerRequest request{.request_id = absl::StrCat("r", i),
                                           .prompt = cases[i].prompt,
                                           .params = cases[i].params};
-      request.callbacks.on_tokens = [state, i](int64_t, const std::vector<int32_t>& ids) {
+      request.callbacks.on_tokens = [state, i](const scheduler::CommittedTokens& t) {
         absl::MutexLock lock(&state->mu);
         std::vector<int32_t>& streamed = state->run.streamed[i];
-        streamed.insert(streamed.end(), ids.begin(), ids.end());
+        streamed.insert(streamed.end(), t.ids.begin(), t.ids.end());
+        return scheduler::KeepIds();
       };
       request.callbacks.on_done = [state, i](absl::StatusOr<scheduler::RequestResult> r) {
         absl::MutexLock lock(&state->mu);
