@@ -197,19 +197,23 @@ absl::StatusOr<OpenAiCall> ParseOpenAiRequest(absl::string_view body_text, Endpo
       return Bad("stream_options.include_usage", "must be a boolean");
     }
   }
+  // Stop strings go to the server, which cuts the output before the first match (and stops
+  // decoding there); OpenAI allows up to 4.
   if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+    std::vector<std::string> stop;
     if (it->is_string()) {
-      call.stop.push_back(it->get<std::string>());
+      stop.push_back(it->get<std::string>());
     } else if (it->is_array() && it->size() <= 4) {
       for (const Json& s : *it) {
         if (!s.is_string()) return Bad("stop", "must be a string or an array of strings");
-        call.stop.push_back(s.get<std::string>());
+        stop.push_back(s.get<std::string>());
       }
     } else {
       return Bad("stop", "must be a string or an array of at most 4 strings");
     }
-    for (const std::string& s : call.stop) {
+    for (const std::string& s : stop) {
       if (s.empty()) return Bad("stop", "stop strings must not be empty");
+      p->add_stop(s);
     }
   }
   if (auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null()) {
@@ -221,9 +225,28 @@ absl::StatusOr<OpenAiCall> ParseOpenAiRequest(absl::string_view body_text, Endpo
   if (auto it = body.find("user"); it != body.end() && !it->is_null() && !it->is_string()) {
     return Bad("user", "must be a string");
   }
-  if (auto it = body.find("logprobs");
-      it != body.end() && !it->is_null() && !(it->is_boolean() && !it->get<bool>())) {
-    return Bad("logprobs", "log-probabilities are not supported yet");
+  // Log-probabilities of the chosen tokens. Completions take `logprobs: N` (N alternatives
+  // per token), chat `logprobs: true` + `top_logprobs: N`: dmoe reports no alternatives, so
+  // N must be 0 (the denoiser keeps only each position's most likely token).
+  if (auto it = body.find("logprobs"); it != body.end() && !it->is_null()) {
+    if (it->is_boolean()) {
+      p->set_logprobs(it->get<bool>());
+    } else if (endpoint == Endpoint::kCompletions && it->is_number_integer()) {
+      if (it->get<int64_t>() != 0) {
+        return Bad("logprobs", "only 0 is supported: dmoe returns the chosen token's "
+                               "log-probability, not alternatives");
+      }
+      p->set_logprobs(true);
+    } else {
+      return Bad("logprobs", endpoint == Endpoint::kCompletions ? "must be an integer (0)"
+                                                                : "must be a boolean");
+    }
+  }
+  std::optional<int64_t> top_logprobs;
+  if (absl::Status s = Integer(body, "top_logprobs", 0, 20, &top_logprobs); !s.ok()) return s;
+  if (top_logprobs.value_or(0) > 0) {
+    return Bad("top_logprobs", "only 0 is supported: dmoe returns the chosen token's "
+                               "log-probability, not alternatives");
   }
   if (auto it = body.find("echo"); it != body.end() && it->is_boolean() && it->get<bool>()) {
     return Bad("echo", "echo is not supported");
@@ -257,12 +280,63 @@ Json Envelope(const OpenAiCall& call, const std::string& id, int64_t created,
 
 }  // namespace
 
+// OpenAI's form for a token's text: the bytes when they are valid UTF-8, else "bytes:\xNN..."
+// (a token holding part of a character).
+std::string TokenText(const std::string& bytes) {
+  bool valid = true;
+  for (size_t i = 0; i < bytes.size() && valid;) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > bytes.size()) {
+      valid = false;
+      break;
+    }
+    for (size_t k = 1; k < len; ++k) {
+      if ((static_cast<unsigned char>(bytes[i + k]) & 0xC0) != 0x80) valid = false;
+    }
+    i += len;
+  }
+  if (valid) return bytes;
+  std::string out = "bytes:";
+  for (unsigned char c : bytes) absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+  return out;
+}
+
+nlohmann::json LogprobsJson(const OpenAiCall& call,
+                            const google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob>& tokens,
+                            int64_t text_offset) {
+  if (!call.request.params().logprobs()) return nullptr;
+  if (call.endpoint == Endpoint::kChatCompletions) {
+    Json content = Json::array();
+    for (const dmoe::v1::TokenLogprob& t : tokens) {
+      Json bytes = Json::array();
+      for (unsigned char c : t.token()) bytes.push_back(static_cast<int>(c));
+      content.push_back({{"token", TokenText(t.token())},
+                         {"logprob", t.logprob()},
+                         {"bytes", bytes},
+                         {"top_logprobs", Json::array()}});
+    }
+    return {{"content", content}};
+  }
+  Json texts = Json::array(), logprobs = Json::array(), offsets = Json::array();
+  for (const dmoe::v1::TokenLogprob& t : tokens) {
+    texts.push_back(TokenText(t.token()));
+    logprobs.push_back(t.logprob());
+    offsets.push_back(text_offset);
+    text_offset += static_cast<int64_t>(t.token().size());
+  }
+  return {{"tokens", texts},
+          {"token_logprobs", logprobs},
+          {"top_logprobs", nullptr},
+          {"text_offset", offsets}};
+}
+
 nlohmann::json CompletionJson(const OpenAiCall& call, const std::string& id, int64_t created,
                               const std::string& model, const std::string& text,
                               const std::string& finish_reason,
-                              const dmoe::v1::GenerationStats& stats) {
+                              const dmoe::v1::GenerationStats& stats, const Json& logprobs) {
   Json out = Envelope(call, id, created, model, /*chunk=*/false);
-  Json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+  Json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", logprobs}};
   if (call.endpoint == Endpoint::kChatCompletions) {
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   } else {
@@ -275,9 +349,9 @@ nlohmann::json CompletionJson(const OpenAiCall& call, const std::string& id, int
 
 nlohmann::json ChunkJson(const OpenAiCall& call, const std::string& id, int64_t created,
                          const std::string& model, const std::string& text,
-                         const std::string& finish_reason, bool first) {
+                         const std::string& finish_reason, bool first, const Json& logprobs) {
   Json out = Envelope(call, id, created, model, /*chunk=*/true);
-  Json choice = {{"index", 0}, {"logprobs", nullptr}};
+  Json choice = {{"index", 0}, {"logprobs", logprobs}};
   choice["finish_reason"] = finish_reason.empty() ? Json(nullptr) : Json(finish_reason);
   if (call.endpoint == Endpoint::kChatCompletions) {
     Json delta = Json::object();
@@ -340,42 +414,6 @@ nlohmann::json ErrorJson(const absl::Status& status) {
             {"type", type},
             {"param", param},
             {"code", absl::StatusCodeToString(status.code())}}}};
-}
-
-StopMatcher::StopMatcher(std::vector<std::string> stop) : stop_(std::move(stop)) {
-  for (const std::string& s : stop_) {
-    if (!s.empty()) hold_ = std::max(hold_, s.size() - 1);
-  }
-}
-
-std::string StopMatcher::Push(absl::string_view text) {
-  if (stopped_) return "";
-  pending_.append(text.data(), text.size());
-  size_t match = std::string::npos;
-  for (const std::string& s : stop_) match = std::min(match, pending_.find(s));
-  if (match != std::string::npos) {
-    stopped_ = true;
-    std::string out = pending_.substr(0, match);
-    pending_.clear();
-    return out;
-  }
-  // Keep the last hold_ bytes: they might be the start of a stop string.
-  if (pending_.size() <= hold_) return "";
-  size_t cut = pending_.size() - hold_;
-  // Never split a UTF-8 character: back up to its first byte.
-  while (cut > 0 && cut < pending_.size() &&
-         (static_cast<unsigned char>(pending_[cut]) & 0xC0) == 0x80) {
-    --cut;
-  }
-  std::string out = pending_.substr(0, cut);
-  pending_.erase(0, cut);
-  return out;
-}
-
-std::string StopMatcher::Flush() {
-  std::string out = stopped_ ? "" : pending_;
-  pending_.clear();
-  return out;
 }
 
 }  // namespace dmoe::http

@@ -25,9 +25,10 @@ struct OpenAiCall {
   bool stream = false;
   bool include_usage = false;       // stream_options.include_usage
   std::string model;                // as the client named it ("" = the served one)
-  std::vector<std::string> stop;    // stop strings, applied to the text (at most 4)
   std::vector<int32_t> stop_token_ids;  // added to the model's stop ids
-  dmoe::v1::GenerateRequest request;    // prompt and decoding knobs; stop ids not set yet
+  // Prompt and decoding knobs, stop strings (params.stop, applied by the server) and
+  // params.logprobs included; stop ids not set yet.
+  dmoe::v1::GenerateRequest request;
 };
 
 // INVALID_ARGUMENT with the message "PARAM: what is wrong" (ErrorJson turns PARAM into the
@@ -40,40 +41,33 @@ nlohmann::json UsageJson(const dmoe::v1::GenerationStats& stats);
 // "stop" / "length" (OpenAI's finish_reason) from the Generation API's.
 std::string FinishReasonName(dmoe::v1::FinishReason reason);
 
+// A choice's `logprobs` for these tokens: null without params.logprobs; for completions
+// {tokens, token_logprobs, top_logprobs: null, text_offset} (offsets from `text_offset` on),
+// for chat {content: [{token, logprob, bytes, top_logprobs: []}]}. A token that is not valid
+// UTF-8 on its own (part of a character) is written "bytes:\xNN..." as OpenAI does.
+nlohmann::json LogprobsJson(const OpenAiCall& call,
+                            const google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob>& tokens,
+                            int64_t text_offset);
+
 // The whole (non-streamed) response.
 nlohmann::json CompletionJson(const OpenAiCall& call, const std::string& id, int64_t created,
                               const std::string& model, const std::string& text,
                               const std::string& finish_reason,
-                              const dmoe::v1::GenerationStats& stats);
+                              const dmoe::v1::GenerationStats& stats,
+                              const nlohmann::json& logprobs = nullptr);
 
 // One `data:` chunk of a stream. `finish_reason` empty = null; `first` adds the assistant role
 // (chat). Without text and finish reason, with `usage`: the include_usage chunk (no choices).
 nlohmann::json ChunkJson(const OpenAiCall& call, const std::string& id, int64_t created,
                          const std::string& model, const std::string& text,
-                         const std::string& finish_reason, bool first);
+                         const std::string& finish_reason, bool first,
+                         const nlohmann::json& logprobs = nullptr);
 nlohmann::json UsageChunkJson(const OpenAiCall& call, const std::string& id, int64_t created,
                               const std::string& model, const dmoe::v1::GenerationStats& stats);
 
 // {"error": {"message", "type", "param", "code"}} and the HTTP status for `status`'s code.
 nlohmann::json ErrorJson(const absl::Status& status);
 int HttpStatusFor(absl::StatusCode code);
-
-// Finds the stop strings in generated text as it streams in: Push returns what may be shown
-// now, holding back a tail that could still become the start of a stop string; after a match
-// everything from the match on is dropped and stopped() is true.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stop);
-  std::string Push(absl::string_view text);
-  std::string Flush();  // at the end: the held-back tail (no match can complete any more)
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stop_;
-  size_t hold_ = 0;      // longest stop string - 1
-  std::string pending_;  // text not shown yet
-  bool stopped_ = false;
-};
 
 }  // namespace dmoe::http
 

@@ -83,21 +83,32 @@ class StreamingCall {
   std::thread thread_;  // last: starts once the members above exist
 };
 
-// Turns the events of one call into OpenAI's text, stop strings applied.
+// Turns the events of one call into OpenAI's text and logprobs. The server has applied the
+// stop strings already (its block text never shows what a later block turns into a match).
 struct Transcript {
-  explicit Transcript(const OpenAiCall& call) : stop(call.stop) {}
-  StopMatcher stop;
+  explicit Transcript(const OpenAiCall& call) : call(call) {}
+  const OpenAiCall& call;
   std::string request_id;
+  int64_t text_offset = 0;  // bytes of token text so far (completions' text_offset)
+  google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob> all_logprobs;
+  Json last_logprobs;  // the last event's, for its chunk
+
   // Text of one event that may be shown now ("" for canvas events).
   std::string Take(const dmoe::v1::GenerateStreamResponse& event) {
     if (!event.request_id().empty()) request_id = event.request_id();
-    if (event.has_block()) return stop.Push(event.block().text());
-    if (event.has_final()) return stop.Push(event.final().text()) + stop.Flush();
+    last_logprobs = nullptr;
+    if (event.has_block()) {
+      last_logprobs = LogprobsJson(call, event.block().logprobs(), text_offset);
+      for (const dmoe::v1::TokenLogprob& t : event.block().logprobs()) {
+        text_offset += static_cast<int64_t>(t.token().size());
+      }
+      all_logprobs.MergeFrom(event.block().logprobs());
+      return event.block().text();
+    }
+    if (event.has_final()) return event.final().text();
     return "";
   }
-  std::string finish_reason(const dmoe::v1::FinalEvent& final_event) const {
-    return stop.stopped() ? "stop" : FinishReasonName(final_event.stats().finish_reason());
-  }
+  Json logprobs() const { return LogprobsJson(call, all_logprobs, 0); }
 };
 
 // The HTTP caller's "Authorization: Bearer KEY", passed on to the gRPC call it makes (the gRPC
@@ -211,8 +222,8 @@ class Handlers {
       if (!final_event) return SendError(res, stream->status());
       const std::string prefix = endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-";
       res.set_content(CompletionJson(*call, prefix + transcript->request_id, created, model, text,
-                                     transcript->finish_reason(*final_event),
-                                     final_event->stats())
+                                     FinishReasonName(final_event->stats().finish_reason()),
+                                     final_event->stats(), transcript->logprobs())
                           .dump(),
                       "application/json");
       return;
@@ -246,15 +257,18 @@ class Handlers {
           bool ok = true;
           if (event->has_final()) {
             ok = send(ChunkJson(*call, id, created, model, text,
-                                transcript->finish_reason(event->final()), !*started));
+                                FinishReasonName(event->final().stats().finish_reason()),
+                                !*started));
             if (ok && call->include_usage) {
               ok = send(UsageChunkJson(*call, id, created, model, event->final().stats()));
             }
             static constexpr char kDone[] = "data: [DONE]\n\n";
             if (ok) ok = sink.write(kDone, sizeof(kDone) - 1);
             if (ok) sink.done();
-          } else if (!text.empty() || (!*started && endpoint == Endpoint::kChatCompletions)) {
-            ok = send(ChunkJson(*call, id, created, model, text, "", !*started));
+          } else if (!text.empty() || !transcript->last_logprobs.is_null() ||
+                     (!*started && endpoint == Endpoint::kChatCompletions)) {
+            ok = send(ChunkJson(*call, id, created, model, text, "", !*started,
+                                transcript->last_logprobs));
             *started = true;
           }
           if (!ok) stream->Cancel();  // the client went away: free the request's KV

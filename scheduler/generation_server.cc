@@ -1,5 +1,6 @@
 #include "scheduler/generation_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <optional>
@@ -14,6 +15,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "engine/generation_params.h"
+#include "model/stop_strings.h"
 
 namespace dmoe::scheduler {
 namespace {
@@ -33,6 +35,19 @@ absl::StatusOr<std::vector<int32_t>> EncodeChat(const model::Tokenizer& tokenize
 absl::Status NoTokenizer(const std::string& model, const char* what) {
   return absl::FailedPreconditionError(absl::StrCat(
       what, ": model '", model, "' is served without a tokenizer; send prompt_ids"));
+}
+
+// One TokenLogprob per id: the first `count` of ids/logprobs (DecodingParams.logprobs).
+void AddLogprobs(const model::Tokenizer* tokenizer, const std::vector<int32_t>& ids,
+                 const std::vector<float>& logprobs, size_t count,
+                 google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob>* out) {
+  count = std::min({count, ids.size(), logprobs.size()});
+  for (size_t i = 0; i < count; ++i) {
+    dmoe::v1::TokenLogprob* entry = out->Add();
+    entry->set_id(ids[i]);
+    entry->set_logprob(logprobs[i]);
+    if (tokenizer && !tokenizer->IsSpecial(ids[i])) entry->set_token(tokenizer->TokenBytes(ids[i]));
+  }
 }
 
 }  // namespace
@@ -101,10 +116,22 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
     const std::string id =
         request.request_id().empty() ? server_->NewRequestId() : request.request_id();
     response_->set_request_id(id);
+    logprobs_ = prepared->logprobs;
     SchedulerRequest sr{.request_id = id,
                                    .prompt = std::move(prepared->prompt),
                                    .params = std::move(prepared->params),
                                    .deadline = DeadlineOf(*context)};
+    if (!prepared->stop.empty()) {
+      // Stop strings need the text as it grows: detokenize block by block and end the request
+      // at the block that completes a match.
+      stop_detokenizer_ = std::make_unique<model::StopStringDetokenizer>(
+          *server_->tokenizer_, /*skip_special_tokens=*/true, std::move(prepared->stop));
+      sr.callbacks.on_tokens = [this](const CommittedTokens& tokens) -> KeepIds {
+        model::StopStringDetokenizer::Chunk chunk = stop_detokenizer_->Push(tokens.ids);
+        text_ += chunk.text;
+        return chunk.stop_after;
+      };
+    }
     sr.callbacks.on_done = [this](absl::StatusOr<RequestResult> r) {
       OnResult(std::move(r));
     };
@@ -137,10 +164,17 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     response_->mutable_ids()->Add(r->ids.begin(), r->ids.end());
-    if (server_->tokenizer_) {
+    *response_->mutable_stats() = ToProtoStats(*r);
+    if (stop_detokenizer_) {
+      response_->set_text(text_ + stop_detokenizer_->Flush());
+      response_->mutable_stats()->set_matched_stop(stop_detokenizer_->matched());
+    } else if (server_->tokenizer_) {
       response_->set_text(server_->tokenizer_->Decode(r->ids, /*skip_special_tokens=*/true));
     }
-    *response_->mutable_stats() = ToProtoStats(*r);
+    if (logprobs_) {
+      AddLogprobs(server_->tokenizer_, r->ids, r->logprobs, r->ids.size(),
+                  response_->mutable_logprobs());
+    }
     response_->mutable_model()->set_name(server_->options_.model_name);
     response_->mutable_model()->set_version(server_->options_.model_version);
     Finish(grpc::Status::OK);
@@ -150,6 +184,10 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
   dmoe::v1::GenerateResponse* const response_;
   std::atomic<uint64_t> handle_{0};
   auth::Admission admission_;  // the tenant's stream slot, until OnDone
+  bool logprobs_ = false;
+  // With stop strings (step thread only): the text so far.
+  std::unique_ptr<model::StopStringDetokenizer> stop_detokenizer_;
+  std::string text_;
 };
 
 // One GenerateStream call. The scheduler's callbacks queue messages; at most one write is in
@@ -181,22 +219,33 @@ class GenerationServer::StreamCall final
     }
     request_id_ = request.request_id().empty() ? server_->NewRequestId() : request.request_id();
     if (server_->tokenizer_) {
-      detokenizer_ = std::make_unique<model::StreamingDetokenizer>(*server_->tokenizer_,
-                                                                   /*skip_special_tokens=*/true);
+      detokenizer_ = std::make_unique<model::StopStringDetokenizer>(
+          *server_->tokenizer_, /*skip_special_tokens=*/true, std::move(prepared->stop));
     }
+    logprobs_ = prepared->logprobs;
     SchedulerRequest sr{.request_id = request_id_,
                                    .prompt = std::move(prepared->prompt),
                                    .params = std::move(prepared->params),
                                    .deadline = DeadlineOf(*context)};
     sr.callbacks.on_tokens = [this](const CommittedTokens& tokens) -> KeepIds {
+      KeepIds keep;
       dmoe::v1::GenerateStreamResponse msg;
       msg.set_request_id(request_id_);
       dmoe::v1::BlockEvent* block = msg.mutable_block();
       block->set_offset(tokens.offset);
-      block->mutable_ids()->Add(tokens.ids.begin(), tokens.ids.end());
-      if (detokenizer_) block->set_text(detokenizer_->Push(tokens.ids));
+      if (detokenizer_) {
+        model::StopStringDetokenizer::Chunk chunk = detokenizer_->Push(tokens.ids);
+        block->set_text(std::move(chunk.text));
+        keep = chunk.stop_after;
+      }
+      const size_t count = keep.value_or(tokens.ids.size());
+      block->mutable_ids()->Add(tokens.ids.begin(), tokens.ids.begin() + count);
+      if (logprobs_) {
+        AddLogprobs(server_->tokenizer_, tokens.ids, tokens.logprobs, count,
+                    block->mutable_logprobs());
+      }
       Enqueue(std::move(msg), std::nullopt);
-      return std::nullopt;
+      return keep;
     };
     if (request.canvas_events()) {
       sr.callbacks.on_step = [this](const CanvasSnapshot& canvas) {
@@ -228,7 +277,10 @@ class GenerationServer::StreamCall final
       msg.set_request_id(request_id_);
       dmoe::v1::FinalEvent* final_event = msg.mutable_final();
       *final_event->mutable_stats() = ToProtoStats(*r);
-      if (detokenizer_) final_event->set_text(detokenizer_->Flush());
+      if (detokenizer_) {
+        final_event->set_text(detokenizer_->Flush());
+        final_event->mutable_stats()->set_matched_stop(detokenizer_->matched());
+      }
       final_event->mutable_model()->set_name(server_->options_.model_name);
       final_event->mutable_model()->set_version(server_->options_.model_version);
       Enqueue(std::move(msg), grpc::Status::OK);
@@ -305,7 +357,9 @@ class GenerationServer::StreamCall final
   GenerationServer* const server_;
   auth::Admission admission_;  // the tenant's stream slot, until OnDone
   std::string request_id_;
-  std::unique_ptr<model::StreamingDetokenizer> detokenizer_;  // step thread only
+  // Step thread only: text as blocks arrive, with the request's stop strings applied.
+  std::unique_ptr<model::StopStringDetokenizer> detokenizer_;
+  bool logprobs_ = false;
   std::atomic<uint64_t> handle_{0};
 
   absl::Mutex mu_;
@@ -411,6 +465,12 @@ absl::StatusOr<PreparedRequest> GenerationServer::Prepare(
   DMOE_ASSIGN_OR_RETURN(asked.editing, engine::ParseEditingPreset(in.editing(), "params.editing"));
   if (in.has_edit_threshold()) asked.edit_threshold = in.edit_threshold();
   if (in.has_max_post_steps()) asked.max_post_steps = in.max_post_steps();
+  if (!in.stop().empty()) {
+    if (!tokenizer_) return NoTokenizer(options_.model_name, "params.stop");
+    out.stop.assign(in.stop().begin(), in.stop().end());
+    DMOE_RETURN_IF_ERROR(model::ValidateStopStrings(out.stop, "params.stop"));
+  }
+  out.logprobs = in.logprobs();
   out.params = engine::BuildGenerationParams(
       asked, engine::ModelDecodingDefaults::For(config_, options_.mask_id, options_.stop_ids));
   return out;

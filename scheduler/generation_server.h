@@ -48,6 +48,8 @@ struct GenerationServerOptions {
 struct PreparedRequest {
   std::vector<int32_t> prompt;
   engine::GenerationParams params;
+  std::vector<std::string> stop;  // stop strings (validated; only with a tokenizer)
+  bool logprobs = false;
 };
 
 // Thread-safe (gRPC calls the handlers from its own threads). The scheduler, config and

@@ -171,6 +171,93 @@ TEST_F(OpenAiHttpTest, StopStringsTruncate) {
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
 }
 
+// Server-sent chunks of a streamed response: their text concatenated, the finish reason and
+// the per-token logprobs of every chunk.
+struct SseResult {
+  std::string text, finish;
+  Json logprobs = Json::array();
+};
+SseResult ReadSse(const std::string& body, bool chat) {
+  SseResult out;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    const std::string data = body.substr(at + 6, end - at - 6);
+    at = end;
+    if (data == "[DONE]") break;
+    const Json chunk = Json::parse(data);
+    for (const Json& choice : chunk["choices"]) {
+      if (chat && choice["delta"].contains("content")) out.text += choice["delta"]["content"];
+      if (!chat) out.text += choice["text"];
+      if (!choice["finish_reason"].is_null()) out.finish = choice["finish_reason"];
+      if (!choice["logprobs"].is_null()) {
+        for (const Json& t : choice["logprobs"]["content"]) out.logprobs.push_back(t);
+      }
+    }
+  }
+  return out;
+}
+
+TEST_F(OpenAiHttpTest, StreamedStopStringsTruncateLikeUnary) {
+  httplib::Client http = Http();
+  const std::string full = GrpcChatText();
+  const size_t at = full.find("moon");
+  ASSERT_NE(at, std::string::npos) << full;
+  const Json body = {{"messages", {{{"role", "user"}, {"content", kChat}}}},
+                     {"max_tokens", 32},
+                     {"stop", {"moon"}},
+                     {"stream", true}};
+  auto res = http.Post("/v1/chat/completions", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  const SseResult sse = ReadSse(res->body, /*chat=*/true);
+  EXPECT_EQ(sse.text, full.substr(0, at));
+  EXPECT_EQ(sse.finish, "stop");
+}
+
+TEST_F(OpenAiHttpTest, LogprobsOfTheChosenTokens) {
+  httplib::Client http = Http();
+  const Json chat = {{"messages", {{{"role", "user"}, {"content", kChat}}}},
+                     {"max_tokens", 32},
+                     {"logprobs", true}};
+  auto res = http.Post("/v1/chat/completions", chat.dump(), "application/json");
+  ASSERT_TRUE(res);
+  const Json j = Json::parse(res->body);
+  const Json& content = j["choices"][0]["logprobs"]["content"];
+  ASSERT_TRUE(content.is_array()) << res->body;
+  EXPECT_EQ(static_cast<int>(content.size()), j["usage"]["completion_tokens"].get<int>());
+  std::string bytes;
+  for (const Json& t : content) {
+    EXPECT_LE(t["logprob"].get<double>(), 0.0);
+    for (int b : t["bytes"]) bytes += static_cast<char>(b);
+  }
+  EXPECT_EQ(bytes, j["choices"][0]["message"]["content"]);
+
+  // Streamed: the same logprobs, chunk by chunk.
+  Json streamed_body = chat;
+  streamed_body["stream"] = true;
+  auto streamed = http.Post("/v1/chat/completions", streamed_body.dump(), "application/json");
+  ASSERT_TRUE(streamed);
+  EXPECT_EQ(ReadSse(streamed->body, /*chat=*/true).logprobs, content);
+
+  // Completions: tokens / token_logprobs / text_offset.
+  const Json completion = {{"prompt", "The quick brown"}, {"max_tokens", 16}, {"logprobs", 0}};
+  auto c = http.Post("/v1/completions", completion.dump(), "application/json");
+  ASSERT_TRUE(c);
+  const Json cj = Json::parse(c->body);
+  const Json& lp = cj["choices"][0]["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << c->body;
+  EXPECT_EQ(lp["tokens"].size(), lp["token_logprobs"].size());
+  EXPECT_EQ(static_cast<int>(lp["tokens"].size()), cj["usage"]["completion_tokens"].get<int>());
+
+  // Alternatives are refused with OpenAI's error body naming the parameter.
+  Json top = chat;
+  top["top_logprobs"] = 2;
+  auto refused = http.Post("/v1/chat/completions", top.dump(), "application/json");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 400);
+  EXPECT_EQ(Json::parse(refused->body)["error"]["param"], "top_logprobs");
+}
+
 TEST_F(OpenAiHttpTest, Curl) {
   const dmoe_testing::CommandResult r = dmoe_testing::RunCommand(
       "curl -sS -N http://" + server_->http_address() +

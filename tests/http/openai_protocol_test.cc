@@ -37,7 +37,7 @@ TEST(OpenAiProtocolTest, ChatRequestMapsEveryKnob) {
   EXPECT_EQ(r.params().steps(), 4);
   EXPECT_TRUE(call->stream);
   EXPECT_TRUE(call->include_usage);
-  EXPECT_EQ(call->stop, std::vector<std::string>{"\n\n"});
+  EXPECT_THAT(call->request.params().stop(), ::testing::ElementsAre("\n\n"));
 }
 
 TEST(OpenAiProtocolTest, LeftOutKnobsStayUnsetForTheServerDefaults) {
@@ -85,6 +85,9 @@ TEST(OpenAiProtocolTest, BadRequestsNameTheParameter) {
       {R"({"prompt": "x", "stop": ["a","b","c","d","e"]})", Endpoint::kCompletions, "stop"},
       {R"({"prompt": "x", "stream": "yes"})", Endpoint::kCompletions, "stream"},
       {R"({"prompt": "x", "logprobs": 2})", Endpoint::kCompletions, "logprobs"},
+      {R"({"prompt": "x", "logprobs": "yes"})", Endpoint::kCompletions, "logprobs"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 1})",
+       Endpoint::kChatCompletions, "logprobs"},
       {R"({"prompt": "x", "model": 5})", Endpoint::kCompletions, "model"},
       {R"({"messages": []})", Endpoint::kChatCompletions, "messages"},
       {R"({"messages": [{"content": "x"}]})", Endpoint::kChatCompletions, "messages[0].role"},
@@ -147,30 +150,65 @@ TEST(OpenAiProtocolTest, ChunksAndUsage) {
   EXPECT_EQ(whole["usage"]["completion_tokens"], 6);
 }
 
-TEST(OpenAiProtocolTest, StopStringsTruncateBeforeTheMatchAcrossPushes) {
-  StopMatcher m({"END", "\n\n"});
-  std::string shown = m.Push("Hello E");
-  shown += m.Push("N");  // "EN" could still become "END": held back
-  EXPECT_EQ(shown, "Hello ");
-  shown += m.Push("Dmore");
-  EXPECT_TRUE(m.stopped());
-  EXPECT_EQ(shown + m.Flush(), "Hello ");
-  EXPECT_EQ(m.Push("after"), "");
+TEST(OpenAiProtocolTest, StopStringsAndLogprobsGoToTheGenerationApi) {
+  absl::StatusOr<OpenAiCall> call = ParseOpenAiRequest(
+      R"({"prompt": "x", "stop": ["END", "\n\n"], "logprobs": 0})", Endpoint::kCompletions);
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_THAT(call->request.params().stop(), ::testing::ElementsAre("END", "\n\n"));
+  EXPECT_TRUE(call->request.params().logprobs());
+  call = ParseOpenAiRequest(R"({"messages": [{"role": "user", "content": "x"}], "stop": "END",
+                                "logprobs": true, "top_logprobs": 0})",
+                            Endpoint::kChatCompletions);
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_THAT(call->request.params().stop(), ::testing::ElementsAre("END"));
+  EXPECT_TRUE(call->request.params().logprobs());
+  call = ParseOpenAiRequest(R"({"prompt": "x"})", Endpoint::kCompletions);
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_FALSE(call->request.params().logprobs());
+  // Alternatives are not reported: asking for them is an error naming the parameter.
+  EXPECT_EQ(ErrorJson(ParseOpenAiRequest(R"({"messages": [{"role": "user", "content": "x"}],
+                                              "logprobs": true, "top_logprobs": 3})",
+                                         Endpoint::kChatCompletions)
+                          .status())["error"]["param"],
+            "top_logprobs");
+}
 
-  StopMatcher none({"xyz"});
-  std::string all = none.Push("ab");  // one call per statement: + does not order them
-  all += none.Push("cx");
-  all += none.Push("y");
-  all += none.Flush();
-  EXPECT_FALSE(none.stopped());
-  EXPECT_EQ(all, "abcxy");
+TEST(OpenAiProtocolTest, LogprobsJsonInBothShapes) {
+  google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob> tokens;
+  dmoe::v1::TokenLogprob* a = tokens.Add();
+  a->set_id(7);
+  a->set_logprob(-0.5f);
+  a->set_token("Hi");
+  dmoe::v1::TokenLogprob* b = tokens.Add();
+  b->set_id(9);
+  b->set_logprob(-1.25f);
+  b->set_token("\xe2\x82");  // the first two bytes of a 3-byte character
 
-  StopMatcher utf8({"\u00e9t\u00e9"});  // "été"
-  std::string text = utf8.Push("caf\u00e9 ");
-  text += utf8.Push("\u00e9");
-  text += utf8.Push("t\u00e9 ici");
-  EXPECT_TRUE(utf8.stopped());
-  EXPECT_EQ(text, "caf\u00e9 ");
+  OpenAiCall off;
+  EXPECT_TRUE(LogprobsJson(off, tokens, 0).is_null());
+
+  OpenAiCall completion;
+  completion.request.mutable_params()->set_logprobs(true);
+  const Json c = LogprobsJson(completion, tokens, 10);
+  EXPECT_EQ(c["tokens"], Json::array({"Hi", "bytes:\\xe2\\x82"}));
+  EXPECT_EQ(c["token_logprobs"], Json::array({-0.5, -1.25}));
+  EXPECT_EQ(c["text_offset"], Json::array({10, 12}));
+  EXPECT_TRUE(c["top_logprobs"].is_null());
+  (void)c.dump();  // valid UTF-8 throughout (dump throws otherwise)
+
+  OpenAiCall chat;
+  chat.endpoint = Endpoint::kChatCompletions;
+  chat.request.mutable_params()->set_logprobs(true);
+  const Json content = LogprobsJson(chat, tokens, 0)["content"];
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[0]["token"], "Hi");
+  EXPECT_EQ(content[0]["logprob"], -0.5);
+  EXPECT_EQ(content[0]["bytes"], Json::array({72, 105}));
+  EXPECT_EQ(content[0]["top_logprobs"], Json::array());
+  EXPECT_EQ(content[1]["bytes"], Json::array({0xe2, 0x82}));
+  const Json whole = CompletionJson(chat, "chatcmpl-1", 5, "m", "Hi", "stop",
+                                    dmoe::v1::GenerationStats(), LogprobsJson(chat, tokens, 0));
+  EXPECT_EQ(whole["choices"][0]["logprobs"]["content"].size(), 2u);
 }
 
 TEST(OpenAiProtocolTest, TokenEditingExtrasMapToTheGenerationApi) {
