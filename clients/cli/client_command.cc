@@ -44,6 +44,8 @@ struct GenerateFlags {
   PromptFlags input;
   DecodingFlags decoding;
   std::string stop_ids;
+  std::vector<std::string> stop;  // stop strings
+  bool logprobs = false;
   std::string request_id;
   bool stream = false;
   bool visual = false;
@@ -80,12 +82,15 @@ absl::StatusOr<dmoe::v1::GenerateRequest> BuildRequest(const ClientFlags& c,
     DMOE_ASSIGN_OR_RETURN(asked.stop_ids, ParseIdList(f.stop_ids, "--stop-ids"));
   }
   *request.mutable_params() = ToDecodingParamsProto(asked);
+  for (const std::string& s : f.stop) request.mutable_params()->add_stop(s);
+  request.mutable_params()->set_logprobs(f.logprobs);
   request.set_canvas_events(f.visual);
   return request;
 }
 
 void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const std::string& text,
-                 const dmoe::v1::GenerationStats& stats, bool text_already_printed) {
+                 const dmoe::v1::GenerationStats& stats, bool text_already_printed,
+                 const std::vector<dmoe::v1::TokenLogprob>& logprobs) {
   if (f.json) {
     nlohmann::json out = {{"ids", ids},
                           {"text", SanitizeUtf8(text)},
@@ -95,6 +100,11 @@ void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const 
                           {"seconds", stats.seconds()},
                           {"finish_reason", FinishReasonName(stats.finish_reason())},
                           {"prompt_tokens", stats.prompt_tokens()}};
+    if (!f.stop.empty()) out["matched_stop"] = stats.matched_stop();
+    if (f.logprobs) {
+      out["logprobs"] = nlohmann::json::array();
+      for (const dmoe::v1::TokenLogprob& t : logprobs) out["logprobs"].push_back(t.logprob());
+    }
     std::cout << out.dump() << std::endl;
     return;
   }
@@ -108,6 +118,12 @@ void PrintResult(const GenerateFlags& f, const std::vector<int32_t>& ids, const 
                ids.size(), static_cast<long long>(stats.forwards()), stats.tokens_per_forward(),
                stats.first_block_seconds(), stats.seconds(),
                FinishReasonName(stats.finish_reason()).c_str());
+  if (f.logprobs) {
+    for (const dmoe::v1::TokenLogprob& t : logprobs) {
+      std::fprintf(stderr, "%d\t%.6f\t%s\n", t.id(), t.logprob(),
+                   nlohmann::json(SanitizeUtf8(t.token())).dump().c_str());
+    }
+  }
 }
 
 absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
@@ -116,10 +132,12 @@ absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
   if (!f.stream && !f.visual) {
     DMOE_ASSIGN_OR_RETURN(dmoe::v1::GenerateResponse response, client->Generate(request));
     std::vector<int32_t> ids(response.ids().begin(), response.ids().end());
-    PrintResult(f, ids, response.text(), response.stats(), false);
+    PrintResult(f, ids, response.text(), response.stats(), false,
+                {response.logprobs().begin(), response.logprobs().end()});
     return absl::OkStatus();
   }
   std::vector<int32_t> ids;
+  std::vector<dmoe::v1::TokenLogprob> logprobs;
   std::string text;
   // --visual: the canvas events through the renderer of `dmoe generate --visual`; the token
   // texts come with each event (the client has no tokenizer).
@@ -135,6 +153,8 @@ absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
       client->GenerateStream(request, [&](const dmoe::v1::GenerateStreamResponse& event) {
         if (event.has_block()) {
           ids.insert(ids.end(), event.block().ids().begin(), event.block().ids().end());
+          logprobs.insert(logprobs.end(), event.block().logprobs().begin(),
+                          event.block().logprobs().end());
           text += event.block().text();
           if (print_blocks) std::cout << event.block().text() << std::flush;
         } else if (event.has_canvas() && f.visual && !f.json) {
@@ -156,7 +176,7 @@ absl::Status RunClientGenerate(const ClientFlags& c, const GenerateFlags& f) {
   text += final_event.text();
   if (print_blocks) std::cout << final_event.text();
   if (f.visual && !f.json) std::cout << view.Clear();
-  PrintResult(f, ids, text, final_event.stats(), /*text_already_printed=*/print_blocks);
+  PrintResult(f, ids, text, final_event.stats(), /*text_already_printed=*/print_blocks, logprobs);
   return absl::OkStatus();
 }
 
@@ -208,6 +228,10 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
   AddPromptFlags(gen, &flags->input);
   AddDecodingFlags(gen, &flags->decoding);
   gen->add_option("--stop-ids", flags->stop_ids, "Override the stop token ids, e.g. 5,7");
+  gen->add_option("--stop", flags->stop,
+                  "Stop string (repeatable): the output ends before its first match");
+  gen->add_flag("--logprobs", flags->logprobs,
+                "Also print each generated token's log-probability (stderr; --json: logprobs)");
   gen->add_option("--request-id", flags->request_id, "Request id for the server's logs");
   gen->add_flag("--stream", flags->stream, "Print text as blocks commit (GenerateStream)");
   gen->add_flag("--visual", flags->visual,
