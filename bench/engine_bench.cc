@@ -1,14 +1,20 @@
 // Engine benchmark on the miniature LLaDA2.0 (bench-mini preset: vocab 8192, hidden 512,
 // 8 layers, 256 experts top-8). Reports, in one run:
 //   - time per 32-token block forward over a 64-token cached prefix (fast backend);
-//   - bytes of weights that forward touches (non-expert weights + every expert routed >= 1
-//     token) / time, against this machine's measured memory read bandwidth (the roofline);
+//   - the roofline of that forward: max(bytes of weights it touches (non-expert weights +
+//     every expert routed >= 1 token) / measured memory read bandwidth, its FLOPs (GEMMs +
+//     attention) / measured peak FMA rate of the same threads), which bound applies, and
+//     the forward's time over it; the peak comes from a register-only FMA loop (AVX-512 and
+//     AVX2), not from BLAS;
+//   - a checksum of the forward's logits (FNV-1a over the bits): equal checksums mean
+//     bit-identical results, so kernel changes and ISAs can be compared run against run;
 //   - GFLOP/s of the fast backend vs the naive reference vs bare OpenBLAS sgemm on the same
 //     GEMM shapes (F32 copies, since Debian's OpenBLAS has no BF16 GEMM);
 //   - TPS and TPF of diffusion decoding vs block length 1;
 //   - peak resident memory vs checkpoint bytes.
 // Usage: dmoe-engine-bench [--model DIR] [--repeats N] [--threads N] [--json FILE]
 #include <cblas.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -89,6 +95,85 @@ double MeasureReadBandwidth(int threads) {
   return static_cast<double>(n * sizeof(float)) / Median(times);
 }
 
+// Peak FMA rate: each thread runs kFmaChains independent FMA chains on registers only (no
+// loads or stores in the loop), enough to cover the FMA latency on every FMA port. The loop
+// count is calibrated until one run takes >= 100 ms; the best of 5 runs is the peak.
+constexpr int kFmaChains = 12;
+
+// Returns a sum of the lanes so the work is observable.
+__attribute__((target("avx512f"))) float FmaLoopAvx512(int64_t iters) {
+  __m512 acc[kFmaChains];
+  for (int c = 0; c < kFmaChains; ++c) acc[c] = _mm512_set1_ps(0.01f * c);
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int c = 0; c < kFmaChains; ++c) {
+      acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+      asm("" : "+v"(acc[c]));
+    }
+  }
+  // Stored, not _mm512_reduce_add_ps: GCC 12 warns inside that intrinsic (PR 105593).
+  float lanes[16], s = 0;
+  for (int c = 0; c < kFmaChains; ++c) {
+    _mm512_storeu_ps(lanes, acc[c]);
+    for (float l : lanes) s += l;
+  }
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) float FmaLoopAvx2(int64_t iters) {
+  __m256 acc[kFmaChains];
+  for (int c = 0; c < kFmaChains; ++c) acc[c] = _mm256_set1_ps(0.01f * c);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int c = 0; c < kFmaChains; ++c) {
+      acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+      asm("" : "+x"(acc[c]));
+    }
+  }
+  float lanes[8], s = 0;
+  for (int c = 0; c < kFmaChains; ++c) {
+    _mm256_storeu_ps(lanes, acc[c]);
+    for (float l : lanes) s += l;
+  }
+  return s;
+}
+
+// FLOP/s of `threads` threads each running FmaLoop<width> (2 FLOPs per lane per FMA).
+// 0 when this CPU lacks the ISA.
+double MeasurePeakFma(int threads, int width) {
+  const bool supported = width == 16 ? __builtin_cpu_supports("avx512f")
+                                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!supported) return 0;
+  auto run = [&](int64_t iters) {
+    std::atomic<float> sink{0};
+    auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        const float s = width == 16 ? FmaLoopAvx512(iters) : FmaLoopAvx2(iters);
+        sink = sink + s;
+      });
+    }
+    for (auto& th : pool) th.join();
+    return Since(t0);
+  };
+  int64_t iters = 1 << 16;
+  while (run(iters) < 0.1) iters *= 2;
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) best = std::min(best, run(iters));
+  return 2.0 * width * kFmaChains * static_cast<double>(iters) * threads / best;
+}
+
+// FNV-1a over the bits of every logit: equal values mean bit-identical logits.
+uint64_t LogitsChecksum(const std::vector<std::vector<float>>& logits) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& row : logits) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(row.data());
+    for (size_t i = 0; i < row.size() * sizeof(float); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
 // Records which experts each layer's forward routed tokens to, then runs them locally.
 class RecordingExecutor : public model::ExpertExecutor {
  public:
@@ -114,7 +199,9 @@ struct BlockForwardFigures {
   double seconds = 0;
   model::ForwardStats stats;
   uint64_t bytes_touched = 0;
-  double flops = 0;
+  double flops = 0;            // GEMMs + attention
+  double attention_flops = 0;  // QK^T and PV of the block's queries
+  uint64_t logits_checksum = 0;
   std::vector<GemmShape> gemms;
   double experts_touched_per_layer = 0;
 };
@@ -146,6 +233,7 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
     auto t0 = Clock::now();
     auto logits = engine.model().Forward(seg, kernels, recorder, &stats);
     times.push_back(Since(t0));
+    if (logits.ok()) out.logits_checksum = LogitsChecksum(*logits);
     attention.push_back(stats.attention_seconds);
     moe.push_back(stats.moe_seconds);
     head.push_back(stats.head_seconds);
@@ -191,6 +279,11 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
     }
   }
   (void)h;
+  // Attention: every query of the block sees the 64 cached keys and the block's 32 (block
+  // causal mask over whole blocks); QK^T and PV are 2 FLOPs per (query, key, head, dim) each.
+  const int64_t keys = 64 + t;
+  out.attention_flops = 4.0 * c.num_hidden_layers * t * keys * c.q_width();
+  out.flops += out.attention_flops;
   out.bytes_touched = bytes;
   out.experts_touched_per_layer = moe_layers ? double(experts_touched) / moe_layers : 0;
   return out;
@@ -253,11 +346,14 @@ int Run(int argc, char** argv) {
   std::string model_dir = "build/bench-mini";
   int repeats = 5, threads = 0;
   std::string json_path;
+  bool forward_only = false;
   CLI::App app{"dmoe engine benchmark (miniature LLaDA2.0)"};
   app.add_option("--model", model_dir, "bench-mini checkpoint (created if missing)");
   app.add_option("--repeats", repeats, "timed repetitions (median reported)");
   app.add_option("--threads", threads, "compute threads (0 = all)");
   app.add_option("--json", json_path, "also write the figures as JSON");
+  app.add_flag("--forward-only", forward_only,
+               "only the block forward and its roofline (for profiling and A/B runs)");
   CLI11_PARSE(app, argc, argv);
 
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
@@ -285,37 +381,65 @@ int Run(int argc, char** argv) {
   std::fprintf(stderr, "measuring block forward (fast backend, %s GEMM) ...\n",
                std::string(model::GemmIsa()).c_str());
   BlockForwardFigures fast = TimeBlockForward(engine, engine.kernels(), repeats);
-  std::fprintf(stderr, "measuring decode TPS/TPF ...\n");
-  DecodeFigures diffusion = TimeDecode(engine, 32);
-  DecodeFigures one = TimeDecode(engine, 1);
-  const int64_t peak_rss = PeakRssBytes();
-
-  std::fprintf(stderr, "measuring reference backend ...\n");
-  auto reference = model::MakeKernels("reference", 1);
-  BlockForwardFigures ref = TimeBlockForward(engine, **reference, 1);
-  std::fprintf(stderr, "measuring OpenBLAS sgemm on the same shapes and memory bandwidth ...\n");
-  const double blas_seconds = TimeBlasGemms(fast.gemms, repeats);
+  DecodeFigures diffusion, one;
+  BlockForwardFigures ref;
+  double blas_seconds = 0;
+  int64_t peak_rss = 0;
+  if (!forward_only) {
+    std::fprintf(stderr, "measuring decode TPS/TPF ...\n");
+    diffusion = TimeDecode(engine, 32);
+    one = TimeDecode(engine, 1);
+    peak_rss = PeakRssBytes();
+    std::fprintf(stderr, "measuring reference backend ...\n");
+    auto reference = model::MakeKernels("reference", 1);
+    ref = TimeBlockForward(engine, **reference, 1);
+    std::fprintf(stderr, "measuring OpenBLAS sgemm on the same shapes ...\n");
+    blas_seconds = TimeBlasGemms(fast.gemms, repeats);
+  }
+  std::fprintf(stderr, "measuring memory bandwidth ...\n");
   const double bandwidth = MeasureReadBandwidth(n_threads);
 
+  std::fprintf(stderr, "measuring peak FMA rate (register-only loop) ...\n");
+  const double peak_avx512 = MeasurePeakFma(n_threads, 16);
+  const double peak_avx2 = MeasurePeakFma(n_threads, 8);
+  const std::string isa(model::GemmIsa());
+  // The compute roof is the peak of the ISA the kernels run (the generic path gets AVX2's,
+  // which is what its auto-vectorised loops can reach at best).
+  const double peak = isa == "avx512" ? peak_avx512 : peak_avx2;
+
   const double achieved = fast.bytes_touched / fast.seconds;
-  const double roofline_seconds = fast.bytes_touched / bandwidth;
-  std::printf("## dmoe engine benchmark: bench-mini (%s), %d threads, %s GEMM\n\n",
-              model_dir.c_str(), n_threads, std::string(model::GemmIsa()).c_str());
-  std::printf("CPU: %s; measured read bandwidth %.2f GB/s (%d threads); medians of %d runs.\n\n",
-              CpuModelName().c_str(), bandwidth / 1e9, n_threads, repeats);
+  const double bytes_seconds = fast.bytes_touched / bandwidth;
+  const double compute_seconds = peak > 0 ? fast.flops / peak : 0;
+  const double roofline_seconds = std::max(bytes_seconds, compute_seconds);
+  const char* bound = bytes_seconds >= compute_seconds ? "memory" : "compute";
+  std::printf("## dmoe engine benchmark: bench-mini (%s), %d threads, %s kernels\n\n",
+              model_dir.c_str(), n_threads, isa.c_str());
+  std::printf("CPU: %s; measured read bandwidth %.2f GB/s, peak FMA %.1f GFLOP/s AVX-512 / "
+              "%.1f GFLOP/s AVX2 (%d threads); medians of %d runs.\n\n",
+              CpuModelName().c_str(), bandwidth / 1e9, peak_avx512 / 1e9, peak_avx2 / 1e9,
+              n_threads, repeats);
   std::printf("| figure | value |\n|---|---|\n");
   std::printf("| block forward (32 tokens over 64 cached), fast backend | %.2f ms |\n", fast.seconds * 1e3);
   std::printf("|   phases (medians): attention+norms / MoE+dense FFN / lm_head | %.2f / %.2f / %.2f ms |\n",
               fast.stats.attention_seconds * 1e3, fast.stats.moe_seconds * 1e3,
               fast.stats.head_seconds * 1e3);
+  std::printf("| logits checksum (FNV-1a of the bits) | %016llx |\n",
+              static_cast<unsigned long long>(fast.logits_checksum));
   std::printf("| experts touched per MoE layer | %.1f of 256 |\n", fast.experts_touched_per_layer);
   std::printf("| weight bytes touched by that forward | %.1f MB |\n", fast.bytes_touched / 1e6);
+  std::printf("| FLOPs of that forward (GEMMs + attention) | %.3f GFLOP (attention %.3f) |\n",
+              fast.flops / 1e9, fast.attention_flops / 1e9);
   std::printf("| achieved weight read rate | %.2f GB/s |\n", achieved / 1e9);
   std::printf("| measured memory read bandwidth (%d threads) | %.2f GB/s |\n", n_threads, bandwidth / 1e9);
-  std::printf("| roofline time (bytes / bandwidth) | %.2f ms |\n", roofline_seconds * 1e3);
-  std::printf("| **block forward / roofline** | **%.2fx** (goal <= 1.3x) |\n", fast.seconds / roofline_seconds);
-  std::printf("| GEMM FLOPs per block forward | %.2f GFLOP |\n", fast.flops / 1e9);
+  std::printf("| measured peak FMA rate, %s (%d threads) | %.1f GFLOP/s |\n", isa == "avx512" ? "AVX-512" : "AVX2",
+              n_threads, peak / 1e9);
+  std::printf("| bytes time (bytes / bandwidth) | %.2f ms |\n", bytes_seconds * 1e3);
+  std::printf("| compute time (FLOPs / peak) | %.2f ms |\n", compute_seconds * 1e3);
+  std::printf("| roofline = max of the two (%s-bound) | %.2f ms |\n", bound, roofline_seconds * 1e3);
+  std::printf("| **block forward / roofline** | **%.2fx** (%s-bound; goal <= 1.3x) |\n",
+              fast.seconds / roofline_seconds, bound);
   std::printf("| fast backend (whole forward) | %.1f GFLOP/s |\n", fast.flops / fast.seconds / 1e9);
+  if (forward_only) return 0;
   std::printf("| naive reference (whole forward, 1 thread) | %.2f GFLOP/s (%.0f ms) |\n",
               ref.flops / ref.seconds / 1e9, ref.seconds * 1e3);
   std::printf("| bare OpenBLAS sgemm, same shapes, F32 weights | %.1f GFLOP/s (%.2f ms) |\n",
@@ -335,6 +459,14 @@ int Run(int argc, char** argv) {
                         {"bytes_touched", fast.bytes_touched},
                         {"bandwidth_gbps", bandwidth / 1e9},
                         {"roofline_ratio", fast.seconds / roofline_seconds},
+                        {"roofline_bound", bound},
+                        {"bytes_ms", bytes_seconds * 1e3},
+                        {"compute_ms", compute_seconds * 1e3},
+                        {"flops", fast.flops},
+                        {"peak_fma_avx512_gflops", peak_avx512 / 1e9},
+                        {"peak_fma_avx2_gflops", peak_avx2 / 1e9},
+                        {"kernels_isa", isa},
+                        {"logits_checksum", fast.logits_checksum},
                         {"attention_ms", fast.stats.attention_seconds * 1e3},
                         {"moe_ms", fast.stats.moe_seconds * 1e3},
                         {"head_ms", fast.stats.head_seconds * 1e3},
