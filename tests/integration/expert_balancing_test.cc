@@ -4,6 +4,7 @@
 // clients keep generating. No request fails and every one equals the single-process engine.
 #include <atomic>
 #include <cmath>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -76,6 +77,7 @@ TEST(ExpertBalancingTest, PlacementsChangeUnderLoadWithoutFailedRequestsOrChange
   };
 
   std::atomic<bool> done{false};
+  std::atomic<int> phase{0};
   std::atomic<int> ok{0};
   std::vector<std::string> failures;
   absl::Mutex failures_mu;
@@ -83,8 +85,9 @@ TEST(ExpertBalancingTest, PlacementsChangeUnderLoadWithoutFailedRequestsOrChange
   ASSERT_TRUE(client.ok());
   auto worker = [&](int salt) {
     for (int n = salt; !done; n += 2) {
-      // The mix shifts every few requests, so the hot experts move and plans keep changing.
-      const int i = (n / 8 % 2) * 3 + n % 3;
+      // The mix (variants 0-2 or 3-5) flips after every rebalance, so the window's hot experts
+      // move away from the map just adopted and the next plan has something to gain.
+      const int i = phase * 3 + n % 3;
       v1::GenerateRequest r;
       for (int32_t id : Prompt(i)) r.mutable_prompt_ids()->add_ids(id);
       r.mutable_params()->set_threshold(Params(i).threshold);
@@ -106,9 +109,11 @@ TEST(ExpertBalancingTest, PlacementsChangeUnderLoadWithoutFailedRequestsOrChange
   std::thread w0(worker, 0), w1(worker, 1);
   // Wait for three rebalances (each: stage, every shard loads, switch, release).
   double rebalances = 0;
-  for (int i = 0; i < 900 && !(rebalances >= 3); ++i) {
+  for (int i = 0; i < 1800 && !(rebalances >= 3); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    rebalances = scrape("dmoe_expert_rebalances_total", "model_version");
+    const double seen = scrape("dmoe_expert_rebalances_total", "model_version");
+    if (seen > rebalances) phase = 1 - phase;
+    if (!std::isnan(seen)) rebalances = seen;
   }
   const double redundant = scrape("dmoe_expert_redundant_experts", "model_version");
   const int before_tail = ok;
@@ -125,6 +130,15 @@ TEST(ExpertBalancingTest, PlacementsChangeUnderLoadWithoutFailedRequestsOrChange
   EXPECT_GE(ok, 8);
   std::printf("%d requests, %.0f rebalances, %.0f redundant experts in use at the end\n",
               ok.load(), rebalances, redundant);
+  if (::testing::Test::HasFailure()) {
+    // What the scheduler decided (expert rebalance / map lines), to tell why.
+    std::ifstream log(tiny.Find("scheduler")->log);
+    for (std::string line; std::getline(log, line);) {
+      if (line.find("expert") != std::string::npos || line.find("map") != std::string::npos) {
+        std::printf("scheduler: %s\n", line.c_str());
+      }
+    }
+  }
 }
 
 }  // namespace
