@@ -211,10 +211,16 @@ TEST_P(GenerationServiceTest, UnaryAndStreamingEqualTheEngine) {
   requests.back().mutable_params()->set_block_length(4);
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "request " << i);
-    const dmoe::v1::GenerateRequest& request = requests[i];
+    dmoe::v1::GenerateRequest request = requests[i];
+    request.mutable_params()->set_logprobs(true);
     DMOE_ASSERT_OK_AND_ASSIGN(dmoe::v1::GenerateResponse unary, client_->Generate(request));
     const engine::GenerationResult solo = EngineRun(*server_, request);
     EXPECT_EQ(std::vector<int32_t>(unary.ids().begin(), unary.ids().end()), solo.ids);
+    // Logprobs: the engine's, bit for bit (the engine's are checked against a direct
+    // log-softmax in tests/engine).
+    std::vector<float> logprobs;
+    for (const dmoe::v1::TokenLogprob& t : unary.logprobs()) logprobs.push_back(t.logprob());
+    EXPECT_EQ(logprobs, solo.logprobs);
     EXPECT_EQ(unary.stats().forwards(), solo.forwards);
     EXPECT_EQ(unary.stats().finish_reason(), scheduler::ToProto(solo.finish_reason));
     EXPECT_EQ(unary.stats().prompt_tokens(), request.prompt_ids().ids_size());
@@ -224,6 +230,7 @@ TEST_P(GenerationServiceTest, UnaryAndStreamingEqualTheEngine) {
 
     // Streaming: blocks in order, contiguous, concatenating to the unary result.
     std::vector<int32_t> ids;
+    std::vector<float> streamed_logprobs;
     std::string text;
     int blocks = 0, canvases = 0;
     dmoe::v1::GenerateRequest stream_request = request;
@@ -235,6 +242,9 @@ TEST_P(GenerationServiceTest, UnaryAndStreamingEqualTheEngine) {
           if (e.has_block()) {
             EXPECT_EQ(e.block().offset(), static_cast<int64_t>(ids.size()));
             ids.insert(ids.end(), e.block().ids().begin(), e.block().ids().end());
+            for (const dmoe::v1::TokenLogprob& t : e.block().logprobs()) {
+              streamed_logprobs.push_back(t.logprob());
+            }
             text += e.block().text();
             ++blocks;
           }
@@ -248,6 +258,7 @@ TEST_P(GenerationServiceTest, UnaryAndStreamingEqualTheEngine) {
     text += final_event.text();
     EXPECT_EQ(ids, std::vector<int32_t>(unary.ids().begin(), unary.ids().end()));
     EXPECT_EQ(text, unary.text());
+    EXPECT_EQ(streamed_logprobs, logprobs);
     EXPECT_EQ(final_event.stats().forwards(), unary.stats().forwards());
     EXPECT_EQ(final_event.stats().finish_reason(), unary.stats().finish_reason());
     EXPECT_GE(blocks, 1);
