@@ -100,43 +100,46 @@ double MeasureReadBandwidth(int threads) {
 // count is calibrated until one run takes >= 100 ms; the best of 5 runs is the peak.
 constexpr int kFmaChains = 12;
 
-// Returns a sum of the lanes so the work is observable.
+// 12 named accumulators (an array would live on the stack: GCC keeps an array touched by an
+// asm operand in memory). The empty asm after each round stops the compiler from folding or
+// reordering the chains but leaves them in registers.
+#define DMOE_FMA_LOOP(VEC, SET1, FMA, CONSTRAINT)                                              \
+  VEC c0 = SET1(0.00f), c1 = SET1(0.01f), c2 = SET1(0.02f), c3 = SET1(0.03f);                  \
+  VEC c4 = SET1(0.04f), c5 = SET1(0.05f), c6 = SET1(0.06f), c7 = SET1(0.07f);                  \
+  VEC c8 = SET1(0.08f), c9 = SET1(0.09f), c10 = SET1(0.10f), c11 = SET1(0.11f);                \
+  const VEC a = SET1(0.999999f), b = SET1(1e-7f);                                              \
+  for (int64_t i = 0; i < iters; ++i) {                                                        \
+    c0 = FMA(c0, a, b); c1 = FMA(c1, a, b); c2 = FMA(c2, a, b); c3 = FMA(c3, a, b);            \
+    c4 = FMA(c4, a, b); c5 = FMA(c5, a, b); c6 = FMA(c6, a, b); c7 = FMA(c7, a, b);            \
+    c8 = FMA(c8, a, b); c9 = FMA(c9, a, b); c10 = FMA(c10, a, b); c11 = FMA(c11, a, b);        \
+    asm("" : "+" CONSTRAINT(c0), "+" CONSTRAINT(c1), "+" CONSTRAINT(c2), "+" CONSTRAINT(c3),   \
+        "+" CONSTRAINT(c4), "+" CONSTRAINT(c5), "+" CONSTRAINT(c6), "+" CONSTRAINT(c7),        \
+        "+" CONSTRAINT(c8), "+" CONSTRAINT(c9), "+" CONSTRAINT(c10), "+" CONSTRAINT(c11));     \
+  }                                                                                            \
+  const VEC all[kFmaChains] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
+
+// Return a sum of the lanes so the work is observable.
 __attribute__((target("avx512f"))) float FmaLoopAvx512(int64_t iters) {
-  __m512 acc[kFmaChains];
-  for (int c = 0; c < kFmaChains; ++c) acc[c] = _mm512_set1_ps(0.01f * c);
-  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-  for (int64_t i = 0; i < iters; ++i) {
-    for (int c = 0; c < kFmaChains; ++c) {
-      acc[c] = _mm512_fmadd_ps(acc[c], a, b);
-      asm("" : "+v"(acc[c]));
-    }
-  }
+  DMOE_FMA_LOOP(__m512, _mm512_set1_ps, _mm512_fmadd_ps, "v")
   // Stored, not _mm512_reduce_add_ps: GCC 12 warns inside that intrinsic (PR 105593).
   float lanes[16], s = 0;
-  for (int c = 0; c < kFmaChains; ++c) {
-    _mm512_storeu_ps(lanes, acc[c]);
+  for (const __m512& v : all) {
+    _mm512_storeu_ps(lanes, v);
     for (float l : lanes) s += l;
   }
   return s;
 }
 
 __attribute__((target("avx2,fma"))) float FmaLoopAvx2(int64_t iters) {
-  __m256 acc[kFmaChains];
-  for (int c = 0; c < kFmaChains; ++c) acc[c] = _mm256_set1_ps(0.01f * c);
-  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-  for (int64_t i = 0; i < iters; ++i) {
-    for (int c = 0; c < kFmaChains; ++c) {
-      acc[c] = _mm256_fmadd_ps(acc[c], a, b);
-      asm("" : "+x"(acc[c]));
-    }
-  }
+  DMOE_FMA_LOOP(__m256, _mm256_set1_ps, _mm256_fmadd_ps, "x")
   float lanes[8], s = 0;
-  for (int c = 0; c < kFmaChains; ++c) {
-    _mm256_storeu_ps(lanes, acc[c]);
+  for (const __m256& v : all) {
+    _mm256_storeu_ps(lanes, v);
     for (float l : lanes) s += l;
   }
   return s;
 }
+#undef DMOE_FMA_LOOP
 
 // FLOP/s of `threads` threads each running FmaLoop<width> (2 FLOPs per lane per FMA).
 // 0 when this CPU lacks the ISA.
