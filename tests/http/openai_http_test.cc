@@ -13,7 +13,10 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "serve/embedded_server.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "tests/testing/command.h"
+#include "tests/testing/http.h"
 
 namespace dmoe {
 namespace {
@@ -295,6 +298,51 @@ TEST_F(OpenAiHttpTest, OfficialOpenAiNodeClient) {
   EXPECT_EQ(completion, j["completion"]["text"]);
   EXPECT_EQ(j["bad"]["status"], 400);
   EXPECT_EQ(j["bad"]["param"], "max_tokens");
+}
+
+// A client that goes away mid-stream cancels its request: the scheduler frees the KV pages at
+// the next block, long before the generation would have ended, and counts it as cancelled on
+// /metrics. The server's stop ids are overridden with one the model never writes, so only the
+// length limit (4000 tokens, seconds of decoding) would end it.
+TEST(OpenAiHttpDisconnectTest, ClosingTheStreamFreesTheRequestsKv) {
+  serve::EmbeddedServerOptions options;  // field by field: GCC 12 misreads the nested init
+  options.api.model_dir = DMOE_TINY_DIFFUSION_DIR;
+  options.api.http_listen = "127.0.0.1:0";
+  options.api.metrics_listen = "127.0.0.1:0";
+  options.api.stop_ids = std::vector<int32_t>{};  // set and empty: only the length limit
+  options.num_threads = 2;
+  auto server = serve::EmbeddedServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string& a = (*server)->http_address();
+  httplib::Client http(a.substr(0, a.rfind(':')), std::stoi(a.substr(a.rfind(':') + 1)));
+  const Json body = {{"prompt", "red cat moon"}, {"max_tokens", 4000}, {"stream", true},
+                     {"threshold", 1.0}};
+  int chunks = 0;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+    return ++chunks < 2;  // then hang up
+  };
+  httplib::Response response;
+  httplib::Error error = httplib::Error::Success;
+  EXPECT_FALSE(http.send(req, response, error));  // the client cancelled its own read
+  EXPECT_EQ(chunks, 2);
+
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  auto idle = [&] {
+    const scheduler::SchedulerStats stats = (*server)->scheduler().Stats();
+    return stats.running == 0 && stats.waiting == 0 && stats.kv_pages_reserved == 0;
+  };
+  while (!idle() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_TRUE(idle());
+  auto metrics = dmoe_testing::HttpGet(absl::StrCat("http://", (*server)->metrics_address(), "/metrics"));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(*metrics, HasSubstr("finished_reason=\"cancelled\"} 1\n"));
+  EXPECT_THAT(*metrics, HasSubstr("finished_reason=\"length\"} 0\n"));
+  EXPECT_THAT(*metrics, HasSubstr("dmoe_kv_cache_pages_used{model_version=\"\"} 0\n"));
 }
 
 }  // namespace
