@@ -118,3 +118,89 @@ def test_async_client(server):
     assert [i for c in chunks for i in c.ids] == expected["ids"]
     assert both[0].ids == both[1].ids
     assert models[0].name == "tiny-diffusion"
+
+
+def test_stop_string_cuts_the_text_before_it(server):
+    with dmoe.Client(server, timeout=60) as client:
+        full = client.generate(chat=CHAT, max_new_tokens=32)
+        assert "moon" in full.text and full.matched_stop == ""
+        r = client.generate(chat=CHAT, max_new_tokens=32, stop=["moon", "never-generated"])
+        one = client.generate(chat=CHAT, max_new_tokens=32, stop="moon")  # a single string
+    assert r.text == full.text[:full.text.index("moon")]
+    assert r.finish_reason == "stop"
+    assert r.matched_stop == "moon"
+    assert r.ids == full.ids[:len(r.ids)]  # ids through the token completing the match
+    assert (one.text, one.ids, one.matched_stop) == (r.text, r.ids, r.matched_stop)
+
+
+def test_logprobs_one_per_id(server):
+    with dmoe.Client(server, timeout=60) as client:
+        plain = client.generate(chat=CHAT, max_new_tokens=32)
+        r = client.generate(chat=CHAT, max_new_tokens=32, logprobs=True)
+    assert plain.logprobs == []
+    assert r.ids == plain.ids  # asking for logprobs does not change the decoding
+    assert [lp.id for lp in r.logprobs] == r.ids
+    assert all(isinstance(lp, dmoe.TokenLogprob) for lp in r.logprobs)
+    assert all(lp.logprob <= 0 for lp in r.logprobs)
+    assert all(isinstance(lp.token, bytes) for lp in r.logprobs)
+    # The tokens' bytes spell the text (special tokens have none).
+    assert b"".join(lp.token for lp in r.logprobs).decode() == r.text
+
+
+def test_streamed_stop_and_logprobs_equal_unary(server):
+    knobs = dict(chat=CHAT, max_new_tokens=32, stop=["moon"], logprobs=True)
+    with dmoe.Client(server, timeout=60) as client:
+        unary = client.generate(**knobs)
+        chunks = list(client.stream(**knobs))
+    final = chunks[-1].final
+    assert final is not None
+    assert [i for c in chunks for i in c.ids] == unary.ids
+    assert "".join(c.text for c in chunks) == unary.text
+    for c in chunks:
+        assert [lp.id for lp in c.logprobs] == c.ids
+    assert [lp for c in chunks for lp in c.logprobs] == unary.logprobs
+    assert final.logprobs == unary.logprobs
+    assert (final.finish_reason, final.matched_stop) == ("stop", "moon")
+
+
+def test_editing_equals_the_engine(server):
+    with dmoe.Client(server, timeout=60) as client:
+        off = client.generate(chat=CHAT, max_new_tokens=32)
+        quality = client.generate(chat=CHAT, max_new_tokens=32, editing="quality")
+        tuned = client.generate(chat=CHAT, max_new_tokens=32, edit_threshold=0.5,
+                                max_post_steps=4)
+        with pytest.raises(ValueError):
+            client.generate(chat=CHAT, editing="fast")
+        with pytest.raises(dmoe.InvalidArgument) as e:
+            client.generate(chat=CHAT, edit_threshold=2.0)
+        assert "edit_threshold" in e.value.message
+    assert (off.edits, off.remasks) == (0, 0)
+    for r, flags in ((quality, dict(editing="quality")),
+                     (tuned, dict(edit_threshold=0.5, max_post_steps=4))):
+        expected = engine_ids(chat=CHAT, max_new_tokens=32, **flags)
+        assert r.ids == expected["ids"]
+        assert r.forwards == expected["forwards"]
+        assert r.edits == expected["edits"]
+        assert 0 <= r.remasks <= r.edits
+
+
+def test_async_stop_logprobs_editing(server):
+    async def run():
+        async with dmoe.AsyncClient(server, timeout=60) as client:
+            r = await client.generate(chat=CHAT, max_new_tokens=32, stop=["moon"], logprobs=True)
+            chunks = [c async for c in client.stream(chat=CHAT, max_new_tokens=32,
+                                                     stop=["moon"], logprobs=True)]
+            edited = await client.generate(chat=CHAT, max_new_tokens=32, editing="quality",
+                                           max_post_steps=4)
+            with pytest.raises(TypeError):
+                await client.generate(chat=CHAT, stops=["moon"])
+            return r, chunks, edited
+
+    r, chunks, edited = asyncio.run(run())
+    assert (r.finish_reason, r.matched_stop) == ("stop", "moon")
+    assert "moon" not in r.text
+    assert [lp.id for lp in r.logprobs] == r.ids
+    assert [lp for c in chunks for lp in c.logprobs] == r.logprobs
+    assert chunks[-1].final.matched_stop == "moon"
+    expected = engine_ids(chat=CHAT, max_new_tokens=32, editing="quality", max_post_steps=4)
+    assert (edited.ids, edited.edits) == (expected["ids"], expected["edits"])

@@ -4,7 +4,8 @@
     with dmoe.Client("127.0.0.1:7000") as client:
         print(client.generate(chat="Copy this list: bird lake", max_new_tokens=32).text)
 """
-from dmoe.client import (AsyncClient, Chunk, Client, DmoeError, ModelInfo, Result)
+from dmoe.client import (AsyncClient, Chunk, Client, DmoeError, ModelInfo, Result,
+                         TokenLogprob)
 from dmoe.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument,
                          NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
                          Unavailable)
@@ -12,5 +13,5 @@ from dmoe.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, Invali
 __all__ = [
     "AsyncClient", "Cancelled", "Chunk", "Client", "DeadlineExceeded", "DmoeError",
     "FailedPrecondition", "InvalidArgument", "ModelInfo", "NotFound", "PermissionDenied",
-    "ResourceExhausted", "Result", "Unauthenticated", "Unavailable",
+    "ResourceExhausted", "Result", "TokenLogprob", "Unauthenticated", "Unavailable",
 ]

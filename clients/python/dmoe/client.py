@@ -12,6 +12,19 @@ from dmoe.v1 import generation_pb2 as pb
 from dmoe.v1 import generation_pb2_grpc as pb_grpc
 
 Chat = Union[str, Sequence[Dict[str, str]]]
+# One stop string or several (OpenAI's `stop`).
+Stop = Union[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability when it was committed (``logprobs=True``).
+
+    ``token`` is the token's raw bytes (byte-level decoded, possibly part of a UTF-8
+    character); empty for special tokens and for servers without a tokenizer."""
+    id: int
+    logprob: float
+    token: bytes = b""
 
 
 @dataclass
@@ -25,6 +38,13 @@ class Result:
     prompt_tokens: int = 0
     request_id: str = ""
     seconds: float = 0.0
+    # With logprobs=True: one entry per id of `ids`; else empty.
+    logprobs: List[TokenLogprob] = field(default_factory=list)
+    # The stop string that ended the output (finish_reason "stop"); "" otherwise.
+    matched_stop: str = ""
+    # Token editing: tokens the model rewrote (re-masks included) and, of those, re-masks.
+    edits: int = 0
+    remasks: int = 0
 
 
 @dataclass
@@ -34,6 +54,8 @@ class Chunk:
     text: str
     offset: int = 0
     final: Optional[Result] = None  # set on the last chunk only (statistics, held-back text)
+    # With logprobs=True: one entry per id of `ids`.
+    logprobs: List[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -50,11 +72,19 @@ class ModelInfo:
 _FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
 
 
+_EDITING = ("off", "speed", "quality")
+
+
 def _request(prompt: Optional[str], chat: Optional[Chat], prompt_ids: Optional[Sequence[int]],
-             model: Optional[str], max_new_tokens: Optional[int], threshold: Optional[float],
-             block_length: Optional[int], steps: Optional[int], temperature: Optional[float],
-             top_p: Optional[float], top_k: Optional[int], seed: Optional[int],
-             stop_ids: Optional[Sequence[int]], request_id: Optional[str]) -> pb.GenerateRequest:
+             model: Optional[str] = None, max_new_tokens: Optional[int] = None,
+             threshold: Optional[float] = None, block_length: Optional[int] = None,
+             steps: Optional[int] = None, temperature: Optional[float] = None,
+             top_p: Optional[float] = None, top_k: Optional[int] = None,
+             seed: Optional[int] = None, stop_ids: Optional[Sequence[int]] = None,
+             request_id: Optional[str] = None, stop: Optional[Stop] = None,
+             logprobs: bool = False, editing: Optional[str] = None,
+             edit_threshold: Optional[float] = None,
+             max_post_steps: Optional[int] = None) -> pb.GenerateRequest:
     given = sum(x is not None for x in (prompt, chat, prompt_ids))
     if given != 1:
         raise ValueError("give exactly one of prompt, chat or prompt_ids")
@@ -73,23 +103,41 @@ def _request(prompt: Optional[str], chat: Optional[Chat], prompt_ids: Optional[S
     for name, value in (("max_new_tokens", max_new_tokens), ("threshold", threshold),
                         ("block_length", block_length), ("steps", steps),
                         ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                        ("seed", seed)):
+                        ("seed", seed), ("edit_threshold", edit_threshold),
+                        ("max_post_steps", max_post_steps)):
         if value is not None:
             setattr(p, name, value)
     if stop_ids is not None:
         p.stop_ids.SetInParent()  # present and empty: only the length limit stops
         p.stop_ids.ids.extend(stop_ids)
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if not all(isinstance(x, str) for x in stops):
+            raise TypeError("stop must be a string or a sequence of strings")
+        p.stop.extend(stops)  # the server checks the limits (<= 16, each 1 to 256 bytes)
+    if logprobs:
+        p.logprobs = True
+    if editing is not None:
+        if editing not in _EDITING:
+            raise ValueError(f"editing must be one of {', '.join(_EDITING)}, got {editing!r}")
+        p.editing = editing
     if request_id:
         request.request_id = request_id
     return request
 
 
-def _result(response_ids, text: str, stats, request_id: str) -> Result:
+def _logprobs(entries) -> List[TokenLogprob]:
+    return [TokenLogprob(id=e.id, logprob=e.logprob, token=bytes(e.token)) for e in entries]
+
+
+def _result(response_ids, text: str, stats, request_id: str,
+            logprobs: List[TokenLogprob]) -> Result:
     return Result(ids=list(response_ids), text=text, forwards=stats.forwards,
                   tokens_per_forward=stats.tokens_per_forward,
                   finish_reason=_FINISH.get(stats.finish_reason, "stop"),
                   prompt_tokens=stats.prompt_tokens, request_id=request_id,
-                  seconds=stats.seconds)
+                  seconds=stats.seconds, logprobs=logprobs, matched_stop=stats.matched_stop,
+                  edits=stats.edits, remasks=stats.remasks)
 
 
 def _model_info(m) -> ModelInfo:
@@ -105,19 +153,22 @@ class _ChunkAssembler:
     def __init__(self):
         self._ids: List[int] = []
         self._text = ""
+        self._logprobs: List[TokenLogprob] = []
 
     def add(self, event) -> Optional[Chunk]:
         kind = event.WhichOneof("event")
         if kind == "block":
+            logprobs = _logprobs(event.block.logprobs)
             self._ids.extend(event.block.ids)
             self._text += event.block.text
+            self._logprobs.extend(logprobs)
             return Chunk(ids=list(event.block.ids), text=event.block.text,
-                         offset=event.block.offset)
+                         offset=event.block.offset, logprobs=logprobs)
         if kind == "final":
             self._text += event.final.text
             return Chunk(ids=[], text=event.final.text, offset=len(self._ids),
                          final=_result(self._ids, self._text, event.final.stats,
-                                       event.request_id))
+                                       event.request_id, list(self._logprobs)))
         return None
 
 
@@ -173,18 +224,31 @@ class Client(_Common):
                  block_length: Optional[int] = None, steps: Optional[int] = None,
                  temperature: Optional[float] = None, top_p: Optional[float] = None,
                  top_k: Optional[int] = None, seed: Optional[int] = None,
-                 stop_ids: Optional[Sequence[int]] = None, request_id: Optional[str] = None,
-                 timeout: Optional[float] = None) -> Result:
-        """Generates for one prompt (raw text, a chat message or messages, or token ids)."""
-        request = _request(prompt, chat, prompt_ids, model, max_new_tokens, threshold,
-                           block_length, steps, temperature, top_p, top_k, seed, stop_ids,
-                           request_id)
+                 stop_ids: Optional[Sequence[int]] = None, stop: Optional[Stop] = None,
+                 logprobs: bool = False, editing: Optional[str] = None,
+                 edit_threshold: Optional[float] = None, max_post_steps: Optional[int] = None,
+                 request_id: Optional[str] = None, timeout: Optional[float] = None) -> Result:
+        """Generates for one prompt (raw text, a chat message or messages, or token ids).
+
+        Decoding knobs left as None take the server's default. ``stop``: a string or up to 16
+        strings; the output ends right before the first match (not returned), finish_reason
+        "stop", ``Result.matched_stop`` names it. ``logprobs=True``: ``Result.logprobs`` holds
+        one TokenLogprob per id. ``editing``: LLaDA2.1 token editing preset ("off", "speed",
+        "quality"), ``edit_threshold`` and ``max_post_steps`` override it.
+        """
+        request = _request(prompt, chat, prompt_ids, model=model,
+                           max_new_tokens=max_new_tokens, threshold=threshold,
+                           block_length=block_length, steps=steps, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=seed, stop_ids=stop_ids,
+                           request_id=request_id, stop=stop, logprobs=logprobs,
+                           editing=editing, edit_threshold=edit_threshold,
+                           max_post_steps=max_post_steps)
         try:
             r = self._stub.Generate(request, timeout=self._deadline(timeout),
                                     metadata=self._metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        return _result(r.ids, r.text, r.stats, r.request_id)
+        return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
 
     def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
                prompt_ids: Optional[Sequence[int]] = None, *, model: Optional[str] = None,
@@ -192,15 +256,26 @@ class Client(_Common):
                block_length: Optional[int] = None, steps: Optional[int] = None,
                temperature: Optional[float] = None, top_p: Optional[float] = None,
                top_k: Optional[int] = None, seed: Optional[int] = None,
-               stop_ids: Optional[Sequence[int]] = None, request_id: Optional[str] = None,
+               stop_ids: Optional[Sequence[int]] = None, stop: Optional[Stop] = None,
+               logprobs: bool = False, editing: Optional[str] = None,
+               edit_threshold: Optional[float] = None, max_post_steps: Optional[int] = None,
+               request_id: Optional[str] = None,
                timeout: Optional[float] = None) -> Iterator[Chunk]:
         """Yields one Chunk per committed block; the last one carries ``final`` (a Result).
 
+        The arguments are generate's; with ``logprobs=True`` each chunk carries the logprobs of
+        its ids. With ``stop``, text that might start a match is held back until it cannot
+        (the final chunk's text has the rest).
+
         Leaving the loop early (break, an exception) cancels the request on the server.
         """
-        request = _request(prompt, chat, prompt_ids, model, max_new_tokens, threshold,
-                           block_length, steps, temperature, top_p, top_k, seed, stop_ids,
-                           request_id)
+        request = _request(prompt, chat, prompt_ids, model=model,
+                           max_new_tokens=max_new_tokens, threshold=threshold,
+                           block_length=block_length, steps=steps, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=seed, stop_ids=stop_ids,
+                           request_id=request_id, stop=stop, logprobs=logprobs,
+                           editing=editing, edit_threshold=edit_threshold,
+                           max_post_steps=max_post_steps)
         call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
         chunks = _ChunkAssembler()
@@ -266,21 +341,19 @@ class AsyncClient(_Common):
                        prompt_ids: Optional[Sequence[int]] = None, *,
                        timeout: Optional[float] = None, **knobs) -> Result:
         """As Client.generate; the decoding knobs are the same keyword arguments."""
-        request = _request(prompt, chat, prompt_ids, knobs.pop("model", None),
-                           *_knobs(knobs))
+        request = _request(prompt, chat, prompt_ids, **_knobs(knobs))
         try:
             r = await self._stub.Generate(request, timeout=self._deadline(timeout),
                                           metadata=self._metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        return _result(r.ids, r.text, r.stats, r.request_id)
+        return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
 
     async def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
                      prompt_ids: Optional[Sequence[int]] = None, *,
                      timeout: Optional[float] = None, **knobs) -> AsyncIterator[Chunk]:
         """As Client.stream, as an async iterator; leaving it early cancels the request."""
-        request = _request(prompt, chat, prompt_ids, knobs.pop("model", None),
-                           *_knobs(knobs))
+        request = _request(prompt, chat, prompt_ids, **_knobs(knobs))
         call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
                                          metadata=self._metadata)
         chunks = _ChunkAssembler()
@@ -304,15 +377,16 @@ class AsyncClient(_Common):
         return [_model_info(m) for m in r.models]
 
 
-_KNOBS = ("max_new_tokens", "threshold", "block_length", "steps", "temperature", "top_p",
-          "top_k", "seed", "stop_ids", "request_id")
+_KNOBS = ("model", "max_new_tokens", "threshold", "block_length", "steps", "temperature",
+          "top_p", "top_k", "seed", "stop_ids", "request_id", "stop", "logprobs", "editing",
+          "edit_threshold", "max_post_steps")
 
 
-def _knobs(knobs: dict) -> list:
+def _knobs(knobs: dict) -> dict:
     unknown = set(knobs) - set(_KNOBS)
     if unknown:
         raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-    return [knobs.get(name) for name in _KNOBS]
+    return knobs
 
 
-__all__ = ["AsyncClient", "Chunk", "Client", "DmoeError", "ModelInfo", "Result"]
+__all__ = ["AsyncClient", "Chunk", "Client", "DmoeError", "ModelInfo", "Result", "TokenLogprob"]
