@@ -32,6 +32,7 @@ function toError(e) {
 }
 
 const FINISH = { FINISH_REASON_STOP: 'stop', FINISH_REASON_LENGTH: 'length' };
+const EDITING = ['off', 'speed', 'quality'];
 
 function buildRequest(o) {
   const given = ['prompt', 'chat', 'promptIds'].filter((k) => o[k] !== undefined);
@@ -46,15 +47,35 @@ function buildRequest(o) {
   if (o.model) request.model = { name: o.model };
   if (o.requestId) request.request_id = o.requestId;
   const knobs = { maxNewTokens: 'max_new_tokens', threshold: 'threshold', blockLength: 'block_length',
-                  steps: 'steps', temperature: 'temperature', topP: 'top_p', topK: 'top_k', seed: 'seed' };
+                  steps: 'steps', temperature: 'temperature', topP: 'top_p', topK: 'top_k', seed: 'seed',
+                  editThreshold: 'edit_threshold', maxPostSteps: 'max_post_steps' };
   for (const [js, field] of Object.entries(knobs)) {
     if (o[js] !== undefined && o[js] !== null) request.params[field] = o[js];
   }
   if (o.stopIds !== undefined) request.params.stop_ids = { ids: o.stopIds };
+  if (o.stop !== undefined && o.stop !== null) {
+    const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;
+    if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string')) {
+      throw new TypeError('stop must be a string or an array of strings');
+    }
+    request.params.stop = stop;  // the server checks the limits (<= 16, each 1 to 256 bytes)
+  }
+  if (o.logprobs) request.params.logprobs = true;
+  if (o.editing !== undefined && o.editing !== null) {
+    if (!EDITING.includes(o.editing)) {
+      throw new TypeError(`editing must be one of ${EDITING.join(', ')}, got ${JSON.stringify(o.editing)}`);
+    }
+    request.params.editing = o.editing;
+  }
   return request;
 }
 
-function toResult(ids, text, stats, requestId) {
+/** [{id, logprob, token}] of a response's or block's TokenLogprob entries (token: a Buffer). */
+function toLogprobs(entries) {
+  return (entries || []).map((e) => ({ id: e.id, logprob: e.logprob, token: Buffer.from(e.token || []) }));
+}
+
+function toResult(ids, text, stats, requestId, logprobs) {
   return {
     ids, text, requestId,
     forwards: stats.forwards,
@@ -62,6 +83,10 @@ function toResult(ids, text, stats, requestId) {
     finishReason: FINISH[stats.finish_reason] || 'stop',
     promptTokens: stats.prompt_tokens,
     seconds: stats.seconds,
+    logprobs,
+    matchedStop: stats.matched_stop,
+    edits: stats.edits,
+    remasks: stats.remasks,
   };
 }
 
@@ -90,14 +115,24 @@ class Client {
     return t ? { deadline: new Date(Date.now() + t * 1000) } : {};
   }
 
-  /** Generates for one prompt; resolves to {ids, text, forwards, tokensPerForward, finishReason}. */
+  /**
+   * Generates for one prompt; resolves to {ids, text, forwards, tokensPerForward, finishReason,
+   * logprobs, matchedStop, edits, remasks, ...}. `stop` (a string or up to 16): the output ends
+   * right before the first match, finishReason 'stop', matchedStop names it. `logprobs: true`:
+   * one {id, logprob, token} per id.
+   */
   generate(options = {}) {
-    const request = buildRequest(options);
+    let request;
+    try {
+      request = buildRequest(options);
+    } catch (e) {
+      return Promise.reject(e);  // bad options reject like failed calls
+    }
     return new Promise((resolve, reject) => {
       const call = this._stub.Generate(request, this._metadata(), this._options(options.timeout),
         (err, r) => {
           if (err) return reject(toError(err));
-          resolve(toResult(r.ids, r.text, r.stats, r.request_id));
+          resolve(toResult(r.ids, r.text, r.stats, r.request_id, toLogprobs(r.logprobs)));
         });
       if (options.signal) {
         if (options.signal.aborted) call.cancel();
@@ -107,7 +142,9 @@ class Client {
   }
 
   /**
-   * One chunk {ids, text, offset} per committed block; the last one has `final` (a result).
+   * One chunk {ids, text, offset, logprobs} per committed block; the last one has `final` (a
+   * result). With `stop`, text that might start a match is held back until it cannot (the last
+   * chunk's text has the rest).
    * Breaking out of the loop or aborting `signal` cancels the request on the server.
    */
   async *stream(options = {}) {
@@ -116,17 +153,21 @@ class Client {
     const onAbort = () => call.cancel();
     if (options.signal) options.signal.addEventListener('abort', onAbort, { once: true });
     const ids = [];
+    const logprobs = [];
     let text = '';
     try {
       for await (const event of call) {
         if (event.event === 'block') {
+          const blockLogprobs = toLogprobs(event.block.logprobs);
           ids.push(...event.block.ids);
+          logprobs.push(...blockLogprobs);
           text += event.block.text;
-          yield { ids: event.block.ids, text: event.block.text, offset: event.block.offset };
+          yield { ids: event.block.ids, text: event.block.text, offset: event.block.offset,
+                  logprobs: blockLogprobs };
         } else if (event.event === 'final') {
           text += event.final.text;
-          yield { ids: [], text: event.final.text, offset: ids.length,
-                  final: toResult(ids, text, event.final.stats, event.request_id) };
+          yield { ids: [], text: event.final.text, offset: ids.length, logprobs: [],
+                  final: toResult(ids, text, event.final.stats, event.request_id, logprobs) };
         }
       }
     } catch (e) {

@@ -88,3 +88,69 @@ test('AbortSignal cancels a stream', async () => {
   const r = await client.generate({ prompt: 'Once', maxNewTokens: 8 });  // still serving
   assert.ok(r.ids.length > 0);
 });
+
+test('stop string cuts the text right before it', async () => {
+  const full = await client.generate({ chat: CHAT, maxNewTokens: 32 });
+  assert.ok(full.text.includes('moon'));
+  assert.strictEqual(full.matchedStop, '');
+  const r = await client.generate({ chat: CHAT, maxNewTokens: 32, stop: ['moon', 'never-generated'] });
+  assert.strictEqual(r.text, full.text.slice(0, full.text.indexOf('moon')));
+  assert.strictEqual(r.finishReason, 'stop');
+  assert.strictEqual(r.matchedStop, 'moon');
+  assert.deepStrictEqual(r.ids, full.ids.slice(0, r.ids.length));  // through the completing token
+  const one = await client.generate({ chat: CHAT, maxNewTokens: 32, stop: 'moon' });  // a string
+  assert.deepStrictEqual([one.text, one.ids, one.matchedStop], [r.text, r.ids, r.matchedStop]);
+  await assert.rejects(client.generate({ chat: CHAT, stop: [1] }), TypeError);
+});
+
+test('logprobs: one per id, each <= 0', async () => {
+  const plain = await client.generate({ chat: CHAT, maxNewTokens: 32 });
+  const r = await client.generate({ chat: CHAT, maxNewTokens: 32, logprobs: true });
+  assert.deepStrictEqual(plain.logprobs, []);
+  assert.deepStrictEqual(r.ids, plain.ids);  // asking for logprobs does not change the decoding
+  assert.deepStrictEqual(r.logprobs.map((l) => l.id), r.ids);
+  for (const l of r.logprobs) {
+    assert.ok(l.logprob <= 0, `logprob ${l.logprob}`);
+    assert.ok(Buffer.isBuffer(l.token));
+  }
+  // The tokens' bytes spell the text (special tokens have none).
+  assert.strictEqual(Buffer.concat(r.logprobs.map((l) => l.token)).toString('utf8'), r.text);
+});
+
+test('streamed stop and logprobs equal unary', async () => {
+  const options = { chat: CHAT, maxNewTokens: 32, stop: ['moon'], logprobs: true };
+  const unary = await client.generate(options);
+  const chunks = [];
+  for await (const c of client.stream(options)) chunks.push(c);
+  const final = chunks[chunks.length - 1].final;
+  assert.ok(final);
+  assert.deepStrictEqual(chunks.flatMap((c) => c.ids), unary.ids);
+  assert.strictEqual(chunks.map((c) => c.text).join(''), unary.text);
+  for (const c of chunks) assert.deepStrictEqual(c.logprobs.map((l) => l.id), c.ids);
+  assert.deepStrictEqual(chunks.flatMap((c) => c.logprobs), unary.logprobs);
+  assert.deepStrictEqual(final.logprobs, unary.logprobs);
+  assert.deepStrictEqual([final.finishReason, final.matchedStop], ['stop', 'moon']);
+});
+
+test('token editing equals dmoe generate', async () => {
+  const off = await client.generate({ chat: CHAT, maxNewTokens: 32 });
+  assert.deepStrictEqual([off.edits, off.remasks], [0, 0]);
+  const cases = [
+    [{ editing: 'quality' }, ['--editing', 'quality']],
+    [{ editThreshold: 0.5, maxPostSteps: 4 }, ['--edit-threshold', '0.5', '--max-post-steps', '4']],
+  ];
+  for (const [options, flags] of cases) {
+    const expected = engine(['--chat', CHAT, '--max-new-tokens', '32', ...flags]);
+    const r = await client.generate({ chat: CHAT, maxNewTokens: 32, ...options });
+    assert.deepStrictEqual(r.ids, expected.ids);
+    assert.strictEqual(r.forwards, expected.forwards);
+    assert.strictEqual(r.edits, expected.edits);
+    assert.ok(r.remasks >= 0 && r.remasks <= r.edits);
+  }
+  await assert.rejects(client.generate({ chat: CHAT, editing: 'fast' }), TypeError);
+  await assert.rejects(client.generate({ chat: CHAT, editThreshold: 2 }), (e) => {
+    assert.strictEqual(e.code, status.INVALID_ARGUMENT);
+    assert.match(e.details, /edit_threshold/);
+    return true;
+  });
+});
