@@ -1,7 +1,7 @@
 #include "router/generation_proxy.h"
 
+#include <atomic>
 #include <set>
-#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -50,65 +50,99 @@ std::shared_ptr<const Request> ForBackend(const Request* request) {
   return copy;
 }
 
-// Relays the backend's stream: a thread reads it (blocking reads stay off gRPC's threads)
-// and hands each event to this reactor, one write in flight at a time.
+// Relays the backend's stream without a thread of its own: a ClientReadReactor on the
+// backend's async() stub chained to this ServerWriteReactor. One event buffer, owned in turn:
+// a backend read fills it, a caller write sends it, and only when that write is done is the
+// next backend message read (flow control: a slow caller slows its backend stream, and the
+// router holds one event per stream). Cancellation goes both ways: the caller's cancel (or a
+// failed write) cancels the backend call, and the backend's status (errors, the propagated
+// deadline's DEADLINE_EXCEEDED) is the caller's.
+//
+// The steps are strictly sequential, each started by the previous one's reaction:
+//   StartRead -> OnBackendRead(ok) -> StartWrite -> OnWriteDone(ok) -> StartRead -> ...
+// ending in OnBackendRead(false) (the backend stream ended) or OnWriteDone(false) (the caller
+// is gone), either of which removes the hold on the backend call, so that its OnDone(Status)
+// comes only when no step is in flight; it finishes the caller. The reads are started from a
+// server reaction, outside the backend's own reactions: that is what the hold is for. Two
+// reactions end the object (the backend's OnDone and the caller's); the second deletes it.
 class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
  public:
   // `done` runs once with the backend's final status, before the caller sees it.
   StreamRelay(dmoe::v1::Generation::Stub* stub, grpc::CallbackServerContext* context,
               dmoe::v1::GenerateRequest request, std::string version,
               std::function<void(const grpc::Status&)> done, auth::Admission admission)
-      : version_(std::move(version)), done_(std::move(done)), admission_(std::move(admission)) {
+      : version_(std::move(version)),
+        done_(std::move(done)),
+        request_(std::move(request)),
+        backend_(this),
+        admission_(std::move(admission)) {
     client_.set_deadline(context->deadline());
     ForwardAuthorization(*context, client_);
-    thread_ = std::thread([this, stub, request = std::move(request)] { Run(stub, request); });
+    stub->async()->GenerateStream(&client_, &request_, &backend_);
+    backend_.StartRead(&event_);
+    backend_.AddHold();
+    backend_.StartCall();
   }
 
-  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);  // unlocking wakes Run (WriteIdle)
-    writing_ = false;
-    if (!ok) client_.TryCancel();  // the caller is gone
+  void OnWriteDone(bool ok) override {
+    if (ok) {
+      backend_.StartRead(&event_);
+      return;
+    }
+    client_.TryCancel();  // the caller is gone: end the backend call too
+    backend_.RemoveHold();
   }
   void OnCancel() override { client_.TryCancel(); }
-  void OnDone() override {
-    thread_.join();
-    delete this;
-  }
+  void OnDone() override { Release(); }
 
  private:
-  bool WriteIdle() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !writing_; }
+  // The backend half: its reactions hand over to the relay.
+  class BackendReader final : public grpc::ClientReadReactor<dmoe::v1::GenerateStreamResponse> {
+   public:
+    explicit BackendReader(StreamRelay* relay) : relay_(relay) {}
+    void OnReadDone(bool ok) override { relay_->OnBackendRead(ok); }
+    void OnDone(const grpc::Status& status) override { relay_->OnBackendDone(status); }
 
-  void Run(dmoe::v1::Generation::Stub* stub, const dmoe::v1::GenerateRequest& request)
-      ABSL_LOCKS_EXCLUDED(mu_) {
-    auto reader = stub->GenerateStream(&client_, request);
-    dmoe::v1::GenerateStreamResponse event;
-    while (reader->Read(&event)) {
-      if (event.has_final()) {
-        event.mutable_final()->mutable_model()->set_version(version_);
-        admission_.AddTokens(event.final().stats().prompt_tokens() +
-                             event.final().stats().generated_tokens());
-      }
-      absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle));
-      current_ = event;
-      writing_ = true;
-      StartWrite(&current_);
+   private:
+    StreamRelay* const relay_;
+  };
+
+  // ok: a backend event is in event_; send it on. !ok: the backend stream has ended (or
+  // failed); its OnDone follows with the status.
+  void OnBackendRead(bool ok) {
+    if (!ok) {
+      backend_.RemoveHold();
+      return;
     }
-    { absl::MutexLock lock(&mu_, absl::Condition(this, &StreamRelay::WriteIdle)); }
-    grpc::Status status = reader->Finish();
+    if (event_.has_final()) {
+      event_.mutable_final()->mutable_model()->set_version(version_);
+      admission_.AddTokens(event_.final().stats().prompt_tokens() +
+                           event_.final().stats().generated_tokens());
+    }
+    StartWrite(&event_);
+  }
+
+  void OnBackendDone(const grpc::Status& status) {
     admission_ = auth::Admission();  // the slot is free before the caller sees the end
     done_(status);
     Finish(status);
+    Release();
+  }
+
+  void Release() {
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
   const std::string version_;
   const std::function<void(const grpc::Status&)> done_;
-  auth::Admission admission_;  // the tenant's stream slot, until the relay is deleted
+  const dmoe::v1::GenerateRequest request_;  // what the backend call sends
+  BackendReader backend_;
+  auth::Admission admission_;  // the tenant's stream slot, until the caller is finished
   grpc::ClientContext client_;
-  absl::Mutex mu_;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  // Written under mu_; gRPC reads it from StartWrite until OnWriteDone.
-  dmoe::v1::GenerateStreamResponse current_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+  // The one event in flight: filled by a backend read, then sent by a caller write, never
+  // both at once.
+  dmoe::v1::GenerateStreamResponse event_;
+  std::atomic<int> pending_{2};  // OnDone reactions still to come: the caller's, the backend's
 };
 
 }  // namespace

@@ -72,7 +72,9 @@ class GenerationProxy final : public dmoe::v1::Generation::CallbackService {
 
   // Generate / GenerateStream / Tokenize: forwarded to the picked version, whose name the
   // response's model.version (final event's, for streams) then carries; INVALID_ARGUMENT
-  // naming model.version for a version the router does not serve.
+  // naming model.version for a version the router does not serve. Every call is relayed on
+  // gRPC's callback threads, none on a thread of its own: a stream costs the router one
+  // buffered event and two reactors, so thousands can be open at once (docs/bench/router.md).
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const dmoe::v1::GenerateRequest* request,
                                      dmoe::v1::GenerateResponse* response) override;
