@@ -10,6 +10,16 @@ if(DMOE_THREAD_SAFETY_ANALYSIS AND NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
                   "${CMAKE_CXX_COMPILER_ID}); no thread-safety checks in this build")
 endif()
 
+if(DMOE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "DMOE_FUZZ needs Clang with libFuzzer (the C++ compiler is "
+                        "${CMAKE_CXX_COMPILER_ID}); scripts/fuzz configures build-fuzz with clang++-14")
+  endif()
+  if(NOT DMOE_SANITIZE)
+    set(DMOE_SANITIZE "address,undefined")
+  endif()
+endif()
+
 function(dmoe_apply_common_options target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   if(DMOE_WERROR)
@@ -21,6 +31,10 @@ function(dmoe_apply_common_options target)
   if(DMOE_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=${DMOE_SANITIZE} -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=${DMOE_SANITIZE})
+  endif()
+  if(DMOE_FUZZ)
+    # Coverage for libFuzzer in every project library; a UBSan finding stops the fuzzer.
+    target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link -fno-sanitize-recover=all)
   endif()
 endfunction()
 

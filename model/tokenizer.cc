@@ -892,6 +892,18 @@ absl::Status BpeTokenizer::Finish(const JsonContext& ctx) {
   }
   if (max_id >= INT32_MAX) return ctx.Invalid("model.vocab", "has ids that do not fit in int32");
   vocab_size_ = static_cast<int32_t>(max_id + 1);
+  // Encode emits the post-processor's ids as they are: each must name a token, or Encode would
+  // hand the model an id outside the vocabulary (found by tests/fuzz/tokenizer_json_fuzz.cc).
+  for (const PostProcessorStep& step : post_processor_) {
+    for (const TemplatePiece& piece : step.single) {
+      for (int32_t id : piece.ids) {
+        if (TokenString(id) == nullptr) {
+          return ctx.Invalid("post_processor.special_tokens",
+                             Cat("has id ", id, ", which is neither in model.vocab nor an added token"));
+        }
+      }
+    }
+  }
   // HF builds the tries from the special tokens first, then the others, each in insertion order.
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < added_.size(); ++i) {

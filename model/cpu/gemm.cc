@@ -1,5 +1,6 @@
 #include "model/cpu/gemm.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -199,9 +200,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void GemmRowsAvx51
   }
 }
 
+// CPUID.1:ECX.F16C. Not __builtin_cpu_supports("f16c"): clang 14 rejects that feature name
+// (the sanitizer and fuzz builds use clang).
+bool HasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+
 bool HasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+                          __builtin_cpu_supports("avx512vl") && HasF16c();
   return has;
 }
 

@@ -324,6 +324,28 @@ TEST(TokenizerLoadTest, MalformedConfig) {
   EXPECT_EQ((*t)->bos_token(), "<|startoftext|>");
 }
 
+// Found by tests/fuzz/tokenizer_json_fuzz.cc: a TemplateProcessing post-processor whose
+// special token id names no token made Encode return ids outside [0, vocab_size()).
+TEST(TokenizerLoadTest, PostProcessorIdsMustNameTokens) {
+  nlohmann::json j = TinyJson();
+  j["post_processor"] = nlohmann::json::parse(R"({
+      "type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "special_tokens": {"<s>": {"id": "<s>", "ids": [99999], "tokens": ["<s>"]}}})");
+  const absl::Status st = LoadError(j.dump());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("post_processor.special_tokens"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("99999"));
+  // An id that is a token (here <|startoftext|>) is accepted and emitted first.
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {1528};
+  auto t = Tokenizer::FromJson(j.dump(), "", "test-source");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::vector<int32_t> ids = (*t)->Encode("hi");
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], 1528);
+  for (int32_t id : ids) EXPECT_LT(id, (*t)->vocab_size());
+}
+
 TEST(TokenizerLoadTest, MissingDirectory) {
   auto t = Tokenizer::Load("/nonexistent/dmoe/tokenizer");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
