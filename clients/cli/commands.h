@@ -22,6 +22,7 @@ void RegisterBenchCommand(CLI::App& app, int* exit_code);
 void RegisterMetricsCommand(CLI::App& app, int* exit_code);
 void RegisterAdminCommand(CLI::App& app, int* exit_code);
 void RegisterKeysCommand(CLI::App& app, int* exit_code);
+void RegisterPlanCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

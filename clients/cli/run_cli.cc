@@ -17,6 +17,7 @@ int RunCli(int argc, char** argv) {
   RegisterMetricsCommand(app, &exit_code);
   RegisterAdminCommand(app, &exit_code);
   RegisterKeysCommand(app, &exit_code);
+  RegisterPlanCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
