@@ -336,7 +336,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     std::string detail = "syntax error";
     try {
       Json unused = Json::parse(json_text);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e999
       detail = e.what();
     }
     return Invalid(source, absl::StrCat("malformed JSON: ", detail));

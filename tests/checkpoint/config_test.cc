@@ -463,6 +463,11 @@ TEST(ConfigTest, MalformedJson) {
                        AllOf(HasSubstr(kSource), HasSubstr("malformed JSON"))));
   EXPECT_THAT(ParseModelConfig("[1, 2]", kSource),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("JSON object")));
+  // Found by tests/fuzz/config_fuzz.cc: a number too large for a double made the re-parse
+  // that finds the error's position throw out_of_range, which escaped ParseModelConfig.
+  EXPECT_THAT(ParseModelConfig("{\"vocab_size\": 1e999}", kSource),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("malformed JSON"), HasSubstr("number overflow"))));
 }
 
 TEST(ConfigTest, LoadFromDirectory) {
