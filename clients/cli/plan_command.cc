@@ -118,7 +118,8 @@ absl::Status RunPlan(const PlanFlags& f) {
   if (rates.forwards_per_token <= 0 && !f.bench_json.empty()) {
     DMOE_ASSIGN_OR_RETURN(std::string text, ReadSource(f.bench_json));
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("forwards") || !j.contains("generated_tokens") ||
+    if (!j.is_object() || !j.contains("forwards") || !j["forwards"].is_number() ||
+        !j.contains("generated_tokens") || !j["generated_tokens"].is_number() ||
         !(j["generated_tokens"].get<double>() > 0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           f.bench_json, ": not a dmoe bench --json report with forwards and generated_tokens"));

@@ -102,6 +102,16 @@ TEST_F(PlanCommandTest, MissingRatesAndBadProfilesAreErrors) {
       dmoe_ + " --target-tokens-per-s 20 --gflops 5 --load " + tmp.Join("dense.prom"));
   EXPECT_EQ(dense.exit_code, 1);
   EXPECT_THAT(dense.err, HasSubstr("layer 0 is not a MoE layer"));
+  std::ofstream(tmp.Join("bench.json")) << "{\"forwards\": \"many\", \"generated_tokens\": 4}";
+  const dmoe_testing::CommandResult bench = dmoe_testing::RunCommand(
+      dmoe_ + " --target-tokens-per-s 20 --gflops 5 --bench-json " + tmp.Join("bench.json"));
+  EXPECT_EQ(bench.exit_code, 1);
+  EXPECT_THAT(bench.err, HasSubstr("not a dmoe bench --json report"));
+  std::ofstream(tmp.Join("bench2.json")) << "{\"forwards\": 6, \"generated_tokens\": 4}";
+  const dmoe_testing::CommandResult bench2 = dmoe_testing::RunCommand(
+      dmoe_ + " --target-tokens-per-s 20 --gflops 5 --json --bench-json " + tmp.Join("bench2.json"));
+  EXPECT_EQ(bench2.exit_code, 0) << bench2.err;
+  EXPECT_THAT(bench2.out, HasSubstr("\"forwards_per_token\": 1.5"));
   const dmoe_testing::CommandResult missing = dmoe_testing::RunCommand(
       dmoe_ + " --target-tokens-per-s 20 --gflops 5 --load " + tmp.Join("nope.prom"));
   EXPECT_EQ(missing.exit_code, 1);
