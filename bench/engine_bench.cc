@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -54,6 +55,14 @@ int64_t PeakRssBytes() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+// User + system CPU time of every thread of this process. On a shared machine the wall time
+// of a forward includes waits for a core; its CPU time does not (A/B runs compare both).
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 // "model name" of /proc/cpuinfo, for the table header (machines differ between runs).
@@ -200,6 +209,7 @@ struct GemmShape {
 
 struct BlockForwardFigures {
   double seconds = 0;
+  double cpu_seconds = 0;  // process CPU time (all threads) per forward, median
   model::ForwardStats stats;
   uint64_t bytes_touched = 0;
   double flops = 0;            // GEMMs + attention
@@ -227,21 +237,24 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
   BlockForwardFigures out;
   // Every figure is the median over the repeats, the phases too (each phase on its own, so
   // they need not add up to the median total exactly).
-  std::vector<double> times, attention, moe, head;
+  std::vector<double> times, cpu_times, attention, moe, head;
   for (int r = 0; r < repeats; ++r) {
     recorder.tokens_per_expert.clear();
     std::vector<model::ForwardSegment> seg(1);
     seg[0] = {.kv = &kv, .start = 64, .tokens = block, .persist = 0, .attention_block = 32};
     model::ForwardStats stats;
+    const double cpu0 = ProcessCpuSeconds();
     auto t0 = Clock::now();
     auto logits = engine.model().Forward(seg, kernels, recorder, &stats);
     times.push_back(Since(t0));
+    cpu_times.push_back(ProcessCpuSeconds() - cpu0);
     if (logits.ok()) out.logits_checksum = LogitsChecksum(*logits);
     attention.push_back(stats.attention_seconds);
     moe.push_back(stats.moe_seconds);
     head.push_back(stats.head_seconds);
   }
   out.seconds = Median(times);
+  out.cpu_seconds = Median(cpu_times);
   out.stats = {.attention_seconds = Median(attention),
                .moe_seconds = Median(moe),
                .head_seconds = Median(head)};
@@ -423,6 +436,8 @@ int Run(int argc, char** argv) {
               n_threads, repeats);
   std::printf("| figure | value |\n|---|---|\n");
   std::printf("| block forward (32 tokens over 64 cached), fast backend | %.2f ms |\n", fast.seconds * 1e3);
+  std::printf("| CPU time of that forward, all threads (busy cores = %.2f) | %.2f ms |\n",
+              fast.cpu_seconds / fast.seconds, fast.cpu_seconds * 1e3);
   std::printf("|   phases (medians): attention+norms / MoE+dense FFN / lm_head | %.2f / %.2f / %.2f ms |\n",
               fast.stats.attention_seconds * 1e3, fast.stats.moe_seconds * 1e3,
               fast.stats.head_seconds * 1e3);
@@ -463,6 +478,7 @@ int Run(int argc, char** argv) {
                         {"bandwidth_gbps", bandwidth / 1e9},
                         {"roofline_ratio", fast.seconds / roofline_seconds},
                         {"roofline_bound", bound},
+                        {"block_forward_cpu_ms", fast.cpu_seconds * 1e3},
                         {"bytes_ms", bytes_seconds * 1e3},
                         {"compute_ms", compute_seconds * 1e3},
                         {"flops", fast.flops},

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "model/cpu/gemm.h"
+#include "model/cpu/lane_fold.h"
 #include "model/cpu/reference_kernels.h"
 
 namespace dmoe::model {
@@ -64,6 +65,39 @@ __attribute__((target("avx512f"))) float DotAvx512(const float* a, const float* 
   return lanes[0];
 }
 
+// scores[j] = DotAvx512(q, rows[j] + offset, n) * scale for 16 rows: the same products, sums
+// and lane fold as 16 DotAvx512 calls, the folds done together (ReduceAdd16).
+__attribute__((target("avx512f"))) void ScaledDots16Avx512(const float* q,
+                                                           const float* const* rows,
+                                                           int64_t offset, int64_t n,
+                                                           float scale, float* scores) {
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+    for (int j = 0; j < 16; ++j) {
+      acc[j] = _mm512_add_ps(acc[j],
+                             Rounded(_mm512_mul_ps(qv, _mm512_loadu_ps(rows[j] + offset + i))));
+    }
+  }
+  if (i < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 qv = _mm512_maskz_loadu_ps(mask, q + i);
+    for (int j = 0; j < 16; ++j) {
+      const __m512 product =
+          Rounded(_mm512_mul_ps(qv, _mm512_maskz_loadu_ps(mask, rows[j] + offset + i)));
+      acc[j] = _mm512_mask_add_ps(acc[j], mask, acc[j], product);
+    }
+  }
+  // ReduceAdd16 puts the sum of v[c + 4j] in lane 4c + j: v[c + 4j] = acc[4c + j] gives
+  // lane j the sum of row j.
+  __m512 v[16];
+  for (int c = 0; c < 4; ++c)
+    for (int j = 0; j < 4; ++j) v[c + 4 * j] = acc[4 * c + j];
+  _mm512_storeu_ps(scores, _mm512_mul_ps(internal::ReduceAdd16(v), _mm512_set1_ps(scale)));
+}
+
 // acc[c] += p * v[c] (multiply, then add), element by element.
 void AxpyGeneric(float p, const float* v, float* acc, int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] += p * v[c];
@@ -86,18 +120,80 @@ __attribute__((target("avx512f"))) void AxpyAvx512(float p, const float* v, floa
   }
 }
 
-const bool kUseAvx512 = GemmIsa() == "avx512";
+// ---- AVX2: the AVX-512 functions above on two 8-lane halves, lane for lane.
+#define DMOE_AVX2 __attribute__((target("avx2,fma")))
+
+DMOE_AVX2 inline __m256 Rounded2(__m256 product) {
+  asm("" : "+x"(product));
+  return product;
+}
+
+// Mask of the first `count` (0..8) lanes, for the masked tails.
+DMOE_AVX2 inline __m256i FirstLanes(int64_t count) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
+}
+
+DMOE_AVX2 float DotAvx2(const float* a, const float* b, int64_t n) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    lo = _mm256_add_ps(lo, Rounded2(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i))));
+    hi = _mm256_add_ps(
+        hi, Rounded2(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8))));
+  }
+  if (i < n) {
+    // Lanes past the end keep their sums, as _mm512_mask_add_ps leaves them.
+    const __m256i m_lo = FirstLanes(std::min<int64_t>(8, n - i));
+    const __m256i m_hi = FirstLanes(std::max<int64_t>(0, n - i - 8));
+    const __m256 p_lo = Rounded2(
+        _mm256_mul_ps(_mm256_maskload_ps(a + i, m_lo), _mm256_maskload_ps(b + i, m_lo)));
+    const __m256 p_hi = Rounded2(_mm256_mul_ps(_mm256_maskload_ps(a + i + 8, m_hi),
+                                               _mm256_maskload_ps(b + i + 8, m_hi)));
+    lo = _mm256_blendv_ps(lo, _mm256_add_ps(lo, p_lo), _mm256_castsi256_ps(m_lo));
+    hi = _mm256_blendv_ps(hi, _mm256_add_ps(hi, p_hi), _mm256_castsi256_ps(m_hi));
+  }
+  float lanes[kLanes];
+  _mm256_storeu_ps(lanes, lo);
+  _mm256_storeu_ps(lanes + 8, hi);
+  for (int step = kLanes / 2; step > 0; step /= 2)
+    for (int l = 0; l < step; ++l) lanes[l] += lanes[l + step];
+  return lanes[0];
+}
+
+DMOE_AVX2 void AxpyAvx2(float p, const float* v, float* acc, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c),
+                                            Rounded2(_mm256_mul_ps(pv, _mm256_loadu_ps(v + c)))));
+  }
+  if (c < n) {
+    const __m256i mask = FirstLanes(n - c);
+    _mm256_maskstore_ps(acc + c, mask,
+                        _mm256_add_ps(_mm256_maskload_ps(acc + c, mask),
+                                      Rounded2(_mm256_mul_ps(pv, _mm256_maskload_ps(v + c, mask)))));
+  }
+}
+
+#undef DMOE_AVX2
 
 inline float Dot(const float* a, const float* b, int64_t n) {
-  return kUseAvx512 ? DotAvx512(a, b, n) : DotGeneric(a, b, n);
+  switch (ActiveKernelIsa()) {
+    case KernelIsa::kAvx512: return DotAvx512(a, b, n);
+    case KernelIsa::kAvx2: return DotAvx2(a, b, n);
+    case KernelIsa::kGeneric: break;
+  }
+  return DotGeneric(a, b, n);
 }
 
 inline void Axpy(float p, const float* v, float* acc, int64_t n) {
-  if (kUseAvx512) {
-    AxpyAvx512(p, v, acc, n);
-  } else {
-    AxpyGeneric(p, v, acc, n);
+  switch (ActiveKernelIsa()) {
+    case KernelIsa::kAvx512: AxpyAvx512(p, v, acc, n); return;
+    case KernelIsa::kAvx2: AxpyAvx2(p, v, acc, n); return;
+    case KernelIsa::kGeneric: break;
   }
+  AxpyGeneric(p, v, acc, n);
 }
 
 inline float SumSquares(const float* a, int64_t n) { return Dot(a, a, n); }
@@ -105,7 +201,12 @@ inline float SumSquares(const float* a, int64_t n) { return Dot(a, a, n); }
 // Single-threaded SwiGLU FFN for one expert's rows (used inside the per-expert parallel loop).
 void FfnSingleThread(const float* x, int64_t m, const FfnWeights& w, float* y) {
   const int64_t width = w.gate.rows, hidden = w.gate.cols;
-  std::vector<float> gate(m * width), up(m * width);
+  // Reused across experts and layers: no allocation per expert.
+  thread_local std::vector<float> gate, up;
+  if (static_cast<int64_t>(gate.size()) < m * width) {
+    gate.resize(m * width);
+    up.resize(m * width);
+  }
   float* scratch = GemmScratch(std::max(hidden, width));
   GemmRows(x, m, w.gate, 0, width, gate.data(), width, scratch);
   GemmRows(x, m, w.up, 0, width, up.data(), width, scratch);
@@ -118,16 +219,28 @@ void FfnSingleThread(const float* x, int64_t m, const FfnWeights& w, float* y) {
 FastKernels::FastKernels(const FastKernelsOptions& options) : pool_(options.num_threads) {}
 
 void FastKernels::MatMul(const float* x, int64_t m, const WeightMatrix& w, float* y) {
-  // Chunks of whole 4-row tiles over the output dimension; each thread streams its own rows.
+  // Chunks of whole 4-row tiles over the output dimension, handed out dynamically: a thread
+  // that is slowed down (another process on its core, a cold page) takes fewer chunks instead
+  // of holding the others at the join. Every output is one dot whatever thread computes it.
   const int64_t tiles = (w.rows + 3) / 4;
-  pool_.ParallelFor(tiles, 8, [&](int64_t begin, int64_t end) {
-    GemmRows(x, m, w, begin * 4, std::min(end * 4, w.rows), y, w.rows, GemmScratch(w.cols));
+  const int threads = pool_.num_threads();
+  const int64_t chunk = std::max<int64_t>(8, tiles / (8 * threads));
+  const int64_t workers = std::min<int64_t>(threads, std::max<int64_t>(1, tiles / 8));
+  std::atomic<int64_t> next{0};
+  pool_.ParallelFor(workers, 1, [&](int64_t, int64_t) {
+    float* scratch = GemmScratch(w.cols);
+    for (int64_t begin = next.fetch_add(chunk); begin < tiles; begin = next.fetch_add(chunk)) {
+      const int64_t end = std::min(begin + chunk, tiles);
+      GemmRows(x, m, w, begin * 4, std::min(end * 4, w.rows), y, w.rows, scratch);
+    }
   });
 }
 
 void FastKernels::RmsNorm(const float* x, int64_t rows, int64_t n, const float* weight, float eps,
                           float* y) {
-  pool_.ParallelFor(rows, 16, [&](int64_t begin, int64_t end) {
+  // A block's few rows are a microsecond of work: waking the pool would cost more.
+  pool_.ParallelFor(rows, std::max<int64_t>(16, 32768 / std::max<int64_t>(1, n)),
+                    [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* in = x + r * n;
       float* out = y + r * n;
@@ -183,10 +296,14 @@ void FastKernels::Attention(const AttentionArgs& a) {
       int64_t visible = 0;
       while (visible < a.num_keys && a.k_positions[visible] / a.block <= q_block) ++visible;
       float max_score = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < visible; ++j) {
-        scores[j] = Dot(q, a.k_rows[j] + kv_off, d) * a.scale;
-        max_score = std::max(max_score, scores[j]);
+      int64_t j = 0;
+      if (ActiveKernelIsa() == KernelIsa::kAvx512) {
+        for (; j + 16 <= visible; j += 16) {
+          ScaledDots16Avx512(q, a.k_rows + j, kv_off, d, a.scale, &scores[j]);
+        }
       }
+      for (; j < visible; ++j) scores[j] = Dot(q, a.k_rows[j] + kv_off, d) * a.scale;
+      for (j = 0; j < visible; ++j) max_score = std::max(max_score, scores[j]);
       float denom = 0.0f;
       for (int64_t j = 0; j < visible; ++j) {
         scores[j] = std::exp(scores[j] - max_score);
@@ -220,15 +337,26 @@ void FastKernels::Experts(const float* hidden, int64_t hidden_size,
                           const std::vector<ExpertTask>& tasks, float* out) {
   // Whole experts per thread, handed out dynamically: one synchronisation per layer instead
   // of three per expert, and each expert's weights are read by exactly one thread.
+  // Largest experts first (longest-processing-time order): the last tasks handed out are
+  // the short ones, so the threads finish together. Order does not change any output.
+  thread_local std::vector<uint32_t> order;
+  order.resize(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) order[i] = static_cast<uint32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return tasks[a].input_rows.size() > tasks[b].input_rows.size();
+  });
+  const std::vector<uint32_t>& by_size = order;
   std::atomic<size_t> next{0};
   pool_.ParallelFor(pool_.num_threads(), 1, [&](int64_t, int64_t) {
-    std::vector<float> x, y;
+    thread_local std::vector<float> x, y;
     for (size_t i = next.fetch_add(1); i < tasks.size(); i = next.fetch_add(1)) {
-      const ExpertTask& task = tasks[i];
+      const ExpertTask& task = tasks[by_size[i]];
       const int64_t m = static_cast<int64_t>(task.input_rows.size());
       if (m == 0) continue;
-      x.resize(m * hidden_size);
-      y.resize(m * hidden_size);
+      if (static_cast<int64_t>(x.size()) < m * hidden_size) {
+        x.resize(m * hidden_size);
+        y.resize(m * hidden_size);
+      }
       for (int64_t r = 0; r < m; ++r) {
         std::copy_n(hidden + task.input_rows[r] * hidden_size, hidden_size, &x[r * hidden_size]);
       }

@@ -4,12 +4,22 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/dtype.h"
+#include "model/cpu/gemm_isa.h"
+#include "model/cpu/lane_fold.h"
 
 namespace dmoe::model {
 namespace {
+
+using internal::ReduceAdd16;
 
 constexpr int kTileRows = 4;
 constexpr int kLanes = 16;
@@ -105,7 +115,8 @@ struct F16Loader {
 };
 
 // out[t][r] = dot(x[t], row r) for kTokens tokens x 4 rows. Each dot: 16 lanes over k
-// ascending, masked tail, then _mm512_reduce_add_ps — the same sequence for every tile shape.
+// ascending, masked tail, then the lane fold of _mm512_reduce_add_ps (done by ReduceAdd16 for
+// several tokens) — the same sequence for every tile shape.
 template <int kTokens, typename Loader>
 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) inline void DotTileAvx512(
     const float* x, int64_t k, const void* const* rows, float* out /* [kTokens][kTileRows] */) {
@@ -130,8 +141,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) inline void DotTil
       for (int t = 0; t < kTokens; ++t) acc[t][r] = _mm512_fmadd_ps(xv[t], wv, acc[t][r]);
     }
   }
-  for (int t = 0; t < kTokens; ++t)
-    for (int r = 0; r < kTileRows; ++r) out[t * kTileRows + r] = _mm512_reduce_add_ps(acc[t][r]);
+  if constexpr (kTokens == 1) {
+    for (int r = 0; r < kTileRows; ++r) out[r] = _mm512_reduce_add_ps(acc[0][r]);
+  } else {
+    // All dots of the tile folded together; missing tokens are zero vectors whose lanes are
+    // not stored.
+    __m512 v[16];
+    for (int t = 0; t < 4; ++t)
+      for (int r = 0; r < kTileRows; ++r)
+        v[t + 4 * r] = t < kTokens ? acc[t < kTokens ? t : 0][r] : _mm512_setzero_ps();
+    __m512 folded = ReduceAdd16(v);
+    if constexpr (kTokens == 4) {
+      _mm512_storeu_ps(out, folded);
+    } else {
+      _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << (4 * kTokens)) - 1), folded);
+    }
+  }
 }
 
 template <typename Loader>
@@ -207,25 +232,96 @@ bool HasF16c() {
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
 }
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && HasF16c();
-  return has;
+KernelIsa BestIsa() {
+  for (KernelIsa isa : {KernelIsa::kAvx512, KernelIsa::kAvx2}) {
+    if (CpuSupports(isa)) return isa;
+  }
+  return KernelIsa::kGeneric;
+}
+
+std::optional<KernelIsa> ParseIsa(std::string_view name) {
+  for (KernelIsa isa : {KernelIsa::kGeneric, KernelIsa::kAvx2, KernelIsa::kAvx512}) {
+    if (name == KernelIsaName(isa)) return isa;
+  }
+  return std::nullopt;
+}
+
+KernelIsa InitialIsa() {
+  const char* env = std::getenv("DMOE_KERNELS");
+  if (env == nullptr || *env == '\0' || std::string_view(env) == "auto") return BestIsa();
+  const std::optional<KernelIsa> isa = ParseIsa(env);
+  if (!isa || !CpuSupports(*isa)) {
+    std::fprintf(stderr, "dmoe: ignoring DMOE_KERNELS=%s (%s); using %s\n", env,
+                 isa ? "not supported by this CPU" : "expected generic, avx2, avx512 or auto",
+                 std::string(KernelIsaName(BestIsa())).c_str());
+    return BestIsa();
+  }
+  return *isa;
+}
+
+std::atomic<KernelIsa>& ActiveIsaSlot() {
+  static std::atomic<KernelIsa> slot{InitialIsa()};
+  return slot;
 }
 
 }  // namespace
 
 int64_t GemmScratchFloats(int64_t k) { return kTileRows * k; }
 
-std::string_view GemmIsa() { return HasAvx512() ? "avx512" : "generic"; }
+std::string_view KernelIsaName(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kAvx512: return "avx512";
+    case KernelIsa::kAvx2: return "avx2";
+    case KernelIsa::kGeneric: break;
+  }
+  return "generic";
+}
+
+bool CpuSupports(KernelIsa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  switch (isa) {
+    case KernelIsa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && HasF16c();
+    case KernelIsa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
+    case KernelIsa::kGeneric: return true;
+  }
+  return false;
+#else
+  return isa == KernelIsa::kGeneric;
+#endif
+}
+
+KernelIsa ActiveKernelIsa() { return ActiveIsaSlot().load(std::memory_order_relaxed); }
+
+absl::Status SetKernelIsa(std::string_view name) {
+  if (name.empty() || name == "auto") {
+    ActiveIsaSlot().store(BestIsa());
+    return absl::OkStatus();
+  }
+  const std::optional<KernelIsa> isa = ParseIsa(name);
+  if (!isa) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown kernels ISA '", std::string(name), "' (expected generic, avx2, avx512 or auto)"));
+  }
+  if (!CpuSupports(*isa)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this CPU does not support the ", std::string(name), " kernels"));
+  }
+  ActiveIsaSlot().store(*isa);
+  return absl::OkStatus();
+}
+
+std::string_view GemmIsa() { return KernelIsaName(ActiveKernelIsa()); }
 
 void GemmRows(const float* x, int64_t m, const WeightMatrix& w, int64_t n0, int64_t n1, float* y,
               int64_t ldy, float* scratch) {
   if (m <= 0 || n0 >= n1) return;
-  if (HasAvx512()) {
-    GemmRowsAvx512(x, m, w, n0, n1, y, ldy, scratch);
-  } else {
-    GemmRowsGeneric(x, m, w, n0, n1, y, ldy, scratch);
+  switch (ActiveKernelIsa()) {
+    case KernelIsa::kAvx512: GemmRowsAvx512(x, m, w, n0, n1, y, ldy, scratch); break;
+    case KernelIsa::kAvx2: internal::GemmRowsAvx2(x, m, w, n0, n1, y, ldy, scratch); break;
+    case KernelIsa::kGeneric: GemmRowsGeneric(x, m, w, n0, n1, y, ldy, scratch); break;
   }
 }
 

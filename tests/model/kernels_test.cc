@@ -1,6 +1,8 @@
 // Every fast CPU op against the naive reference (STYLE.md §10): NMSE per dtype, odd shapes,
 // guard regions after every output, and batch invariance (bit-identical rows whatever the batch).
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -236,28 +238,147 @@ std::set<std::string> CpuInfoFlags() {
   return {};
 }
 
-// GemmRowsAvx512 is compiled for avx512f/bw/vl, fma and f16c: on a CPU with all of them the
-// GEMM must take (and report) that path, on any other the generic one. A wrong dispatch would
-// either leave the fast path unused or run illegal instructions.
+// GemmRowsAvx512 is compiled for avx512f/bw/vl, fma and f16c, GemmRowsAvx2 for avx2, fma and
+// f16c: on a CPU with all of them the GEMM must take (and report) the widest path, on any other
+// the generic one. A wrong dispatch would either leave a fast path unused or run illegal
+// instructions.
 TEST(GemmTest, ReportsTheIsaThisCpuSupports) {
+  if (std::getenv("DMOE_KERNELS") != nullptr) GTEST_SKIP() << "DMOE_KERNELS forces the ISA";
 #if defined(__x86_64__) || defined(__i386__)
-  const std::vector<std::string> needed = {"avx512f", "avx512bw", "avx512vl", "fma", "f16c"};
-  bool avx512 = true;
+  const std::vector<std::string> avx512_flags = {"avx512f", "avx512bw", "avx512vl", "fma", "f16c"};
+  const std::vector<std::string> avx2_flags = {"avx2", "fma", "f16c"};
   const std::set<std::string> flags = CpuInfoFlags();
-  if (flags.empty()) {
-    // No /proc/cpuinfo (not Linux): ask the compiler's cpuid probe instead.
-    __builtin_cpu_init();
-    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-  } else {
-    for (const std::string& flag : needed) avx512 = avx512 && flags.count(flag) > 0;
-  }
-  EXPECT_EQ(GemmIsa(), avx512 ? "avx512" : "generic")
-      << "this CPU " << (avx512 ? "has" : "lacks some of") << " " << absl::StrJoin(needed, ", ");
+  if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  auto has_all = [&](const std::vector<std::string>& needed) {
+    bool all = true;
+    for (const std::string& flag : needed) all = all && flags.count(flag) > 0;
+    return all;
+  };
+  const bool avx512 = has_all(avx512_flags), avx2 = has_all(avx2_flags);
+  EXPECT_EQ(GemmIsa(), avx512 ? "avx512" : avx2 ? "avx2" : "generic")
+      << "this CPU " << (avx512 ? "has" : "lacks some of") << " "
+      << absl::StrJoin(avx512_flags, ", ") << " and " << (avx2 ? "has" : "lacks some of") << " "
+      << absl::StrJoin(avx2_flags, ", ");
+  EXPECT_EQ(CpuSupports(KernelIsa::kAvx512), avx512);
+  EXPECT_EQ(CpuSupports(KernelIsa::kAvx2), avx2);
 #else
-  EXPECT_EQ(GemmIsa(), "generic");  // the AVX-512 path exists only on x86
+  EXPECT_EQ(GemmIsa(), "generic");  // the SIMD paths exist only on x86
 #endif
+}
+
+TEST(GemmTest, SetKernelIsaRejectsUnknownAndUnsupportedNames) {
+  EXPECT_EQ(SetKernelIsa("sse9").code(), absl::StatusCode::kInvalidArgument);
+  for (KernelIsa isa : {KernelIsa::kAvx2, KernelIsa::kAvx512}) {
+    if (!CpuSupports(isa)) {
+      EXPECT_EQ(SetKernelIsa(KernelIsaName(isa)).code(), absl::StatusCode::kFailedPrecondition);
+    }
+  }
+  EXPECT_TRUE(SetKernelIsa("generic").ok());
+  EXPECT_EQ(GemmIsa(), "generic");
+  EXPECT_TRUE(SetKernelIsa("auto").ok());
+}
+
+// Every op of the fast backend over the shapes above (and bench-mini's 32-token GEMMs), all
+// outputs concatenated.
+std::vector<float> RunEveryOp(FastKernels& fast) {
+  std::vector<float> all;
+  auto keep = [&](const std::vector<float>& v) { all.insert(all.end(), v.begin(), v.end()); };
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 32, 33}) {
+      for (int64_t k : {1, 15, 16, 17, 100, 128, 512}) {
+        for (int64_t n : {1, 5, 63, 64}) {
+          StoredMatrix w(dtype, n, k, static_cast<uint32_t>(m * 1000 + k * 10 + n));
+          std::vector<float> x = RandomVector(m * k, 7), y(m * n);
+          fast.MatMul(x.data(), m, w.matrix, y.data());
+          keep(y);
+        }
+      }
+    }
+  }
+  for (int64_t n : {1, 7, 64, 129, 512}) {
+    std::vector<float> x = RandomVector(33 * n, 1), w = RandomVector(n, 2), y(33 * n);
+    fast.RmsNorm(x.data(), 33, n, w.data(), 1e-6f, y.data());
+    keep(y);
+  }
+  {
+    QkNormRopeParams p{.num_heads = 4, .num_kv_heads = 2, .head_dim = 16, .rotary_dim = 8,
+                       .eps = 1e-6f, .rope_theta = 600000.0};
+    std::vector<float> qn = RandomVector(16, 5), kn = RandomVector(16, 6);
+    p.q_norm = qn.data();
+    p.k_norm = kn.data();
+    std::vector<int64_t> pos = {0, 1, 2, 31, 32, 1000, 20000};
+    std::vector<float> x = RandomVector(7 * (4 + 2 * 2) * 16, 9);
+    fast.QkNormRope(x.data(), 7, pos.data(), p);
+    keep(x);
+  }
+  for (int64_t d : {16, 17, 64}) {
+    const int64_t heads = 4, kv_heads = 2, keys = 70, queries = 32;
+    std::vector<float> q = RandomVector(queries * heads * d, 1);
+    std::vector<float> k = RandomVector(keys * kv_heads * d, 2),
+                       v = RandomVector(keys * kv_heads * d, 3);
+    std::vector<const float*> k_rows, v_rows;
+    std::vector<int64_t> k_pos, q_pos;
+    for (int64_t j = 0; j < keys; ++j) {
+      k_rows.push_back(&k[j * kv_heads * d]);
+      v_rows.push_back(&v[j * kv_heads * d]);
+      k_pos.push_back(j);
+    }
+    for (int64_t i = 0; i < queries; ++i) q_pos.push_back(38 + i);
+    for (int64_t block : {1, 32}) {
+      std::vector<float> out(queries * heads * d);
+      fast.Attention({.num_queries = queries, .q = q.data(), .q_stride = heads * d,
+                      .q_positions = q_pos.data(), .num_keys = keys, .k_rows = k_rows.data(),
+                      .v_rows = v_rows.data(), .k_positions = k_pos.data(), .block = block,
+                      .num_heads = heads, .num_kv_heads = kv_heads, .head_dim = d,
+                      .scale = 0.25f, .out = out.data(), .out_stride = heads * d});
+      keep(out);
+    }
+  }
+  {
+    const int64_t hidden = 24, width = 10, tokens = 5;
+    StoredMatrix g0(DType::kBF16, width, hidden, 1), u0(DType::kBF16, width, hidden, 2),
+        d0(DType::kBF16, hidden, width, 3);
+    FfnWeights e0{g0.matrix, u0.matrix, d0.matrix};
+    std::vector<float> h = RandomVector(tokens * hidden, 7), y(tokens * hidden);
+    fast.Ffn(h.data(), tokens, e0, y.data());
+    keep(y);
+    std::vector<ExpertTask> tasks = {{&e0, {4, 1}, {8, 3}}, {&e0, {0, 2, 3}, {0, 5, 7}}};
+    std::vector<float> slots(tokens * 2 * hidden, 0.0f);
+    fast.Experts(h.data(), hidden, tasks, slots.data());
+    keep(slots);
+  }
+  return all;
+}
+
+// The AVX2 backend has the AVX-512 backend's exact semantics: forced in turn on this machine,
+// every ISA it supports gives the same bits for every op and shape.
+TEST(KernelIsaTest, EverySimdIsaGivesTheSameBits) {
+  std::vector<KernelIsa> isas;
+  for (KernelIsa isa : {KernelIsa::kAvx512, KernelIsa::kAvx2}) {
+    if (CpuSupports(isa)) isas.push_back(isa);
+  }
+  if (isas.size() < 2) GTEST_SKIP() << "this CPU runs fewer than two SIMD ISAs";
+  FastKernels fast({.num_threads = 2});
+  std::vector<std::vector<float>> results;
+  for (KernelIsa isa : isas) {
+    ASSERT_TRUE(SetKernelIsa(KernelIsaName(isa)).ok());
+    ASSERT_EQ(GemmIsa(), KernelIsaName(isa));
+    results.push_back(RunEveryOp(fast));
+  }
+  ASSERT_TRUE(SetKernelIsa("auto").ok());
+  for (size_t i = 1; i < results.size(); ++i) {
+    ASSERT_EQ(results[i].size(), results[0].size());
+    size_t differing = 0, first = results[0].size();
+    for (size_t j = 0; j < results[0].size(); ++j) {
+      if (std::memcmp(&results[i][j], &results[0][j], sizeof(float)) != 0) {
+        ++differing;
+        first = std::min(first, j);
+      }
+    }
+    EXPECT_EQ(differing, 0u) << KernelIsaName(isas[i]) << " vs " << KernelIsaName(isas[0])
+                             << ": first difference at output " << first << " of "
+                             << results[0].size();
+  }
 }
 
 }  // namespace
