@@ -18,6 +18,7 @@
 #include "cluster/communicator_client.h"
 #include "cluster/grpc_server.h"
 #include "cluster/membership_agent.h"
+#include "common/auth/tls.h"
 #include "common/gpu_index.h"
 #include "common/logging.h"
 #include "metrics/endpoint.h"
@@ -76,7 +77,13 @@ int main(int argc, char** argv) {
                  "docs/expert-data-plane.md)")
       ->check(CLI::IsMember({"grpc", "nccl"}))
       ->capture_default_str();
+  dmoe::auth::TlsOptions tls;
+  dmoe::auth::AddTlsFlags(app, tls);
   CLI11_PARSE(app, argc, argv);
+  // Mutual TLS: the port requires the scheduler's certificate, and this replica presents its
+  // own to the scheduler and the expert pods.
+  auto server_credentials = dmoe::auth::SetUpPodTls(tls);
+  if (!server_credentials.ok()) return Fail(server_credentials.status().ToString());
   if (absl::Status s = dmoe::ValidateGpuFlag(gpu); !s.ok()) return Fail(s.ToString());
   const dmoe::transport::ExpertTransportKind transport_kind =
       *dmoe::transport::ParseExpertTransportKind(expert_transport);
@@ -119,7 +126,8 @@ int main(int argc, char** argv) {
                                            **engine);
 
   auto server = dmoe::cluster::StartGrpcServer(
-      {.listen = listen, .services = {&service}, .metrics = metrics});
+      {.listen = listen, .services = {&service}, .metrics = metrics,
+       .credentials = *server_credentials});
   if (!server.ok()) return Fail(server.status().ToString());
   const std::string& address = server->address;
 

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "grpcpp/grpcpp.h"
+#include "common/internal_credentials.h"
 #include "proto/dmoe/v1/cluster.grpc.pb.h"
 
 namespace dmoe::cluster {
@@ -12,7 +13,7 @@ absl::StatusOr<CommunicatorId> FetchCommunicatorId(const std::string& scheduler_
                                                    uint64_t failed_generation,
                                                    absl::Time deadline) {
   auto stub = dmoe::v1::Cluster::NewStub(
-      grpc::CreateChannel(scheduler_address, grpc::InsecureChannelCredentials()));
+      grpc::CreateChannel(scheduler_address, InternalChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(deadline));
   dmoe::v1::GetCommunicatorRequest request;

@@ -1,6 +1,7 @@
 #include "cluster/membership_agent.h"
 
 #include "absl/time/time.h"
+#include "common/internal_credentials.h"
 #include "common/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "cluster/placement_proto.h"
@@ -11,7 +12,7 @@ namespace dmoe::cluster {
 MembershipAgent::MembershipAgent(MembershipAgentOptions options)
     : options_(std::move(options)),
       stub_(dmoe::v1::Cluster::NewStub(
-          grpc::CreateChannel(options_.scheduler_address, grpc::InsecureChannelCredentials()))),
+          grpc::CreateChannel(options_.scheduler_address, InternalChannelCredentials()))),
       thread_([this] { Loop(); }) {}
 
 MembershipAgent::~MembershipAgent() { Stop(); }

@@ -168,7 +168,8 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
                         cluster::StartGrpcServer({.listen = options.listen_address,
                                                   .services = std::move(services),
                                                   .health_services = {kExpertServiceName},
-                                                  .metrics = options.metrics}));
+                                                  .metrics = options.metrics,
+                                                  .credentials = options.credentials}));
   return server;
 }
 

@@ -32,6 +32,9 @@ struct ExpertServerOptions {
   metrics::ProcessMetrics metrics{};
   // Served on the same port (e.g. NcclPairing); not owned, must outlive the server.
   std::vector<grpc::Service*> extra_services{};
+  // Transport security (auth::ServerCredentials with client certificates required); null:
+  // plaintext.
+  std::shared_ptr<grpc::ServerCredentials> credentials = nullptr;
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

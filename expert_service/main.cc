@@ -20,6 +20,7 @@
 #include "cluster/grpc_server.h"
 #include "cluster/communicator_client.h"
 #include "cluster/membership_agent.h"
+#include "common/auth/tls.h"
 #include "common/gpu_index.h"
 #include "common/logging.h"
 #include "expert_service/expert_engine.h"
@@ -103,7 +104,13 @@ int main(int argc, char** argv) {
                  "docs/expert-data-plane.md)")
       ->check(CLI::IsMember({"grpc", "nccl"}))
       ->capture_default_str();
+  dmoe::auth::TlsOptions tls;
+  dmoe::auth::AddTlsFlags(app, tls);
   CLI11_PARSE(app, argc, argv);
+  // Mutual TLS: the port requires an attention replica's certificate, and this shard presents
+  // its own to the scheduler.
+  auto server_credentials = dmoe::auth::SetUpPodTls(tls);
+  if (!server_credentials.ok()) return Fail(std::string(server_credentials.status().ToString()));
   if (absl::Status s = dmoe::ValidateGpuFlag(gpu); !s.ok()) return Fail(s.ToString());
   const dmoe::transport::ExpertTransportKind transport_kind =
       *dmoe::transport::ParseExpertTransportKind(expert_transport);
@@ -163,7 +170,10 @@ int main(int argc, char** argv) {
                          "(docs/expert-data-plane.md, \"NCCL\")";
   }
   auto server = dmoe::expert::ExpertServer::Create(
-      {.listen_address = listen, .metrics = metrics, .extra_services = extra_services},
+      {.listen_address = listen,
+       .metrics = metrics,
+       .extra_services = extra_services,
+       .credentials = *server_credentials},
       **engine);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
   std::atomic<uint64_t> applied{0};  // placement whose experts this shard loaded

@@ -13,6 +13,8 @@
 #include "CLI/CLI.hpp"
 #include "absl/time/time.h"
 #include "cluster/grpc_server.h"
+#include "common/auth/tls.h"
+#include "common/internal_credentials.h"
 #include "common/logging.h"
 #include "scheduler/api_flags.h"
 #include "scheduler/scheduler_server.h"
@@ -62,6 +64,10 @@ int main(int argc, char** argv) {
       dmoe::scheduler::ToEndpointOptions(api_flags);
   if (!api.ok()) return Fail(api.status());
   server_options.api = *std::move(api);
+  // The scheduler calls its attention replicas with its own certificate (mutual TLS).
+  auto internal_credentials = dmoe::auth::ChannelCredentials(api_flags.tls);
+  if (!internal_credentials.ok()) return Fail(internal_credentials.status());
+  dmoe::SetInternalChannelCredentials(*internal_credentials);
   server_options.lease = absl::Seconds(lease_seconds);
   balance.min_interval = absl::Seconds(rebalance_interval_s);
   server_options.load_window = absl::Seconds(load_window_s);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/internal_credentials.h"
 #include "common/logging.h"
 #include "grpcpp/grpcpp.h"
 
@@ -42,7 +43,7 @@ dmoe::v1::AttentionService::Stub* RemoteAttentionExecutor::StubFor(const std::st
   auto& stub = stubs_[address];
   if (!stub) {
     stub = dmoe::v1::AttentionService::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(address, InternalChannelCredentials()));
   }
   return stub.get();
 }

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/internal_credentials.h"
 #include "common/status_macros.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -52,7 +53,7 @@ absl::StatusOr<std::unique_ptr<GrpcExpertTransport>> GrpcExpertTransport::Create
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   auto channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(options.target, InternalChannelCredentials(), args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("target: cannot create a channel to '", options.target, "'"));

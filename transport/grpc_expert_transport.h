@@ -28,7 +28,8 @@ struct GrpcExpertTransportOptions {
 // fail over to another one.
 class GrpcExpertTransport final : public ExpertTransport {
  public:
-  // Creates an insecure channel to options.target; connects lazily on the first call.
+  // Creates a channel to options.target with the process's internal credentials
+  // (common/internal_credentials.h); connects lazily on the first call.
   static absl::StatusOr<std::unique_ptr<GrpcExpertTransport>> Create(
       const GrpcExpertTransportOptions& options);
   // Over an existing channel (e.g. ExpertServer::InProcessChannel()); `address` names the

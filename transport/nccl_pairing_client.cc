@@ -6,6 +6,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "grpcpp/grpcpp.h"
+#include "common/internal_credentials.h"
 #include "proto/dmoe/v1/nccl_pairing.grpc.pb.h"
 
 namespace dmoe::transport {
@@ -51,7 +52,7 @@ NcclPairAnswer FromProto(const v1::PairNcclResponse& response) {
 }
 
 absl::StatusOr<NcclPairAnswer> PairOverGrpc(const NcclPairSpec& spec, absl::Time deadline) {
-  auto channel = grpc::CreateChannel(spec.expert_address, grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(spec.expert_address, InternalChannelCredentials());
   auto stub = v1::NcclPairing::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(deadline));

@@ -49,6 +49,10 @@ absl::Status RunUp(LocalClusterOptions options, const std::string& state_file) {
   if (!cluster.http.empty()) {
     std::fprintf(stderr, "OpenAI-compatible HTTP API at http://%s/v1\n", cluster.http.c_str());
   }
+  if (!cluster.tls_ca.empty()) {
+    std::fprintf(stderr, "mutual TLS inside the cluster; clients verify the router with --tls-ca %s\n",
+                 cluster.tls_ca.c_str());
+  }
   std::fprintf(stderr, "logs and state in %s\n", options.run_dir.c_str());
   std::printf("%s\n", cluster.router.c_str());  // the router address, alone on stdout
   return absl::OkStatus();
@@ -74,12 +78,14 @@ absl::Status RunStatus(const std::string& state_file, bool json) {
     std::printf("%s\n", nlohmann::json{{"router", cluster.router},
                                         {"http", cluster.http},
                                         {"scheduler", cluster.scheduler},
+                                        {"tls_ca", cluster.tls_ca},
                                         {"processes", processes}}
                             .dump(2)
                             .c_str());
     return absl::OkStatus();
   }
-  std::printf("router %s\n", cluster.router.c_str());
+  std::printf("router %s%s\n", cluster.router.c_str(),
+              cluster.tls_ca.empty() ? "" : absl::StrCat(" (TLS, CA ", cluster.tls_ca, ")").c_str());
   if (!cluster.http.empty()) std::printf("http   %s\n", cluster.http.c_str());
   for (const ClusterProcess& p : cluster.processes) {
     std::printf("  %-14s pid %-7d %-22s %-8s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
@@ -124,6 +130,9 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
                  "gRPC per pod until its NCCL link is up; docs/expert-data-plane.md)")
       ->check(CLI::IsMember({"grpc", "nccl"}))
       ->capture_default_str();
+  up->add_flag("--secure", options->secure,
+               "Mutual TLS between every process and TLS on the router's port, with a CA and "
+               "certificates made in RUN_DIR/tls (docs/security.md)");
   up->callback([options, run_dir, state_file, exit_code] {
     options->run_dir = *run_dir;
     options->bin_dir = SelfBinDir();

@@ -12,6 +12,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/certificates.h"
+#include "common/auth/tls.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "model/config.h"
@@ -142,6 +144,18 @@ std::string SelfBinDir() {
   return ec ? "." : self.parent_path().string();
 }
 
+std::string TlsDir(const LocalClusterOptions& o) { return (fs::path(o.run_dir) / "tls").string(); }
+
+// Secure clusters: the process's own certificate (made on first use) as --tls-* flags.
+absl::Status AddTlsArgs(const LocalClusterOptions& o, const std::string& name,
+                        std::vector<std::string>& argv) {
+  if (!o.secure) return absl::OkStatus();
+  DMOE_ASSIGN_OR_RETURN(auth::TlsOptions tls, auth::IssueCertificate(TlsDir(o), name));
+  argv.insert(argv.end(), {"--tls-cert", tls.cert_file, "--tls-key", tls.key_file, "--tls-ca",
+                           tls.ca_file});
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalCluster& cluster,
                                         const std::string& role, int first, int last,
                                         const std::string& name) {
@@ -160,6 +174,7 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
             "--expert-transport", o.expert_transport};
   }
   if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+  DMOE_RETURN_IF_ERROR(AddTlsArgs(o, name, argv));
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
   cluster.processes.push_back(p);
   DMOE_ASSIGN_OR_RETURN(p.address,
@@ -175,6 +190,10 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   DMOE_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(o.model_dir));
   fs::create_directories(o.run_dir);
   LocalCluster cluster;
+  if (o.secure) {
+    DMOE_RETURN_IF_ERROR(auth::MakeCertificateAuthority(TlsDir(o)));
+    cluster.tls_ca = (fs::path(TlsDir(o)) / "ca.pem").string();
+  }
   auto fail = [&](absl::Status status) {
     StopLocalCluster(cluster, absl::Seconds(2));
     return status;
@@ -187,6 +206,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
                                    o.model_dir, "--listen", "127.0.0.1:0"};
   if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   argv.insert(argv.end(), o.scheduler_args.begin(), o.scheduler_args.end());
+  if (absl::Status s = AddTlsArgs(o, "scheduler", argv); !s.ok()) return s;
   auto pid = Spawn(argv, scheduler.log);
   if (!pid.ok()) return pid.status();
   scheduler.pid = *pid;
@@ -206,6 +226,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   if (o.http_port >= 0) {
     router_argv.insert(router_argv.end(), {"--http-listen", absl::StrCat("127.0.0.1:", o.http_port)});
   }
+  if (absl::Status s = AddTlsArgs(o, "router", router_argv); !s.ok()) return fail(s);
   auto router_pid = Spawn(router_argv, router.log);
   if (!router_pid.ok()) return fail(router_pid.status());
   router.pid = *router_pid;
@@ -232,8 +253,16 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   }
 
   // Ready when the scheduler lists every pod and its placement covers all experts.
-  auto stub = dmoe::v1::Cluster::NewStub(
-      grpc::CreateChannel(cluster.scheduler, grpc::InsecureChannelCredentials()));
+  // The scheduler's port wants a client certificate in a secure cluster: this tool gets one.
+  auth::TlsOptions cli_tls;
+  if (o.secure) {
+    auto issued = auth::IssueCertificate(TlsDir(o), "dmoe-cli");
+    if (!issued.ok()) return fail(issued.status());
+    cli_tls = *issued;
+  }
+  auto credentials = auth::ChannelCredentials(cli_tls);
+  if (!credentials.ok()) return fail(credentials.status());
+  auto stub = dmoe::v1::Cluster::NewStub(grpc::CreateChannel(cluster.scheduler, *credentials));
   const size_t pods = static_cast<size_t>(o.attention + o.expert_shards * o.expert_replicas);
   std::string last_state = "no answer";
   while (absl::Now() < deadline) {
@@ -283,6 +312,7 @@ absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& p
   j["router"] = cluster.router;
   j["http"] = cluster.http;
   j["scheduler"] = cluster.scheduler;
+  j["tls_ca"] = cluster.tls_ca;
   for (const ClusterProcess& p : cluster.processes) {
     j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
                               {"address", p.address}, {"log", p.log}, {"metrics", p.metrics},
@@ -305,6 +335,7 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   c.router = j["router"].get<std::string>();
   c.http = j.value("http", "");
   c.scheduler = j.value("scheduler", "");
+  c.tls_ca = j.value("tls_ca", "");
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),
                            .pid = p.value("pid", 0), .address = p.value("address", ""),

@@ -31,6 +31,9 @@ struct LocalClusterOptions {
   std::string expert_transport = "grpc";
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
   bool metrics = true;            // every process serves /metrics on a free loopback port
+  // Mutual TLS on every internal port and TLS on the router's public port: a CA and one
+  // certificate per process are made in RUN_DIR/tls (docs/security.md).
+  bool secure = false;
   absl::Duration startup_timeout = absl::Seconds(60);
 
   absl::Status Validate() const;
@@ -51,6 +54,7 @@ struct LocalCluster {
   std::string router;    // the address clients call (dmoe-router)
   std::string http;      // the router's OpenAI-compatible HTTP API, host:port ("" = none)
   std::string scheduler; // where pods register (also serves the Generation API)
+  std::string tls_ca;    // secure clusters: the CA clients verify the router with ("" = plaintext)
   std::vector<ClusterProcess> processes;
 };
 

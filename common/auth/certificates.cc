@@ -1,5 +1,7 @@
 #include "common/auth/certificates.h"
 
+#include <filesystem>
+
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -32,6 +34,9 @@ absl::Status MakeCertificateAuthority(const std::string& dir) {
   const std::string ca = dir + "/ca.pem", key = dir + "/ca.key";
   struct stat st;
   if (stat(ca.c_str(), &st) == 0) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   // umask 077: the key is never readable by others, not even between write and chmod.
   return Run(absl::StrCat(
       "umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "

@@ -13,7 +13,8 @@
 
 namespace dmoe::auth {
 
-// Writes DIR/ca.pem and DIR/ca.key (P-256, mode 0600 for the key) unless DIR/ca.pem exists.
+// Writes DIR/ca.pem and DIR/ca.key (P-256, mode 0600 for the key) unless DIR/ca.pem exists;
+// creates DIR when missing.
 // INTERNAL naming the command when openssl fails or is missing.
 absl::Status MakeCertificateAuthority(const std::string& dir);
 

@@ -5,6 +5,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "common/internal_credentials.h"
 #include "common/status_macros.h"
 
 namespace dmoe::auth {
@@ -81,6 +82,14 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CallerCredentials(
     DMOE_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(options.cert_file, "--tls-cert"));
   }
   return grpc::SslCredentials(ssl);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> SetUpPodTls(const TlsOptions& options) {
+  DMOE_RETURN_IF_ERROR(options.Validate());
+  DMOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> channel,
+                        ChannelCredentials(options));
+  SetInternalChannelCredentials(std::move(channel));
+  return ServerCredentials(options, ClientCertificates::kRequired);
 }
 
 }  // namespace dmoe::auth

@@ -53,6 +53,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const TlsOptions& options);
 
+// A pod's internal transport security in one call (dmoe-attention, dmoe-expert): validates the
+// flags, makes this process's internal clients present its certificate
+// (SetInternalChannelCredentials) and returns the server credentials of its port, which
+// requires a client certificate signed by ca_file. Plaintext for both without TLS flags.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> SetUpPodTls(const TlsOptions& options);
+
 // As ChannelCredentials, for tools that call a public port: ca_file only (cert/key optional).
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CallerCredentials(
     const TlsOptions& options);

@@ -131,6 +131,47 @@ TEST_F(ClusterTest, OneShardOneRequestAndSixteenConcurrent) {
   StopLocalCluster(*cluster);
 }
 
+// `dmoe cluster up --secure`: mutual TLS on every internal hop (router -> scheduler ->
+// attention -> expert, pods -> scheduler) and TLS on the router's port. The ids stay exact
+// through it; a plaintext caller and a TLS caller without the cluster's certificate are turned
+// away at the internal ports.
+TEST_F(ClusterTest, SecureClusterServesExactlyAndRefusesStrangersAtInternalPorts) {
+  LocalClusterOptions options = Options(1, 2, 1);
+  options.secure = true;
+  options.http_port = -1;
+  auto cluster = StartLocalCluster(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  ASSERT_FALSE(cluster->tls_ca.empty());
+
+  auto client = client::GenerationClient::Connect({.target = cluster->router,
+                                                   .tls_ca_file = cluster->tls_ca});
+  ASSERT_TRUE(client.ok()) << client.status();
+  for (int i = 0; i < 4; ++i) {
+    auto response = (*client)->Generate(ToRequest(Prompt(3 + 5 * i, i), Params(i)),
+                                        {.timeout = absl::Seconds(60)});
+    ASSERT_TRUE(response.ok()) << "request " << i << ": " << response.status();
+    EXPECT_EQ(std::vector<int32_t>(response->ids().begin(), response->ids().end()),
+              (*expected_)[i]);
+  }
+  // Plaintext at the router's TLS port fails.
+  auto plaintext = client::GenerationClient::Connect({.target = cluster->router});
+  ASSERT_TRUE(plaintext.ok());
+  EXPECT_FALSE((*plaintext)->Generate(ToRequest(Prompt(3, 0), Params(0)),
+                                      {.timeout = absl::Seconds(5)}).ok());
+  // Every internal port: the Generation API of the scheduler and a health check of each pod
+  // are refused to a TLS caller that trusts the CA but has no client certificate.
+  for (const ClusterProcess& p : cluster->processes) {
+    if (p.role == "router") continue;
+    SCOPED_TRACE(p.name);
+    auto stranger = client::GenerationClient::Connect({.target = p.address,
+                                                       .tls_ca_file = cluster->tls_ca});
+    ASSERT_TRUE(stranger.ok());
+    auto models = (*stranger)->ListModels({.timeout = absl::Seconds(5)});
+    EXPECT_EQ(models.status().code(), absl::StatusCode::kUnavailable) << models.status();
+  }
+  StopLocalCluster(*cluster);
+}
+
 TEST_F(ClusterTest, ThreeShardsTwoReplicasTwoAttentionReplicas) {
   auto cluster = StartLocalCluster(Options(2, 3, 2));
   ASSERT_TRUE(cluster.ok()) << cluster.status();
