@@ -19,49 +19,41 @@ constexpr int kLanes = 16;
 
 #define DMOE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-// 16 lanes as two halves.
-struct Lanes16 {
-  __m256 lo, hi;
-};
-
-// Loads 16 weights starting at element i of a row as F32; the masked form reads only the
-// first `count` (< 16) and leaves zeros in the other lanes.
+// Load 8 weights starting at element i of a row as F32; the partial form reads only the first
+// `count` (0..7) and leaves zeros in the other lanes, as the AVX-512 masked loads do.
 struct F32Loader2 {
-  DMOE_AVX2 static Lanes16 Load(const void* row, int64_t i) {
-    const float* p = static_cast<const float*>(row) + i;
-    return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+  DMOE_AVX2 static __m256 Load(const void* row, int64_t i) {
+    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
   }
-  DMOE_AVX2 static Lanes16 LoadPartial(const void* row, int64_t i, int count) {
-    alignas(32) float tmp[kLanes] = {};
+  DMOE_AVX2 static __m256 LoadPartial(const void* row, int64_t i, int count) {
+    alignas(32) float tmp[8] = {};
     std::memcpy(tmp, static_cast<const float*>(row) + i, count * sizeof(float));
-    return {_mm256_load_ps(tmp), _mm256_load_ps(tmp + 8)};
+    return _mm256_load_ps(tmp);
   }
 };
 struct Bf16Loader2 {
   DMOE_AVX2 static __m256 Widen(__m128i h) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-  DMOE_AVX2 static Lanes16 Load(const void* row, int64_t i) {
-    const uint16_t* p = static_cast<const uint16_t*>(row) + i;
-    return {Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
-            Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
+  DMOE_AVX2 static __m256 Load(const void* row, int64_t i) {
+    return Widen(_mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
   }
-  DMOE_AVX2 static Lanes16 LoadPartial(const void* row, int64_t i, int count) {
-    alignas(32) uint16_t tmp[kLanes] = {};
+  DMOE_AVX2 static __m256 LoadPartial(const void* row, int64_t i, int count) {
+    alignas(16) uint16_t tmp[8] = {};
     std::memcpy(tmp, static_cast<const uint16_t*>(row) + i, count * sizeof(uint16_t));
-    return Load(tmp, 0);
+    return Widen(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
   }
 };
 struct F16Loader2 {
-  DMOE_AVX2 static Lanes16 Load(const void* row, int64_t i) {
-    const uint16_t* p = static_cast<const uint16_t*>(row) + i;
-    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
-            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
+  DMOE_AVX2 static __m256 Load(const void* row, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
   }
-  DMOE_AVX2 static Lanes16 LoadPartial(const void* row, int64_t i, int count) {
-    alignas(32) uint16_t tmp[kLanes] = {};
+  DMOE_AVX2 static __m256 LoadPartial(const void* row, int64_t i, int count) {
+    alignas(16) uint16_t tmp[8] = {};
     std::memcpy(tmp, static_cast<const uint16_t*>(row) + i, count * sizeof(uint16_t));
-    return Load(tmp, 0);
+    return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
   }
 };
 
@@ -69,58 +61,78 @@ DMOE_AVX2 const float* RowAsF32Avx2(const WeightMatrix& w, int64_t n, float* dst
   const int64_t k = w.cols;
   if (w.dtype == DType::kF32) return static_cast<const float*>(w.Row(n));
   int64_t i = 0;
-  for (; i + kLanes <= k; i += kLanes) {
-    const Lanes16 v =
-        w.dtype == DType::kBF16 ? Bf16Loader2::Load(w.Row(n), i) : F16Loader2::Load(w.Row(n), i);
-    _mm256_storeu_ps(dst + i, v.lo);
-    _mm256_storeu_ps(dst + i + 8, v.hi);
+  for (; i + 8 <= k; i += 8) {
+    _mm256_storeu_ps(dst + i, w.dtype == DType::kBF16 ? Bf16Loader2::Load(w.Row(n), i)
+                                                      : F16Loader2::Load(w.Row(n), i));
   }
   const uint16_t* src = static_cast<const uint16_t*>(w.Row(n));
   for (; i < k; ++i) dst[i] = w.dtype == DType::kBF16 ? Bf16ToF32(src[i]) : F16ToF32(src[i]);
   return dst;
 }
 
+// acc[t][r] (one 8-lane half `half` of the 16-lane accumulators) for kTokens tokens x 2 rows:
+// the half's lanes see the same FMAs in the same order as in the AVX-512 path; the halves are
+// independent, so computing them one after the other changes no bits. 2 rows x <= 4 tokens
+// keeps accumulators, x and w within AVX2's 16 registers.
+template <int kTokens, typename Loader>
+DMOE_AVX2 inline void HalfTileAvx2(const float* x, int64_t k, const void* row0, const void* row1,
+                                   int half, __m256* acc /* [kTokens][2] */) {
+  __m256 a[kTokens][2];
+  for (int t = 0; t < kTokens; ++t) a[t][0] = a[t][1] = _mm256_setzero_ps();
+  const int off = 8 * half;
+  int64_t i = 0;
+  for (; i + kLanes <= k; i += kLanes) {
+    const __m256 w0 = Loader::Load(row0, i + off), w1 = Loader::Load(row1, i + off);
+    for (int t = 0; t < kTokens; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x + t * k + i + off);
+      a[t][0] = _mm256_fmadd_ps(xv, w0, a[t][0]);
+      a[t][1] = _mm256_fmadd_ps(xv, w1, a[t][1]);
+    }
+  }
+  if (i < k) {
+    // The AVX-512 tail: masked lanes get 0 * 0 added, so this half does the same.
+    const int count = static_cast<int>(std::clamp<int64_t>(k - i - off, 0, 8));
+    const __m256 w0 = Loader::LoadPartial(row0, i + off, count);
+    const __m256 w1 = Loader::LoadPartial(row1, i + off, count);
+    for (int t = 0; t < kTokens; ++t) {
+      const __m256 xv = F32Loader2::LoadPartial(x + t * k, i + off, count);
+      a[t][0] = _mm256_fmadd_ps(xv, w0, a[t][0]);
+      a[t][1] = _mm256_fmadd_ps(xv, w1, a[t][1]);
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    acc[t * 2] = a[t][0];
+    acc[t * 2 + 1] = a[t][1];
+  }
+}
+
 // out[t * 4 + r] = dot(x[t], row r) for kTokens tokens x 4 rows, as DotTileAvx512.
 template <int kTokens, typename Loader>
 DMOE_AVX2 inline void DotTileAvx2(const float* x, int64_t k, const void* const* rows,
                                   float* out /* [kTokens][kTileRows] */) {
-  Lanes16 acc[kTokens][kTileRows];
-  for (int t = 0; t < kTokens; ++t)
-    for (int r = 0; r < kTileRows; ++r) acc[t][r] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  auto step = [&](const Lanes16* xv, const Lanes16* wv) DMOE_AVX2 {
-    for (int r = 0; r < kTileRows; ++r) {
+  // lo[t][r] / hi[t][r]: lanes 0-7 / 8-15 of the accumulator of token t, row r.
+  __m256 lo[kTokens][kTileRows], hi[kTokens][kTileRows];
+  for (int pair = 0; pair < kTileRows / 2; ++pair) {
+    for (int half = 0; half < 2; ++half) {
+      __m256 acc[kTokens * 2];
+      HalfTileAvx2<kTokens, Loader>(x, k, rows[2 * pair], rows[2 * pair + 1], half, acc);
       for (int t = 0; t < kTokens; ++t) {
-        acc[t][r].lo = _mm256_fmadd_ps(xv[t].lo, wv[r].lo, acc[t][r].lo);
-        acc[t][r].hi = _mm256_fmadd_ps(xv[t].hi, wv[r].hi, acc[t][r].hi);
+        for (int j = 0; j < 2; ++j) (half ? hi : lo)[t][2 * pair + j] = acc[t * 2 + j];
       }
     }
-  };
-  int64_t i = 0;
-  for (; i + kLanes <= k; i += kLanes) {
-    Lanes16 xv[kTokens], wv[kTileRows];
-    for (int t = 0; t < kTokens; ++t) xv[t] = F32Loader2::Load(x + t * k, i);
-    for (int r = 0; r < kTileRows; ++r) wv[r] = Loader::Load(rows[r], i);
-    step(xv, wv);
-  }
-  if (i < k) {
-    const int count = static_cast<int>(k - i);
-    Lanes16 xv[kTokens], wv[kTileRows];
-    for (int t = 0; t < kTokens; ++t) xv[t] = F32Loader2::LoadPartial(x + t * k, i, count);
-    for (int r = 0; r < kTileRows; ++r) wv[r] = Loader::LoadPartial(rows[r], i, count);
-    step(xv, wv);
   }
   if constexpr (kTokens == 1) {
-    for (int r = 0; r < kTileRows; ++r) out[r] = ReduceAdd1Avx2(acc[0][r].lo, acc[0][r].hi);
+    for (int r = 0; r < kTileRows; ++r) out[r] = ReduceAdd1Avx2(lo[0][r], hi[0][r]);
   } else {
-    // ReduceAdd8x8Avx2 puts the sum of a[2j + c] in lane 4c + j: a[2r + t] = acc[t][r] for
-    // tokens t, t + 1 gives lanes 4t + r, the layout of out.
+    // ReduceAdd8x8Avx2 puts the sum of a[2j + c] in lane 4c + j: a[2r + c] = the accumulator
+    // of token 2 * pair + c, row r, gives lanes 4c + r, the layout of out.
     for (int pair = 0; pair < (kTokens + 1) / 2; ++pair) {
       __m256 a[8];
       for (int r = 0; r < kTileRows; ++r) {
         for (int c = 0; c < 2; ++c) {
           const int t = 2 * pair + c;
-          a[2 * r + c] = t < kTokens ? _mm256_add_ps(acc[t < kTokens ? t : 0][r].hi,
-                                                     acc[t < kTokens ? t : 0][r].lo)
+          a[2 * r + c] = t < kTokens ? _mm256_add_ps(hi[t < kTokens ? t : 0][r],
+                                                     lo[t < kTokens ? t : 0][r])
                                      : _mm256_setzero_ps();
         }
       }
