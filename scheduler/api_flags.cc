@@ -40,6 +40,18 @@ void AddApiFlags(CLI::App& app, ApiFlags& flags) {
                  "API keys file (NAME ROLE SHA256HEX [rps=N] [streams=N] [tpm=N] per line; "
                  "docs/security.md), re-read when it changes; empty: no authentication");
   auth::AddTlsFlags(app, flags.tls);
+  app.add_option("--journal", flags.journal,
+                 "Journal of accepted requests and committed blocks (docs/operations.md): "
+                 "unfinished requests resume after a restart and clients re-attach by "
+                 "request id; on Kubernetes a file on a persistent volume. Empty: none");
+  app.add_option("--journal-fsync", flags.journal_fsync,
+                 "When journal records reach the disk: always (every record), interval "
+                 "(group commit every --journal-fsync-interval-ms) or never (the OS decides)")
+      ->capture_default_str();
+  app.add_option("--journal-fsync-interval-ms", flags.journal_fsync_interval_ms,
+                 "Group commit interval of --journal-fsync interval: a machine crash loses at "
+                 "most this much, which is recomputed")
+      ->capture_default_str();
 }
 
 absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flags) {
@@ -61,6 +73,13 @@ absl::StatusOr<GenerationEndpointOptions> ToEndpointOptions(const ApiFlags& flag
   DMOE_RETURN_IF_ERROR(flags.tls.Validate());
   options.tls = flags.tls;
   if (flags.mask_id >= 0) options.mask_id = flags.mask_id;
+  if (!flags.journal.empty()) {
+    options.journal.path = flags.journal;
+    DMOE_ASSIGN_OR_RETURN(options.journal.fsync,
+                          ParseJournalFsync(flags.journal_fsync, "--journal-fsync"));
+    options.journal.fsync_interval = absl::Milliseconds(flags.journal_fsync_interval_ms);
+    DMOE_RETURN_IF_ERROR(options.journal.Validate());
+  }
   if (!flags.stop_ids.empty()) {
     DMOE_ASSIGN_OR_RETURN(options.stop_ids, ParseIdList(flags.stop_ids, "--stop-ids"));
   }

@@ -31,6 +31,9 @@ struct ApiFlags {
   double drain_seconds = 30;
   std::string api_keys_file;
   auth::TlsOptions tls;
+  std::string journal;
+  std::string journal_fsync = "interval";
+  double journal_fsync_interval_ms = 100;
 };
 
 // Registers the flags on `app`; `flags` must outlive the parse.

@@ -57,6 +57,7 @@ absl::Status GenerationEndpointOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("listen must be host:port, got '", listen, "'"));
   }
+  if (!journal.path.empty()) DMOE_RETURN_IF_ERROR(journal.Validate());
   return scheduler.Validate();
 }
 
@@ -94,6 +95,16 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
   if (metrics.registry) {
     e->scheduler_metrics_ = std::make_unique<SchedulerMetrics>(metrics);
     scheduler_options.metrics = e->scheduler_metrics_.get();
+  }
+  if (!options.journal.path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(e->journal_, RequestJournal::Open(options.journal));
+    scheduler_options.journal = e->journal_.get();
+    DMOE_LOG(INFO) << "journal " << options.journal.path << ": fsync "
+                   << JournalFsyncName(options.journal.fsync)
+                   << (options.journal.fsync == JournalFsync::kInterval
+                           ? absl::StrCat(" every ", absl::FormatDuration(options.journal.fsync_interval))
+                           : std::string())
+                   << ", " << e->journal_->recovered().size() << " unfinished request(s) in it";
   }
   DMOE_ASSIGN_OR_RETURN(e->scheduler_, Scheduler::Create(scheduler_options, config, executor));
   DMOE_ASSIGN_OR_RETURN(e->service_, GenerationServer::Create(service_options, *e->scheduler_,

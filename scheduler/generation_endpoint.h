@@ -26,6 +26,7 @@
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "scheduler/generation_server.h"
+#include "scheduler/request_journal.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/scheduler_metrics.h"
 #include "scheduler/step_executor.h"
@@ -64,6 +65,10 @@ struct GenerationEndpointOptions {
   // internal port: it then requires a client certificate signed by tls.ca_file (mutual TLS);
   // `dmoe serve`'s port asks for none (callers authenticate with API keys).
   auth::TlsOptions tls{};
+  // The scheduler journal (scheduler/request_journal.h, docs/operations.md); an empty path:
+  // none. With one, Start resumes the journal's unfinished requests and calls re-attach to a
+  // request by its request_id (SchedulerOptions::journal).
+  RequestJournalOptions journal{};
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;
@@ -108,6 +113,7 @@ class GenerationEndpoint {
   std::unique_ptr<auth::ApiKeys> api_keys_;  // null: no authentication
   std::unique_ptr<SchedulerMetrics> scheduler_metrics_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
+  std::unique_ptr<RequestJournal> journal_;  // outlives the scheduler, which appends to it
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<GenerationServer> service_;
   cluster::GrpcServer server_;  // destroyed after http_, before everything above

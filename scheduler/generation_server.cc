@@ -146,7 +146,7 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
 
   // gRPC calls this only after the handler returned, so handle_ is set when there is one.
   void OnCancel() override {
-    if (const uint64_t h = handle_.load(); h != 0) server_->scheduler_.Cancel(h);
+    if (const uint64_t h = handle_.load(); h != 0) server_->CallerGone(h);
   }
   void OnDone() override {
     server_->active_calls_.fetch_sub(1);
@@ -218,6 +218,13 @@ class GenerationServer::StreamCall final
       return;
     }
     request_id_ = request.request_id().empty() ? server_->NewRequestId() : request.request_id();
+    if (request.resume_from_offset() < 0) {
+      admission_ = auth::Admission();
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "resume_from_offset: must be >= 0"));
+      return;
+    }
+    resume_from_offset_ = request.resume_from_offset();
     if (server_->tokenizer_) {
       detokenizer_ = std::make_unique<model::StopStringDetokenizer>(
           *server_->tokenizer_, /*skip_special_tokens=*/true, std::move(prepared->stop));
@@ -238,11 +245,19 @@ class GenerationServer::StreamCall final
         block->set_text(std::move(chunk.text));
         keep = chunk.stop_after;
       }
-      const size_t count = keep.value_or(tokens.ids.size());
-      block->mutable_ids()->Add(tokens.ids.begin(), tokens.ids.begin() + count);
+      const size_t count = std::min(keep.value_or(tokens.ids.size()), tokens.ids.size());
+      // A re-attached caller has the ids below resume_from_offset already (the detokenizer
+      // still saw them, so text and stop strings continue where they were).
+      const size_t from = static_cast<size_t>(
+          std::clamp<int64_t>(resume_from_offset_ - tokens.offset, 0, static_cast<int64_t>(count)));
+      if (from == count && count > 0) return keep;
+      block->set_offset(tokens.offset + static_cast<int64_t>(from));
+      block->mutable_ids()->Add(tokens.ids.begin() + from, tokens.ids.begin() + count);
       if (logprobs_) {
-        AddLogprobs(server_->tokenizer_, tokens.ids, tokens.logprobs, count,
-                    block->mutable_logprobs());
+        const std::vector<int32_t> ids(tokens.ids.begin() + from, tokens.ids.end());
+        const std::vector<float> logprobs(
+            tokens.logprobs.begin() + std::min(from, tokens.logprobs.size()), tokens.logprobs.end());
+        AddLogprobs(server_->tokenizer_, ids, logprobs, count - from, block->mutable_logprobs());
       }
       Enqueue(std::move(msg), std::nullopt);
       return keep;
@@ -315,7 +330,7 @@ class GenerationServer::StreamCall final
 
  private:
   void CancelRequest() {
-    if (const uint64_t h = handle_.load(); h != 0) server_->scheduler_.Cancel(h);
+    if (const uint64_t h = handle_.load(); h != 0) server_->CallerGone(h);
   }
 
   // Queues a message and/or the final status, then writes if no write is in flight.
@@ -360,6 +375,7 @@ class GenerationServer::StreamCall final
   // Step thread only: text as blocks arrive, with the request's stop strings applied.
   std::unique_ptr<model::StopStringDetokenizer> detokenizer_;
   bool logprobs_ = false;
+  int64_t resume_from_offset_ = 0;
   std::atomic<uint64_t> handle_{0};
 
   absl::Mutex mu_;
@@ -397,6 +413,15 @@ GenerationServer::GenerationServer(const GenerationServerOptions& options,
 GenerationServer::~GenerationServer() = default;
 
 void GenerationServer::StartDrain() { draining_.store(true); }
+
+void GenerationServer::CallerGone(RequestHandle handle) {
+  // With a journal the client may come back (another router, a retry) and re-attach by id.
+  if (scheduler_.options().journal != nullptr) {
+    scheduler_.Detach(handle);
+  } else {
+    scheduler_.Cancel(handle);
+  }
+}
 
 std::string GenerationServer::NewRequestId() {
   return absl::StrCat("req-", absl::Hex(request_id_prefix_ & 0xffffffff, absl::kZeroPad8), "-",

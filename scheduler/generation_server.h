@@ -99,6 +99,9 @@ class GenerationServer final : public dmoe::v1::Generation::CallbackService {
                    const model::ModelConfig& config, const model::Tokenizer* tokenizer);
   absl::Status CheckModel(const dmoe::v1::ModelSelector& model) const;
   std::string NewRequestId();
+  // A call's client went away (cancelled, deadline, broken stream): Cancel its request, or
+  // with a journal Detach it (the client may re-attach by request id).
+  void CallerGone(RequestHandle handle);
 
   const GenerationServerOptions options_;
   Scheduler& scheduler_;

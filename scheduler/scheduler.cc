@@ -14,6 +14,16 @@ namespace dmoe::scheduler {
 namespace {
 // The executor's key for a request's sequence.
 std::string SequenceId(RequestHandle handle) { return absl::StrCat("r", handle); }
+
+// What makes two submissions with one request id the same request: prompt and params.
+std::string Fingerprint(const std::string& id, const std::vector<int32_t>& prompt,
+                        const engine::GenerationParams& params) {
+  JournaledRequest r;
+  r.request_id = id;
+  r.prompt = prompt;
+  r.params = params;
+  return internal::EncodeAccept(r);
+}
 }  // namespace
 
 struct Scheduler::Entry {
@@ -32,7 +42,16 @@ struct Scheduler::Entry {
   bool reset_cache = false;          // the next plan re-prefills (the executor lost the cache)
   int64_t admission_seq = 0;
   int64_t last_scheduled_step = -1;
-  int64_t emitted = 0;               // ids passed to on_tokens so far
+  int64_t emitted = 0;               // ids passed to on_tokens (or journalled) so far
+  RequestHandle caller = 0;          // the attached caller's handle (Cancel, Detach); 0: none
+  absl::Time detached_since = absl::InfiniteFuture();
+  // Journal only.
+  bool journaled = false;
+  std::string fingerprint;
+  int64_t produced = 0;              // ids taken from the sequence (a resumed one replays)
+  std::vector<int32_t> committed;    // the ids committed so far (emitted of them)
+  std::vector<float> committed_logprobs;
+  bool replay_mismatch_logged = false;
   std::optional<int64_t> stopped_at;  // on_tokens ended it here (a stop string matched)
   absl::Time last_commit;            // when on_tokens last ran (metrics)
   int64_t forwards_at_commit = 0;    // sequence.forwards() then
@@ -59,6 +78,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
                                                              StepExecutor& executor) {
   DMOE_RETURN_IF_ERROR(options.Validate());
   auto scheduler = std::unique_ptr<Scheduler>(new Scheduler(options, config, executor));
+  if (options.journal) scheduler->ResumeFromJournal();
   if (options.start_step_thread) scheduler->thread_ = std::thread([s = scheduler.get()] { s->Loop(); });
   return scheduler;
 }
@@ -114,16 +134,34 @@ absl::StatusOr<RequestHandle> Scheduler::Submit(SchedulerRequest request) {
 absl::StatusOr<RequestHandle> Scheduler::Enqueue(SchedulerRequest request) {
   DMOE_RETURN_IF_ERROR(ValidateRequest(request));
   const int64_t pages = PagesNeeded(request);
+  const bool journaled = options_.journal != nullptr && !request.request_id.empty();
+  JournaledRequest accepted;
+  if (journaled) {
+    accepted.request_id = request.request_id;
+    accepted.prompt = request.prompt;
+    accepted.params = request.params;
+    accepted.deadline = request.deadline;
+  }
   DMOE_ASSIGN_OR_RETURN(engine::Sequence sequence,
                         engine::Sequence::Create(std::move(request.prompt), request.params));
   auto entry = std::make_unique<Entry>(std::move(sequence));
-  entry->request_id = std::move(request.request_id);
+  entry->request_id = request.request_id;
   entry->pages = pages;
   entry->deadline = request.deadline;
-  entry->callbacks = std::move(request.callbacks);
   entry->submitted = Now();
+  entry->journaled = journaled;
+  if (journaled) {
+    entry->fingerprint = Fingerprint(accepted.request_id, accepted.prompt, accepted.params);
+  }
 
+  // Journal only: the lookup, the accept record and the queueing under one lock, so two calls
+  // with one id never start two requests.
   absl::MutexLock lock(&mu_);
+  if (journaled && !stopping_) {
+    DMOE_ASSIGN_OR_RETURN(std::optional<RequestHandle> attached,
+                          ReattachLocked(request, entry->fingerprint));
+    if (attached) return *attached;
+  }
   if (draining_ || stopping_) {
     return absl::UnavailableError("the scheduler is draining and accepts no new requests");
   }
@@ -132,16 +170,228 @@ absl::StatusOr<RequestHandle> Scheduler::Enqueue(SchedulerRequest request) {
         "the waiting queue is full (", options_.max_queue,
         " requests wait for KV capacity); retry later"));
   }
+  if (journaled) {
+    absl::Status written = options_.journal->Accept(accepted);
+    if (!written.ok()) {
+      DMOE_LOG(ERROR) << "journal: " << written;
+      return absl::UnavailableError(absl::StrCat(
+          "the scheduler cannot journal the request (", written.message(), "); retry later"));
+    }
+  }
+  entry->callbacks = std::move(request.callbacks);
   entry->handle = next_handle_++;
+  entry->caller = entry->handle;
   const RequestHandle handle = entry->handle;
+  if (journaled) by_id_[entry->request_id] = {handle, entry->fingerprint};
   waiting_.push_back(std::move(entry));
   ++in_flight_;
   return handle;
 }
 
+absl::StatusOr<std::optional<RequestHandle>> Scheduler::ReattachLocked(
+    SchedulerRequest& request, const std::string& fingerprint) {
+  const std::string* existing = nullptr;
+  if (auto it = by_id_.find(request.request_id); it != by_id_.end()) {
+    existing = &it->second.second;
+  } else if (auto r = retained_.find(request.request_id); r != retained_.end()) {
+    existing = &r->second.fingerprint;
+  } else {
+    return std::nullopt;
+  }
+  if (*existing != fingerprint) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "request_id: '", request.request_id,
+        "' names a request with another prompt or other parameters; use a new id"));
+  }
+  Attach attach;
+  attach.caller = next_handle_++;
+  attach.request_id = request.request_id;
+  attach.callbacks = std::move(request.callbacks);
+  const RequestHandle caller = attach.caller;
+  attaches_.push_back(std::move(attach));
+  ++in_flight_;
+  ++reattached_;
+  return caller;
+}
+
+void Scheduler::ResumeFromJournal() {
+  const absl::Time now = Now();
+  for (const JournaledRequest& r : options_.journal->recovered()) {
+    SchedulerRequest request;
+    request.request_id = r.request_id;
+    request.prompt = r.prompt;
+    request.params = r.params;
+    request.deadline = r.deadline;
+    absl::Status valid = ValidateRequest(request);
+    absl::StatusOr<engine::Sequence> sequence =
+        valid.ok() ? engine::Sequence::Create(r.prompt, r.params)
+                   : absl::StatusOr<engine::Sequence>(valid);
+    if (!sequence.ok()) {
+      DMOE_LOG(WARNING) << "journal: request '" << r.request_id
+                        << "' cannot be resumed: " << sequence.status();
+      if (absl::Status ended = options_.journal->End(r.request_id); !ended.ok()) {
+        DMOE_LOG(ERROR) << "journal: " << ended;
+      }
+      continue;
+    }
+    auto entry = std::make_unique<Entry>(*std::move(sequence));
+    entry->request_id = r.request_id;
+    entry->pages = PagesNeeded(request);
+    entry->deadline = r.deadline;
+    entry->submitted = now;
+    entry->detached_since = now;
+    entry->journaled = true;
+    entry->fingerprint = Fingerprint(r.request_id, r.prompt, r.params);
+    entry->committed = r.ids;
+    entry->committed_logprobs = r.logprobs;
+    entry->emitted = static_cast<int64_t>(r.ids.size());
+    absl::MutexLock lock(&mu_);
+    entry->handle = next_handle_++;
+    by_id_[entry->request_id] = {entry->handle, entry->fingerprint};
+    waiting_.push_back(std::move(entry));
+    ++in_flight_;
+    ++resumed_;
+  }
+  absl::MutexLock lock(&mu_);
+  if (resumed_ > 0) {
+    DMOE_LOG(INFO) << "journal " << options_.journal->options().path << ": resuming " << resumed_
+                   << " unfinished request(s); each waits up to "
+                   << options_.detached_grace << " for its client to re-attach";
+  }
+}
+
+void Scheduler::RetainLocked(const Entry& e, const absl::StatusOr<RequestResult>& result,
+                             absl::Time now) {
+  while (!retained_order_.empty() &&
+         (static_cast<int64_t>(retained_.size()) >= options_.max_retained ||
+          now - retained_order_.front().second > options_.retention)) {
+    auto it = retained_.find(retained_order_.front().first);
+    if (it != retained_.end() && it->second.ended == retained_order_.front().second) {
+      retained_.erase(it);
+    }
+    retained_order_.pop_front();
+  }
+  // Only results: a request that failed or was cancelled starts again when sent again.
+  if (!result.ok() || options_.max_retained <= 0) return;
+  retained_[e.request_id] = Retained{*result, e.fingerprint, now};
+  retained_order_.emplace_back(e.request_id, now);
+}
+
+// A. Callers that re-attached to (or detached from) a request since the last step. A new caller
+// first gets every id committed so far; its stop strings may end the request right here.
+int64_t Scheduler::ProcessAttachments(absl::Time now) {
+  std::vector<Attach> attaches;
+  absl::flat_hash_set<RequestHandle> detached;
+  {
+    absl::MutexLock lock(&mu_);
+    attaches.swap(attaches_);
+    detached.swap(detached_);
+  }
+  if (attaches.empty() && detached.empty()) return 0;
+  // Entries leave running_ and waiting_ only on this thread, so the pointers stay valid.
+  auto find = [&](auto&& match) -> Entry* {
+    for (auto& e : running_) {
+      if (match(*e)) return e.get();
+    }
+    absl::MutexLock lock(&mu_);
+    for (auto& e : waiting_) {
+      if (match(*e)) return e.get();
+    }
+    return nullptr;
+  };
+  std::vector<Entry*> stopped;
+  for (Attach& a : attaches) {
+    Entry* e = find([&](const Entry& x) { return x.request_id == a.request_id; });
+    if (e != nullptr) {
+      RequestCallbacks old = std::exchange(e->callbacks, std::move(a.callbacks));
+      e->caller = a.caller;
+      e->detached_since = absl::InfiniteFuture();
+      if (old.on_done) {
+        old.on_done(absl::AbortedError(absl::StrCat(
+            "request '", e->request_id, "' was re-attached by another call")));
+      }
+      if (e->emitted > 0 && e->callbacks.on_tokens && !e->stopped_at) {
+        CommittedTokens so_far;
+        so_far.ids = e->committed;
+        so_far.logprobs = e->committed_logprobs;
+        if (KeepIds keep = e->callbacks.on_tokens(so_far)) {
+          e->stopped_at = static_cast<int64_t>(std::min(*keep, e->committed.size()));
+          stopped.push_back(e);
+        }
+      }
+    } else {
+      std::optional<RequestResult> result;
+      {
+        absl::MutexLock lock(&mu_);
+        if (auto it = retained_.find(a.request_id); it != retained_.end()) {
+          result = it->second.result;
+        }
+      }
+      if (!result) {
+        if (a.callbacks.on_done) {
+          a.callbacks.on_done(absl::UnavailableError(absl::StrCat(
+              "request '", a.request_id, "' ended before the call could re-attach; send it again")));
+        }
+      } else {
+        if (!result->ids.empty() && a.callbacks.on_tokens) {
+          CommittedTokens all;
+          all.ids = result->ids;
+          all.logprobs = result->logprobs;
+          if (KeepIds keep = a.callbacks.on_tokens(all); keep && *keep < result->ids.size()) {
+            result->ids.resize(*keep);
+            result->logprobs.resize(*keep);
+            result->finish_reason = engine::FinishReason::kStop;
+          }
+        }
+        if (a.callbacks.on_done) a.callbacks.on_done(*std::move(result));
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+  for (RequestHandle h : detached) {
+    Entry* e = find([&](const Entry& x) { return x.caller == h; });
+    if (e == nullptr) continue;
+    RequestCallbacks old = std::exchange(e->callbacks, RequestCallbacks{});
+    e->caller = 0;
+    e->detached_since = now;
+    if (old.on_done) {
+      old.on_done(absl::CancelledError("the caller went away; the request goes on"));
+    }
+  }
+  // A re-attached caller's stop string matched in what was committed already.
+  for (Entry* e : stopped) {
+    std::unique_ptr<Entry> owned;
+    if (auto it = std::find_if(running_.begin(), running_.end(),
+                               [e](const std::unique_ptr<Entry>& x) { return x.get() == e; });
+        it != running_.end()) {
+      owned = std::move(*it);
+      running_.erase(it);
+    } else {
+      absl::MutexLock lock(&mu_);
+      auto w = std::find_if(waiting_.begin(), waiting_.end(),
+                            [e](const std::unique_ptr<Entry>& x) { return x.get() == e; });
+      owned = std::move(*w);
+      waiting_.erase(w);
+    }
+    RequestResult result = Result(*owned, now);
+    Finish(std::move(owned), std::move(result));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    running_count_ = static_cast<int64_t>(running_.size());
+  }
+  return static_cast<int64_t>(stopped.size());
+}
+
 void Scheduler::Cancel(RequestHandle handle) {
   absl::MutexLock lock(&mu_);
   cancelled_.insert(handle);
+}
+
+void Scheduler::Detach(RequestHandle handle) {
+  absl::MutexLock lock(&mu_);
+  detached_.insert(handle);
 }
 
 void Scheduler::StartDrain() {
@@ -164,11 +414,14 @@ SchedulerStats Scheduler::Stats() const {
           .steps = steps_,
           .kv_pages_reserved = reserved_pages_,
           .kv_pages_capacity = executor_.KvPagesCapacity(),
-          .draining = draining_};
+          .draining = draining_,
+          .resumed = resumed_,
+          .reattached = reattached_};
 }
 
 bool Scheduler::HasWork() const {
-  return stopping_ || !waiting_.empty() || !cancelled_.empty();
+  return stopping_ || !waiting_.empty() || !cancelled_.empty() || !attaches_.empty() ||
+         !detached_.empty();
 }
 
 void Scheduler::Loop() {
@@ -193,7 +446,8 @@ StepReport Scheduler::Step() {
   return RunStep();
 }
 
-void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result) {
+void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result,
+                       bool interrupted) {
   if (entry->admitted_flag) {
     executor_.Release({SequenceId(entry->handle)});
     entry->admitted_flag = false;
@@ -214,6 +468,20 @@ void Scheduler::Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResul
                                  result.ok() ? result->tokens_per_forward() : 0.0);
     if (result.ok()) options_.metrics->OnEdited(result->edits, result->remasks);
   }
+  if (entry->journaled) {
+    // Ended requests are never resumed; interrupted ones (Stop) are, by the next scheduler.
+    if (!interrupted) {
+      if (absl::Status ended = options_.journal->End(entry->request_id); !ended.ok()) {
+        DMOE_LOG(ERROR) << "journal: " << ended;
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    if (auto it = by_id_.find(entry->request_id);
+        it != by_id_.end() && it->second.first == entry->handle) {
+      by_id_.erase(it);
+    }
+    if (!interrupted) RetainLocked(*entry, result, Now());
+  }
   if (entry->callbacks.on_done) entry->callbacks.on_done(std::move(result));
   absl::MutexLock lock(&mu_);
   --in_flight_;
@@ -224,6 +492,7 @@ StepReport Scheduler::RunStep() {
   const absl::Time now = Now();
   const int64_t capacity = executor_.KvPagesCapacity();
   const bool unavailable_too_long = TrackCapacity(capacity, now);
+  report.finished += ProcessAttachments(now);
   report.finished += EndCancelledAndExpired(now, unavailable_too_long);
   report.finished += Admit(capacity, now, report);
   if (capacity == 0) {
@@ -266,7 +535,14 @@ bool Scheduler::TrackCapacity(int64_t capacity, absl::Time now) {
 
 absl::Status Scheduler::EndReason(const Entry& e, const absl::flat_hash_set<RequestHandle>& cancelled,
                                   absl::Time now, bool unavailable_too_long) const {
-  if (cancelled.contains(e.handle)) return absl::CancelledError("the request was cancelled");
+  if (e.caller != 0 && cancelled.contains(e.caller)) {
+    return absl::CancelledError("the request was cancelled");
+  }
+  if (options_.journal && e.caller == 0 && now - e.detached_since >= options_.detached_grace) {
+    return absl::CancelledError(absl::StrCat("no caller re-attached to request '", e.request_id,
+                                             "' within ",
+                                             absl::FormatDuration(options_.detached_grace)));
+  }
   if (now >= e.deadline) {
     return absl::DeadlineExceededError(
         absl::StrCat("the request's deadline passed after ", e.sequence.forwards(),
@@ -378,29 +654,56 @@ Scheduler::Batch Scheduler::FormBatch(StepReport& report) {
 }
 
 // 4. One batched forward. When the executor lost caches (ABORTED: an attention replica died or
-// restarted), the batch re-prefills from the committed tokens this scheduler holds and the
-// step is retried, up to max_step_retries times: output is unchanged.
+// restarted), the sequences it lost re-prefill from the committed tokens this scheduler holds
+// and the step is retried for them (and for those it did not run), up to max_step_retries
+// times; the sequences on healthy replicas keep the proposals they got. Output is unchanged.
 absl::StatusOr<std::vector<engine::Proposal>> Scheduler::ExecuteBatch(Batch& batch,
                                                                       StepReport& report) {
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<std::vector<engine::Proposal>> proposals = executor_.Execute(batch.steps);
+  std::vector<engine::Proposal> merged;
+  std::vector<size_t> pending;  // batch indices the last Execute covered, in its order
   for (int retry = 0; !proposals.ok() &&
                       proposals.status().code() == absl::StatusCode::kAborted &&
                       retry < options_.max_step_retries;
        ++retry) {
-    DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
-                      << "; re-prefilling " << batch.entries.size() << " sequence(s)";
-    for (size_t j = 0; j < batch.entries.size(); ++j) {
-      batch.entries[j]->sequence.ResetCache();
-      batch.steps[j].plan = batch.entries[j]->sequence.NextStep();
-      batch.steps[j].reset_cache = true;
+    if (merged.empty()) {  // the first retry: the whole batch was pending
+      merged.resize(batch.steps.size());
+      for (size_t j = 0; j < batch.steps.size(); ++j) pending.push_back(j);
     }
-    proposals = executor_.Execute(batch.steps);
+    std::optional<PartialStep> partial = executor_.TakePartialStep();
+    if (partial && partial->fate.size() != pending.size()) partial.reset();  // not trusted
+    std::vector<size_t> redo;
+    int64_t lost = 0;
+    for (size_t k = 0; k < pending.size(); ++k) {
+      const size_t j = pending[k];
+      const StepFate fate = partial ? partial->fate[k] : StepFate::kCacheLost;
+      if (fate == StepFate::kDone) {
+        merged[j] = std::move(partial->proposals[k]);
+        continue;
+      }
+      if (fate == StepFate::kCacheLost) {
+        batch.entries[j]->sequence.ResetCache();
+        batch.steps[j].plan = batch.entries[j]->sequence.NextStep();
+        batch.steps[j].reset_cache = true;
+        ++lost;
+      }
+      redo.push_back(j);
+    }
+    DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
+                      << "; re-prefilling " << lost << " of " << batch.entries.size()
+                      << " sequence(s), retrying " << redo.size();
+    pending = std::move(redo);
+    std::vector<SequenceStep> steps;
+    for (size_t j : pending) steps.push_back(batch.steps[j]);
+    proposals = steps.empty() ? std::vector<engine::Proposal>() : executor_.Execute(steps);
   }
   for (Entry* e : batch.entries) e->reset_cache = false;
   report.forward_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return proposals;
+  if (merged.empty() || !proposals.ok()) return proposals;  // no retry, or it failed
+  for (size_t k = 0; k < pending.size(); ++k) merged[pending[k]] = std::move((*proposals)[k]);
+  return merged;
 }
 
 // 5. The step's outcome for each sequence: the denoising policy applied to its proposals, or
@@ -461,17 +764,43 @@ void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
     e.last_commit = after;
     e.forwards_at_commit = e.sequence.forwards();
     if (first) e.first_tokens = after;
-    if (e.callbacks.on_tokens) {
-      CommittedTokens committed;
-      committed.offset = e.emitted;
-      committed.ids = fresh;
-      const std::vector<float> logprobs = e.sequence.FinalLogprobs();
-      committed.logprobs.assign(logprobs.begin() + e.emitted, logprobs.end());
-      if (KeepIds keep = e.callbacks.on_tokens(committed)) {
-        e.stopped_at = e.emitted + static_cast<int64_t>(std::min(*keep, fresh.size()));
+    const int64_t start = e.produced;
+    const int64_t n = static_cast<int64_t>(fresh.size());
+    e.produced += n;
+    // A resumed request replays from its prompt: ids below `emitted` were committed (and
+    // streamed) before the restart. Decoding is deterministic, so they must come out equal.
+    const int64_t skip = std::clamp<int64_t>(e.emitted - start, 0, n);
+    for (int64_t i = 0; i < skip && !e.replay_mismatch_logged; ++i) {
+      if (fresh[i] != e.committed[start + i]) {
+        e.replay_mismatch_logged = true;
+        DMOE_LOG(ERROR) << "request '" << e.request_id << "': the replay after a restart "
+                        << "committed id " << fresh[i] << " at offset " << start + i
+                        << " where the journal holds " << e.committed[start + i]
+                        << " (was the model or the build changed?)";
       }
     }
-    e.emitted += static_cast<int64_t>(fresh.size());
+    if (skip < n) {
+      CommittedTokens committed;
+      committed.offset = e.emitted;
+      committed.ids.assign(fresh.begin() + skip, fresh.end());
+      const std::vector<float> logprobs = e.sequence.FinalLogprobs();
+      committed.logprobs.assign(logprobs.begin() + start + skip, logprobs.begin() + start + n);
+      if (e.journaled) {
+        absl::Status written = options_.journal->Commit(e.request_id, committed.offset,
+                                                        committed.ids, committed.logprobs);
+        if (!written.ok()) DMOE_LOG(ERROR) << "journal: " << written;
+        e.committed.insert(e.committed.end(), committed.ids.begin(), committed.ids.end());
+        e.committed_logprobs.insert(e.committed_logprobs.end(), committed.logprobs.begin(),
+                                    committed.logprobs.end());
+      }
+      const int64_t count = static_cast<int64_t>(committed.ids.size());
+      if (e.callbacks.on_tokens) {
+        if (KeepIds keep = e.callbacks.on_tokens(committed)) {
+          e.stopped_at = e.emitted + std::min<int64_t>(static_cast<int64_t>(*keep), count);
+        }
+      }
+      e.emitted += count;
+    }
   }
   // The block this step denoised (the finished one when the step finished it), every step.
   if (e.callbacks.on_step && e.sequence.params().mode == engine::DecodeMode::kDiffusion) {
@@ -485,8 +814,14 @@ void Scheduler::StreamCommitted(Entry& e, absl::Time after) {
 
 RequestResult Scheduler::Result(const Entry& e, absl::Time after) {
   RequestResult r;
-  r.ids = e.sequence.FinalTokens();
-  r.logprobs = e.sequence.FinalLogprobs();
+  if (e.journaled) {
+    // What was committed, which for a resumed request includes the ids of before the restart.
+    r.ids = e.committed;
+    r.logprobs = e.committed_logprobs;
+  } else {
+    r.ids = e.sequence.FinalTokens();
+    r.logprobs = e.sequence.FinalLogprobs();
+  }
   r.finish_reason = e.sequence.finish_reason();
   if (e.stopped_at) {
     r.ids.resize(std::min<size_t>(r.ids.size(), *e.stopped_at));
@@ -537,10 +872,13 @@ void Scheduler::Stop() {
   }
   if (thread_.joinable()) thread_.join();
   std::deque<std::unique_ptr<Entry>> waiting;
+  std::vector<Attach> attaches;
   {
     absl::MutexLock lock(&mu_);
     waiting.swap(waiting_);
     cancelled_.clear();
+    detached_.clear();
+    attaches.swap(attaches_);
   }
   const absl::Status stopped =
       absl::UnavailableError("the scheduler stopped before the request finished");
@@ -550,8 +888,13 @@ void Scheduler::Stop() {
     absl::MutexLock lock(&mu_);
     running_count_ = 0;
   }
-  for (auto& e : running) Finish(std::move(e), stopped);
-  for (auto& e : waiting) Finish(std::move(e), stopped);
+  for (auto& e : running) Finish(std::move(e), stopped, /*interrupted=*/true);
+  for (auto& e : waiting) Finish(std::move(e), stopped, /*interrupted=*/true);
+  for (Attach& a : attaches) {
+    if (a.callbacks.on_done) a.callbacks.on_done(stopped);
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
 }
 
 }  // namespace dmoe::scheduler

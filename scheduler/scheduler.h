@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -32,6 +33,7 @@
 #include "absl/time/time.h"
 #include "engine/sequence.h"
 #include "model/config.h"
+#include "scheduler/request_journal.h"
 #include "scheduler/step_executor.h"
 
 namespace dmoe::scheduler {
@@ -88,6 +90,22 @@ struct SchedulerOptions {
   absl::Duration unavailable_grace = absl::Seconds(30);
   // Prometheus series (scheduler/scheduler_metrics.h); null: none. Must outlive the scheduler.
   SchedulerMetrics* metrics = nullptr;
+
+  // The journal of accepted requests and committed blocks (scheduler/request_journal.h,
+  // docs/operations.md); null: none. Must outlive the scheduler. With a journal:
+  // - every request with a request_id is journalled (accept, each committed block, its end);
+  // - Create resumes the journal's unfinished requests: each re-runs from its prompt (decoding
+  //   is deterministic, so it commits the same ids) and streams only past the ids journalled;
+  // - Submit de-duplicates by request_id: a request that is running, resumed or retained
+  //   re-attaches the new caller (it gets the committed ids so far, then the rest);
+  // - Stop() leaves unfinished requests in the journal for the next scheduler.
+  RequestJournal* journal = nullptr;
+  // Journal only: how long, and how many, finished requests' results stay re-attachable.
+  absl::Duration retention = absl::Minutes(5);
+  int64_t max_retained = 10000;
+  // Journal only: a request without a caller (Detach()ed, or resumed and not re-attached yet)
+  // is cancelled after this long, so abandoned requests do not run to the end.
+  absl::Duration detached_grace = absl::Seconds(30);
 
   // INVALID_ARGUMENT naming the field when a bound is < 1 (max_queue may be 0: no waiting).
   absl::Status Validate() const;
@@ -148,7 +166,9 @@ struct RequestCallbacks {
 };
 
 struct SchedulerRequest {
-  std::string request_id;           // for logs only
+  // For logs; with SchedulerOptions::journal also the request's identity (de-duplication and
+  // re-attachment by id). Empty: never journalled.
+  std::string request_id;
   std::vector<int32_t> prompt;
   // Complete parameters: mask_id and stop_ids already resolved by the caller.
   engine::GenerationParams params;
@@ -164,6 +184,8 @@ struct SchedulerStats {
   int64_t kv_pages_reserved = 0;    // sum of the running requests' page estimates
   int64_t kv_pages_capacity = 0;
   bool draining = false;
+  int64_t resumed = 0;              // requests resumed from the journal by Create
+  int64_t reattached = 0;           // Submits that re-attached to an existing request
 };
 
 // Thread-safe: Submit, Cancel, Stats, StartDrain and WaitUntilIdle may be called from any
@@ -191,11 +213,20 @@ class Scheduler {
   //   RESOURCE_EXHAUSTED: the waiting queue is full, or the request alone needs more KV pages
   //     than the pool has;
   //   UNAVAILABLE: the scheduler is draining or stopped.
+  //   ALREADY_EXISTS (journal only): request_id names a different request (prompt or params).
+  // With a journal, a request_id that names a running, resumed or retained request re-attaches
+  // instead (see SchedulerOptions::journal): the handle returned is this caller's, its
+  // on_tokens first gets every id committed so far as one call at offset 0, then the rest; a
+  // previous caller's on_done gets ABORTED. A finished one's caller gets its ids and result.
   absl::StatusOr<RequestHandle> Submit(SchedulerRequest request);
 
   // Ends the request at the next step with CANCELLED and frees its KV. No-op for unknown or
   // finished handles. Never blocks on a step.
   void Cancel(RequestHandle handle);
+  // The caller behind `handle` goes away but the request goes on (journal only: a client that
+  // may re-attach by request id). Its on_done gets CANCELLED at the next step; without a
+  // re-attach within detached_grace the request is cancelled. No-op for unknown handles.
+  void Detach(RequestHandle handle);
 
   // Manual mode (start_step_thread = false): admits, expires and cancels requests and runs
   // one batched forward if any request is running. Returns what it did (an empty `scheduled`
@@ -215,6 +246,16 @@ class Scheduler {
 
  private:
   struct Entry;
+  struct Attach {
+    RequestHandle caller = 0;
+    std::string request_id;
+    RequestCallbacks callbacks;
+  };
+  struct Retained {
+    RequestResult result;
+    std::string fingerprint;
+    absl::Time ended;
+  };
   Scheduler(const SchedulerOptions& options, const model::ModelConfig& config,
             StepExecutor& executor);
 
@@ -222,6 +263,16 @@ class Scheduler {
   int64_t PagesNeeded(const SchedulerRequest& request) const;
   absl::Status ValidateRequest(const SchedulerRequest& request) const;
   absl::StatusOr<RequestHandle> Enqueue(SchedulerRequest request);
+  // Journal only: queues `request`'s callbacks onto the request of the same id when there is
+  // one (its handle); nullopt when there is none.
+  absl::StatusOr<std::optional<RequestHandle>> ReattachLocked(SchedulerRequest& request,
+                                                              const std::string& fingerprint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ResumeFromJournal();
+  // Step thread: hands queued re-attaches and detaches to their requests.
+  int64_t ProcessAttachments(absl::Time now);
+  void RetainLocked(const Entry& e, const absl::StatusOr<RequestResult>& result, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Running / waiting / KV gauges; `capacity` is the step's KvPagesCapacity().
   void PublishState(int64_t capacity);
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -249,7 +300,9 @@ class Scheduler {
   void StreamCommitted(Entry& e, absl::Time after);
   static RequestResult Result(const Entry& e, absl::Time after);
   int64_t FinishRequests(std::vector<std::pair<Entry*, absl::StatusOr<RequestResult>>> done);
-  void Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result);
+  // `interrupted`: the scheduler stops under the request, which stays in the journal.
+  void Finish(std::unique_ptr<Entry> entry, absl::StatusOr<RequestResult> result,
+              bool interrupted = false);
 
   const SchedulerOptions options_;
   const model::ModelConfig config_;
@@ -267,8 +320,19 @@ class Scheduler {
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   // Step thread only: since when the executor has had no capacity (InfiniteFuture: it has).
   absl::Time unavailable_since_ = absl::InfiniteFuture();
-  // Submitted requests whose on_done has not returned yet.
+  // Submitted requests whose on_done has not returned yet, and queued re-attaches.
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Journal only: request id -> handle of every queued or running request, finished results
+  // kept for re-attachment, and the re-attaches / detaches the step thread has yet to apply.
+  // by_id_: request id -> (handle, fingerprint: its prompt and params, journal-encoded).
+  absl::flat_hash_map<std::string, std::pair<RequestHandle, std::string>> by_id_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Retained> retained_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::string, absl::Time>> retained_order_ ABSL_GUARDED_BY(mu_);
+  std::vector<Attach> attaches_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<RequestHandle> detached_ ABSL_GUARDED_BY(mu_);
+  int64_t resumed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reattached_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Owned by the step thread (or the Step() caller).
   std::vector<std::unique_ptr<Entry>> running_;
