@@ -65,6 +65,10 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
   std::map<std::string, std::vector<size_t>> by_replica;
   {
     absl::MutexLock lock(&mu_);
+    partial_.reset();
+    PartialStep before_any_call;
+    before_any_call.fate.assign(steps.size(), StepFate::kNotRun);
+    before_any_call.proposals.resize(steps.size());
     bool moved = false;
     for (size_t i = 0; i < steps.size(); ++i) {
       auto it = placement_.find(steps[i].sequence_id);
@@ -74,12 +78,18 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
         auto address = PlaceNew(live);
         if (!address.ok()) return address.status();
         // A sequence that already has KV elsewhere (plan.start > 0) must re-prefill here.
-        if (steps[i].plan.start > 0 && !steps[i].reset_cache) moved = true;
+        if (steps[i].plan.start > 0 && !steps[i].reset_cache) {
+          moved = true;
+          before_any_call.fate[i] = StepFate::kCacheLost;
+        }
         placement_[steps[i].sequence_id] = *address;
       }
       by_replica[placement_[steps[i].sequence_id]].push_back(i);
     }
-    if (moved) return absl::AbortedError("sequences moved to another attention replica");
+    if (moved) {
+      partial_ = std::move(before_any_call);
+      return absl::AbortedError("sequences moved to another attention replica");
+    }
   }
 
   struct Call {
@@ -116,6 +126,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
   for (auto& t : threads) t.join();
 
   std::vector<engine::Proposal> proposals(steps.size());
+  std::vector<StepFate> fate(steps.size(), StepFate::kDone);
   absl::Status first_error;
   bool aborted = false;
   c = 0;
@@ -134,8 +145,10 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
         absl::MutexLock lock(&mu_);
         for (auto it = placement_.begin(); it != placement_.end();)
           it = it->second == address ? placement_.erase(it) : std::next(it);
+        for (size_t i : indices) fate[i] = StepFate::kCacheLost;
         aborted = true;
       } else if (status.code() == absl::StatusCode::kFailedPrecondition) {
+        for (size_t i : indices) fate[i] = StepFate::kCacheLost;
         aborted = true;  // the replica lost those sequences (e.g. restarted)
       } else if (first_error.ok()) {
         first_error = absl::Status(status.code(), absl::StrCat(address, ": ", status.message()));
@@ -155,8 +168,17 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
     }
   }
   if (!first_error.ok()) return first_error;
-  if (aborted) return absl::AbortedError("an attention replica lost sequences; re-prefill");
+  if (aborted) {
+    absl::MutexLock lock(&mu_);
+    partial_ = PartialStep{std::move(fate), std::move(proposals)};
+    return absl::AbortedError("an attention replica lost sequences; re-prefill");
+  }
   return proposals;
+}
+
+std::optional<PartialStep> RemoteAttentionExecutor::TakePartialStep() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(partial_, std::nullopt);
 }
 
 void RemoteAttentionExecutor::Release(const std::vector<std::string>& sequence_ids) {

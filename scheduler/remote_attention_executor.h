@@ -7,6 +7,7 @@
 #define DMOE_SCHEDULER_REMOTE_ATTENTION_EXECUTOR_H_
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ class RemoteAttentionExecutor : public StepExecutor {
 
   absl::StatusOr<std::vector<engine::Proposal>> Execute(
       const std::vector<SequenceStep>& steps) override ABSL_LOCKS_EXCLUDED(mu_);
+  // After ABORTED: the failed replica's sequences lost their caches; the others' proposals
+  // stand (or, when sequences moved before any call, the others did not run).
+  std::optional<PartialStep> TakePartialStep() override ABSL_LOCKS_EXCLUDED(mu_);
   void Release(const std::vector<std::string>& sequence_ids) override ABSL_LOCKS_EXCLUDED(mu_);
   int64_t KvPagesCapacity() override ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -51,6 +55,7 @@ class RemoteAttentionExecutor : public StepExecutor {
   std::map<std::string, std::string> placement_  // sequence id -> replica address
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> replica_kv_pages_ ABSL_GUARDED_BY(mu_);
+  std::optional<PartialStep> partial_ ABSL_GUARDED_BY(mu_);  // the last ABORTED Execute's
 };
 
 }  // namespace dmoe::scheduler

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,15 +26,30 @@ struct SequenceStep {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// What an ABORTED Execute did to each of its steps, when the executor can tell (one replica of
+// several failed): the others' proposals stand and only the lost sequences re-prefill.
+enum class StepFate {
+  kDone,       // ran; its proposal is valid (and its cache advanced)
+  kNotRun,     // untouched: run the same step again
+  kCacheLost,  // its KV cache is gone: Sequence::ResetCache, re-plan with reset_cache
+};
+struct PartialStep {
+  std::vector<StepFate> fate;               // per step of the aborted call
+  std::vector<engine::Proposal> proposals;  // per step; valid where fate is kDone
+};
+
 class StepExecutor {
  public:
   virtual ~StepExecutor() = default;
   // One batched forward; proposals in request order. ABORTED means some sequence's cache was
-  // lost (a replica died or restarted): the caller resets every sequence of the batch
-  // (Sequence::ResetCache), re-plans with reset_cache and retries. UNAVAILABLE: no replica /
+  // lost (a replica died or restarted): the caller asks TakePartialStep what happened to each
+  // step, re-plans the lost ones with reset_cache and retries those and the ones not run
+  // (without an answer it resets every sequence of the batch). UNAVAILABLE: no replica /
   // expert can serve now. Other codes are the request's fault or internal.
   virtual absl::StatusOr<std::vector<engine::Proposal>> Execute(
       const std::vector<SequenceStep>& steps) = 0;
+  // Right after an ABORTED Execute: each step's fate, or nullopt when unknown.
+  virtual std::optional<PartialStep> TakePartialStep() { return std::nullopt; }
   // Frees finished or cancelled sequences' caches (best effort).
   virtual void Release(const std::vector<std::string>& sequence_ids) = 0;
   // KV capacity in pages of `page_tokens` tokens, for admission.

@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -29,7 +31,9 @@ constexpr int32_t kMask = 90;
 // sequence's cached length and refuses a plan that does not continue it, as a replica would.
 class FakeStepExecutor final : public StepExecutor {
  public:
-  enum class Fault { kAborted, kUnavailableNoCapacity, kInternal };
+  // kLoseFirstSequence: one of two replicas died — the step ran, but the first sequence's
+  // cache is gone; the others' proposals stand (TakePartialStep says so).
+  enum class Fault { kNone, kAborted, kUnavailableNoCapacity, kInternal, kLoseFirstSequence };
 
   // The next Execute calls fail with these faults, in order.
   std::deque<Fault> script;
@@ -45,6 +49,8 @@ class FakeStepExecutor final : public StepExecutor {
       const Fault fault = script.front();
       script.pop_front();
       switch (fault) {
+        case Fault::kNone:
+          break;
         case Fault::kAborted:
           cached_.clear();
           return absl::AbortedError("fake replica restarted");
@@ -54,8 +60,31 @@ class FakeStepExecutor final : public StepExecutor {
           return absl::UnavailableError("fake replica went away");
         case Fault::kInternal:
           return absl::InternalError("fake forward failed");
+        case Fault::kLoseFirstSequence: {
+          absl::StatusOr<std::vector<engine::Proposal>> ran = Run(steps);
+          if (!ran.ok()) return ran;
+          PartialStep partial;
+          partial.fate.assign(steps.size(), StepFate::kDone);
+          partial.fate[0] = StepFate::kCacheLost;
+          partial.proposals = *std::move(ran);
+          cached_.erase(steps[0].sequence_id);
+          partial_ = std::move(partial);
+          return absl::AbortedError("fake replica of the first sequence died");
+        }
       }
     }
+    return Run(steps);
+  }
+  std::optional<PartialStep> TakePartialStep() override {
+    return std::exchange(partial_, std::nullopt);
+  }
+  void Release(const std::vector<std::string>& ids) override {
+    for (const std::string& id : ids) cached_.erase(id);
+  }
+  int64_t KvPagesCapacity() override { return capacity; }
+
+ private:
+  absl::StatusOr<std::vector<engine::Proposal>> Run(const std::vector<SequenceStep>& steps) {
     std::vector<engine::Proposal> proposals;
     for (const SequenceStep& s : steps) {
       int64_t& cached = cached_[s.sequence_id];
@@ -75,13 +104,9 @@ class FakeStepExecutor final : public StepExecutor {
     }
     return proposals;
   }
-  void Release(const std::vector<std::string>& ids) override {
-    for (const std::string& id : ids) cached_.erase(id);
-  }
-  int64_t KvPagesCapacity() override { return capacity; }
 
- private:
   std::map<std::string, int64_t> cached_;
+  std::optional<PartialStep> partial_;
 };
 
 using Fault = FakeStepExecutor::Fault;
@@ -201,6 +226,25 @@ INSTANTIATE_TEST_SUITE_P(
                     .expected = absl::StatusCode::kInternal,
                     .message = "fake forward failed"}),
     [](const ::testing::TestParamInfo<FailureCase>& info) { return info.param.name; });
+
+// One replica of two dies mid-step: only its sequence re-prefills; the other keeps the proposal
+// it got and its cache (one reset plan, not two), and both outputs are unchanged.
+TEST(SchedulerReplicaLossTest, OnlyTheLostSequenceReprefills) {
+  FakeStepExecutor clean;
+  const TwoRequests expected = RunTwo(clean, SchedulerOptions());
+  FakeStepExecutor executor;
+  executor.script = {Fault::kNone, Fault::kNone, Fault::kLoseFirstSequence};
+  const TwoRequests run = RunTwo(executor, SchedulerOptions());
+  EXPECT_EQ(Ids(run), Ids(expected));
+  EXPECT_EQ(executor.reset_plans, 1);
+  EXPECT_EQ(executor.execute_calls, clean.execute_calls + 1);  // the one retry, of one sequence
+
+  // Without a partial answer every sequence of the batch re-prefills (two reset plans).
+  FakeStepExecutor blunt;
+  blunt.script = {Fault::kNone, Fault::kNone, Fault::kAborted};
+  EXPECT_EQ(Ids(RunTwo(blunt, SchedulerOptions())), Ids(expected));
+  EXPECT_EQ(blunt.reset_plans, 2);
+}
 
 TEST(SchedulerGraceTest, HoldingPastUnavailableGraceFailsTheRequests) {
   FakeStepExecutor executor;
