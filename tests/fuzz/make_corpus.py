@@ -143,6 +143,16 @@ def main():
     for i, b in enumerate(chats):
         write("openai_request", f"chat{i}", b"\1" + b.encode())
 
+    # Canary split text (dmoe-router --split, RouterAdmin.SetSplit).
+    for i, text in enumerate(["v1=100", "v1=90,v2=10", " v1 = 50 , v2 = 25 , v3 = 25 ", "a=0,b=100"]):
+        write("canary_split", f"split{i}", text)
+
+    # API keys files: NAME ROLE SHA256HEX [limits], comments and blank lines.
+    h1, h2 = "1211a6e49f450f7613a042134c89caf197a7ee139fcab073a0157a02b40b33c3", "11" * 32
+    write("api_keys", "two", f"# NAME ROLE SHA256HEX limits\nacme user {h1} rps=20 streams=8 tpm=200000\n"
+          f"\nops admin {h2}\n")
+    write("api_keys", "one", f"t user {h1}  # trailing comment\n")
+
     # Protobuf requests, encoded from text format with protoc.
     def encode(message, proto, text):
         return subprocess.run(
