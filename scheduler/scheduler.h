@@ -162,6 +162,8 @@ struct RequestCallbacks {
   // Exactly once, after every other callback of the request: the result, or CANCELLED
   // (Cancel), DEADLINE_EXCEEDED (deadline passed before the end), UNAVAILABLE (the scheduler
   // stopped first) or the error of a failed forward. The request's KV pages are free by then.
+  // With a journal the caller can also be let go while the request goes on: ABORTED when
+  // another call re-attached to the request, CANCELLED when its caller was Detach()ed.
   std::function<void(absl::StatusOr<RequestResult> result)> on_done;
 };
 
