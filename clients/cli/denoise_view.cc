@@ -15,6 +15,7 @@ constexpr char kMask[] = "\u2591";          // ░
 constexpr char kPromptMarker[] = "\u2026";  // …
 constexpr char kNewline[] = "\u23ce";       // ⏎
 constexpr char kHighlight[] = "\033[1;32m";
+constexpr char kEditHighlight[] = "\033[1;33m";
 constexpr char kDim[] = "\033[2m";
 constexpr char kReset[] = "\033[0m";
 
@@ -106,20 +107,24 @@ std::vector<DenoiseView::Piece> DenoiseView::Pieces(const Canvas& canvas) const 
   for (size_t i = 0; i < canvas.tokens.size(); ++i) {
     if (canvas.block_start + static_cast<int64_t>(i) < canvas.prompt_length) continue;
     const int32_t t = canvas.tokens[i];
-    if (t == canvas.mask_id) {
-      pieces.push_back({kMask, 1, false});
-      continue;
-    }
     const bool was_masked = !same_block || i >= previous_tokens_.size() ||
                             previous_tokens_[i] == canvas.mask_id;
+    // Token editing rewrites decoded tokens of the current block, or re-masks them.
+    const bool edited = !was_masked && previous_tokens_[i] != t;
+    if (t == canvas.mask_id) {
+      pieces.push_back({kMask, 1, false, edited});
+      continue;
+    }
     std::string text = Printable(token_text_(t));
     const int width = DisplayWidth(text);
-    pieces.push_back({std::move(text), width, was_masked});
+    pieces.push_back({std::move(text), width, was_masked, edited});
   }
   return pieces;
 }
 
-std::string DenoiseView::Status(const Canvas& canvas) const {
+std::string DenoiseView::Status(const Canvas& canvas, const std::vector<Piece>& pieces) const {
+  int64_t edited = 0;
+  for (const Piece& p : pieces) edited += p.edited;
   int64_t generated = 0, filled = 0;
   for (size_t i = 0; i < canvas.tokens.size(); ++i) {
     if (canvas.block_start + static_cast<int64_t>(i) < canvas.prompt_length) continue;
@@ -128,7 +133,8 @@ std::string DenoiseView::Status(const Canvas& canvas) const {
   }
   const int64_t percent = generated > 0 ? filled * 100 / generated : 100;
   return absl::StrCat("block @", canvas.block_start, " \u00b7 forward ", canvas.forward,
-                      " \u00b7 ", filled, "/", generated, " filled (", percent, "%)");
+                      " \u00b7 ", filled, "/", generated, " filled (", percent, "%)",
+                      edited > 0 ? absl::StrCat(" \u00b7 ", edited, " edited") : "");
 }
 
 std::vector<std::string> DenoiseView::Wrap(const std::string& status,
@@ -142,21 +148,23 @@ std::vector<std::string> DenoiseView::Wrap(const std::string& status,
     line.clear();
     used = 0;
   };
-  auto append = [&](const std::string& text, int w, bool fresh) {
+  auto append = [&](const std::string& text, int w, const Piece& p) {
     if (used > 0 && used + w > width) flush();
-    line += fresh ? absl::StrCat(kHighlight, text, kReset) : text;
+    line += p.fresh    ? absl::StrCat(kHighlight, text, kReset)
+            : p.edited ? absl::StrCat(kEditHighlight, text, kReset)
+                       : text;
     used += w;
   };
   for (const Piece& p : pieces) {
     if (p.width <= width) {
-      append(p.text, p.width, p.fresh);
+      append(p.text, p.width, p);
       continue;
     }
     // Longer than a whole line: split it by code points.
     for (size_t i = 0; i < p.text.size();) {
       const size_t begin = i;
       const int w = CodePointWidth(NextCodePoint(p.text, &i));
-      append(p.text.substr(begin, i - begin), w, p.fresh);
+      append(p.text.substr(begin, i - begin), w, p);
     }
   }
   if (used > 0 || lines.size() == 1) flush();
@@ -168,15 +176,15 @@ std::string DenoiseView::Render(const Canvas& canvas) {
   const bool has_prompt = canvas.block_start < canvas.prompt_length;
   std::string out;
   if (!options_.tty) {
-    absl::StrAppend(&out, "[", Status(canvas), "] ", has_prompt ? kPromptMarker : "");
+    absl::StrAppend(&out, "[", Status(canvas, pieces), "] ", has_prompt ? kPromptMarker : "");
     for (const Piece& p : pieces) out += p.text;
     out += "\n";
   } else {
     out = Clear();
     std::vector<Piece> body;
-    if (has_prompt) body.push_back({absl::StrCat(kDim, kPromptMarker, kReset), 1, false});
+    if (has_prompt) body.push_back({absl::StrCat(kDim, kPromptMarker, kReset), 1, false, false});
     body.insert(body.end(), pieces.begin(), pieces.end());
-    const std::vector<std::string> lines = Wrap(Status(canvas), body);
+    const std::vector<std::string> lines = Wrap(Status(canvas, pieces), body);
     for (size_t i = 0; i < lines.size(); ++i) absl::StrAppend(&out, i ? "\n" : "", lines[i]);
     lines_on_screen_ = static_cast<int>(lines.size());
   }

@@ -3,7 +3,9 @@
 //
 // Only the generated part of the block is drawn: the prompt tail that shares the first block
 // is one "…" marker, masks are ░, special tokens ◇, newlines ⏎, and the tokens the last
-// forward committed are highlighted.
+// forward committed are highlighted (green); with token editing, positions the last forward
+// rewrote (or turned back into a mask) are highlighted differently (yellow) and counted in the
+// status line.
 // On a terminal the frame is redrawn in place, wrapped to the terminal's width; otherwise each
 // step is one plain line (for logs and pipes).
 #ifndef DMOE_CLIENTS_CLI_DENOISE_VIEW_H_
@@ -49,10 +51,11 @@ class DenoiseView {
   struct Piece {
     std::string text;
     int width = 0;
-    bool fresh = false;  // committed by the last forward
+    bool fresh = false;   // committed by the last forward
+    bool edited = false;  // rewritten (or re-masked) by the last forward: token editing
   };
   std::vector<Piece> Pieces(const Canvas& canvas) const;
-  std::string Status(const Canvas& canvas) const;
+  std::string Status(const Canvas& canvas, const std::vector<Piece>& pieces) const;
   std::vector<std::string> Wrap(const std::string& status, const std::vector<Piece>& pieces) const;
 
   DenoiseViewOptions options_;

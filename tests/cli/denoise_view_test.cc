@@ -56,6 +56,24 @@ TEST(DenoiseViewTest, TerminalRedrawsInPlaceAndHighlightsTheLastCommits) {
   EXPECT_EQ(view.Clear(), "");
 }
 
+// Token editing: a decoded token the forward rewrote, and one it turned back into a mask, are
+// highlighted in yellow (fresh commits stay green) and counted in the status line.
+TEST(DenoiseViewTest, EditedPositionsAreMarkedApartFromFreshCommits) {
+  DenoiseView view({.tty = true, .width = 80}, Text);
+  const std::string green = "\033[1;32m", yellow = "\033[1;33m", reset = "\033[0m",
+                    dim = "\033[2m";
+  (void)view.Render(Step(1, {0, 1, 2, 3, 4, kMask, kMask, kMask}));
+  const std::string status = "block @8 \u00b7 forward 2 \u00b7 3/6 filled (50%) \u00b7 2 edited";
+  EXPECT_EQ(view.Render(Step(2, {0, 1, 5, kMask, 4, 6, kMask, kMask})),
+            "\033[1A\r\033[J" + status + "\n" + dim + "\u2026" + reset + yellow + "f" + reset +
+                yellow + "\u2591" + reset + "e" + green + "g" + reset + "\u2591\u2591");
+
+  DenoiseView plain({.tty = false, .width = 80}, Text);
+  (void)plain.Render(Step(1, {0, 1, 2, 3, kMask, kMask, kMask, kMask}));
+  EXPECT_EQ(plain.Render(Step(2, {0, 1, 5, 3, kMask, kMask, kMask, kMask})),
+            "[block @8 \u00b7 forward 2 \u00b7 2/6 filled (33%) \u00b7 1 edited] \u2026fd\u2591\u2591\u2591\u2591\n");
+}
+
 TEST(DenoiseViewTest, TerminalWrapsWithinTheWidth) {
   DenoiseView view({.tty = true, .width = 8}, Text);
   // 1 marker + 6 pieces, 你 counted as two columns: "…a你a你a" is 8 wide, the last "a" wraps.
