@@ -107,6 +107,27 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     admission_ = *std::move(admitted);
+    server_->prepare_queue_->Schedule([this, context, &request] { Submit(context, request); });
+  }
+
+  // gRPC may call this before Submit has a handle: caller_gone_ covers that window.
+  void OnCancel() override {
+    caller_gone_.store(true);
+    ReportCallerGone();
+  }
+  void OnDone() override {
+    server_->active_calls_.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  void ReportCallerGone() {
+    const uint64_t h = handle_.load();
+    if (h != 0 && !gone_reported_.exchange(true)) server_->CallerGone(h);
+  }
+
+  // On the prepare queue: tokenize, then hand the request to the scheduler.
+  void Submit(grpc::CallbackServerContext* context, const dmoe::v1::GenerateRequest& request) {
     absl::StatusOr<PreparedRequest> prepared = server_->Prepare(request);
     if (!prepared.ok()) {
       admission_ = auth::Admission();
@@ -142,18 +163,9 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     handle_.store(*handle);
+    if (caller_gone_.load()) ReportCallerGone();
   }
 
-  // gRPC calls this only after the handler returned, so handle_ is set when there is one.
-  void OnCancel() override {
-    if (const uint64_t h = handle_.load(); h != 0) server_->CallerGone(h);
-  }
-  void OnDone() override {
-    server_->active_calls_.fetch_sub(1);
-    delete this;
-  }
-
- private:
   // On the scheduler's step thread. Nothing touches `this` after Finish: OnDone may follow.
   void OnResult(absl::StatusOr<RequestResult> r) {
     // The stream slot is free before the caller sees the end (it may start its next call).
@@ -183,6 +195,8 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
   GenerationServer* const server_;
   dmoe::v1::GenerateResponse* const response_;
   std::atomic<uint64_t> handle_{0};
+  std::atomic<bool> caller_gone_{false};
+  std::atomic<bool> gone_reported_{false};
   auth::Admission admission_;  // the tenant's stream slot, until OnDone
   bool logprobs_ = false;
   // With stop strings (step thread only): the text so far.
@@ -211,6 +225,36 @@ class GenerationServer::StreamCall final
       return;
     }
     admission_ = *std::move(admitted);
+    server_->prepare_queue_->Schedule([this, context, &request] { Submit(context, request); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        // The client is gone: drop what is queued, keep waiting for the scheduler's on_done.
+        broken_ = true;
+        queue_.clear();
+      }
+    }
+    if (!ok) CancelRequest();
+    Pump();
+  }
+  // gRPC may call this before Submit has a handle: caller_gone_ covers that window.
+  void OnCancel() override {
+    caller_gone_.store(true);
+    CancelRequest();
+  }
+  void OnDone() override {
+    server_->active_calls_.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  // On the prepare queue: tokenize, then hand the request to the scheduler (no write is in
+  // flight before that, so the error paths may Finish directly).
+  void Submit(grpc::CallbackServerContext* context, const dmoe::v1::GenerateRequest& request) {
     absl::StatusOr<PreparedRequest> prepared = server_->Prepare(request);
     if (!prepared.ok()) {
       admission_ = auth::Admission();
@@ -307,30 +351,13 @@ class GenerationServer::StreamCall final
       return;
     }
     handle_.store(*handle);
+    if (caller_gone_.load()) CancelRequest();
   }
 
-  void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) {
-        // The client is gone: drop what is queued, keep waiting for the scheduler's on_done.
-        broken_ = true;
-        queue_.clear();
-      }
-    }
-    if (!ok) CancelRequest();
-    Pump();
-  }
-  void OnCancel() override { CancelRequest(); }
-  void OnDone() override {
-    server_->active_calls_.fetch_sub(1);
-    delete this;
-  }
-
- private:
+  // Once per call, whichever of OnCancel, a failed write or Submit sees the caller gone last.
   void CancelRequest() {
-    if (const uint64_t h = handle_.load(); h != 0) server_->CallerGone(h);
+    const uint64_t h = handle_.load();
+    if (h != 0 && !gone_reported_.exchange(true)) server_->CallerGone(h);
   }
 
   // Queues a message and/or the final status, then writes if no write is in flight.
@@ -375,6 +402,8 @@ class GenerationServer::StreamCall final
   // Step thread only: text as blocks arrive, with the request's stop strings applied.
   std::unique_ptr<model::StopStringDetokenizer> detokenizer_;
   bool logprobs_ = false;
+  std::atomic<bool> caller_gone_{false};
+  std::atomic<bool> gone_reported_{false};
   int64_t resume_from_offset_ = 0;
   std::atomic<uint64_t> handle_{0};
 
@@ -405,7 +434,11 @@ GenerationServer::GenerationServer(const GenerationServerOptions& options,
                                    Scheduler& scheduler,
                                    const model::ModelConfig& config,
                                    const model::Tokenizer* tokenizer)
-    : options_(options), scheduler_(scheduler), config_(config), tokenizer_(tokenizer) {
+    : options_(options),
+      scheduler_(scheduler),
+      config_(config),
+      tokenizer_(tokenizer),
+      prepare_queue_(std::make_unique<WorkQueue>(2)) {
   std::random_device rd;
   request_id_prefix_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }

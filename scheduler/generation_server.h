@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/auth/api_keys.h"
+#include "common/work_queue.h"
 #include "engine/sequence.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -110,6 +111,10 @@ class GenerationServer final : public dmoe::v1::Generation::CallbackService {
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> active_calls_{0};
   std::atomic<uint64_t> next_request_id_{0};
+  // Prepare (tokenizing the prompt, the chat template) runs here, off gRPC's reactor threads:
+  // a long prompt must not hold a thread every other call needs. Last member: destroyed
+  // first, after running what is queued, while everything its tasks use still exists.
+  std::unique_ptr<WorkQueue> prepare_queue_;
   uint64_t request_id_prefix_ = 0;
 };
 
