@@ -15,6 +15,7 @@
 
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tests/tokenizer/tokenizer_variant.h"
 
 namespace dmoe_fuzz {
 
@@ -30,29 +31,6 @@ inline std::string ReadSourceFile(const std::string& relative) {
   return ss.str();
 }
 
-// Same patching as ApplyVariant in tests/tokenizer/tokenizer_test_util.h (that header needs
-// GoogleTest).
-inline nlohmann::json ApplyVariant(nlohmann::json base, const nlohmann::json& variant) {
-  for (auto it = variant.begin(); it != variant.end(); ++it) {
-    const std::string& key = it.key();
-    if (key == "description") continue;
-    if (key == "merges_as_strings") {
-      if (it.value().get<bool>()) {
-        for (auto& m : base["model"]["merges"]) {
-          if (m.is_array()) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
-        }
-      }
-    } else if (key == "added_tokens_extra") {
-      for (const auto& t : it.value()) base["added_tokens"].push_back(t);
-    } else if (key == "model") {
-      for (auto m = it.value().begin(); m != it.value().end(); ++m) base["model"][m.key()] = m.value();
-    } else {
-      base[key] = it.value();
-    }
-  }
-  return base;
-}
-
 // [0] is the tiny tokenizer itself; loaded once per process.
 inline const std::vector<std::unique_ptr<dmoe::model::Tokenizer>>& Tokenizers() {
   static const auto* tokenizers = [] {
@@ -63,7 +41,7 @@ inline const std::vector<std::unique_ptr<dmoe::model::Tokenizer>>& Tokenizers() 
     for (const char* name : {"added_edges", "gpt2_style", "ling_nfc", "raw_split", "splits"}) {
       const auto variant = nlohmann::json::parse(
           ReadSourceFile(std::string("tests/tokenizer/data/variants/") + name + ".json"));
-      jsons.push_back(ApplyVariant(nlohmann::json::parse(base), variant).dump());
+      jsons.push_back(dmoe::model::testing::ApplyVariant(nlohmann::json::parse(base), variant).dump());
     }
     for (const std::string& json : jsons) {
       auto tokenizer = dmoe::model::Tokenizer::FromJson(json, config, "fuzz");

@@ -98,6 +98,23 @@ class ClusterTest : public ::testing::Test {
     });
   }
 
+  // SIGKILLs the process named `victim` while 16 requests run; every one must still complete
+  // with the engine's ids.
+  void ExpectExactWhileKilling(const LocalCluster& cluster, const std::string& victim) {
+    pid_t pid = 0;
+    for (const ClusterProcess& p : cluster.processes)
+      if (p.name == victim) pid = p.pid;
+    ASSERT_GT(pid, 0) << victim;
+    auto running = std::async(std::launch::async, [&] { return Run(cluster.router, 16); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    kill(pid, SIGKILL);
+    auto results = running.get();
+    for (int i = 0; i < 16; ++i) {
+      ASSERT_TRUE(results[i].ok()) << "request " << i << ": " << results[i].status();
+      EXPECT_EQ(*results[i], (*expected_)[i]) << "request " << i;
+    }
+  }
+
   void ExpectExact(const std::string& router, int n) {
     auto results = Run(router, n);
     for (int i = 0; i < n; ++i) {
@@ -180,21 +197,10 @@ TEST_F(ClusterTest, SecureClusterServesExactlyAndRefusesStrangersAtInternalPorts
 TEST_F(ClusterTest, KilledAttentionReplicaReprefillsOnlyItsSequences) {
   auto cluster = StartLocalCluster(Options(2, 1, 1));
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  pid_t victim = 0;
   std::string scheduler_log;
-  for (const ClusterProcess& p : cluster->processes) {
-    if (p.name == "attention-0") victim = p.pid;
+  for (const ClusterProcess& p : cluster->processes)
     if (p.role == "scheduler") scheduler_log = p.log;
-  }
-  ASSERT_GT(victim, 0);
-  auto running = std::async(std::launch::async, [&] { return Run(cluster->router, 16); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  kill(victim, SIGKILL);
-  auto results = running.get();
-  for (int i = 0; i < 16; ++i) {
-    ASSERT_TRUE(results[i].ok()) << "request " << i << ": " << results[i].status();
-    EXPECT_EQ(*results[i], (*expected_)[i]) << "request " << i;
-  }
+  ExpectExactWhileKilling(*cluster, "attention-0");
   StopLocalCluster(*cluster);
   std::ifstream log(scheduler_log);
   std::string line;
@@ -220,18 +226,7 @@ TEST_F(ClusterTest, ThreeShardsTwoReplicasTwoAttentionReplicas) {
 TEST_F(ClusterTest, KilledExpertReplicaWithASecondReplicaChangesNothing) {
   auto cluster = StartLocalCluster(Options(1, 2, 2));
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  pid_t victim = 0;
-  for (const ClusterProcess& p : cluster->processes)
-    if (p.name == "expert-0-r0") victim = p.pid;
-  ASSERT_GT(victim, 0);
-  auto running = std::async(std::launch::async, [&] { return Run(cluster->router, 16); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  kill(victim, SIGKILL);
-  auto results = running.get();
-  for (int i = 0; i < 16; ++i) {
-    ASSERT_TRUE(results[i].ok()) << "request " << i << ": " << results[i].status();
-    EXPECT_EQ(*results[i], (*expected_)[i]) << "request " << i;
-  }
+  ExpectExactWhileKilling(*cluster, "expert-0-r0");
   StopLocalCluster(*cluster);
 }
 

@@ -2,10 +2,7 @@
 // same journal; the client re-attaches by request id from the offset it had, and what it got
 // before and after the kill concatenated equals the fault-free run (docs/operations.md
 // "Scheduler journal"). Binaries come from $DMOE_BIN_DIR; children are killed on the way out.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,9 +20,8 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/dmoe/v1/generation.grpc.pb.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/temp_dir.h"
-
-extern char** environ;
 
 namespace {
 
@@ -34,86 +30,8 @@ std::string BinDir() {
   return dir ? dir : "";
 }
 
-// A child process with its stdout on a pipe. SIGKILLed and reaped on destruction if alive.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    out_ = fds[0];
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) close(out_);
-  }
-  bool started() const { return pid_ > 0; }
-
-  // The next line of stdout, or "" on EOF / timeout.
-  std::string ReadLine(absl::Duration timeout) {
-    const absl::Time end = absl::Now() + timeout;
-    for (;;) {
-      if (size_t nl = buffer_.find('\n'); nl != std::string::npos) {
-        std::string line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return line;
-      }
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(end - absl::Now()));
-      if (ms <= 0) return "";
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, ms) <= 0) return "";
-      char chunk[4096];
-      const ssize_t n = read(out_, chunk, sizeof(chunk));
-      if (n <= 0) return "";
-      buffer_.append(chunk, n);
-    }
-  }
-
-  // Sends `signal` and waits up to `timeout` for the exit; the exit code, or -1.
-  int SignalAndWait(int signal, absl::Duration timeout) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, signal);
-    const absl::Time end = absl::Now() + timeout;
-    while (absl::Now() < end) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buffer_;
-};
-
-// Runs a command to completion; its stdout and exit code.
-std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv) {
-  Child child(argv);
-  std::string out, line;
-  for (;;) {
-    line = child.ReadLine(absl::Seconds(60));
-    if (line.empty()) break;
-    out += line + "\n";
-  }
-  return {child.SignalAndWait(0, absl::Seconds(60)), out};
-}
+using dmoe_testing::Child;
+using dmoe_testing::RunArgv;
 
 // The request of the test: 160 ids, one per forward (threshold 1), no stop id.
 dmoe::v1::GenerateRequest Request(const std::string& id) {
@@ -176,7 +94,7 @@ TEST(JournalKillTest, SigkilledServeResumesAndTheReattachedStreamEqualsTheFaultF
   const std::string model = tmp.Join("tiny");
   const std::string journal = tmp.Join("scheduler.journal");
   auto [make_code, make_out] =
-      RunCommand({bin + "/dmoe-make-checkpoint", "--preset", "tiny", "--out", model});
+      RunArgv({bin + "/dmoe-make-checkpoint", "--preset", "tiny", "--out", model});
   ASSERT_EQ(make_code, 0) << make_out;
   std::vector<std::string> serve = {bin + "/dmoe", "serve", "--model", model, "--listen",
                                     "127.0.0.1:0", "--threads", "1", "--journal", journal,

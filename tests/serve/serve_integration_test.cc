@@ -2,10 +2,7 @@
 // generate --json` against it print the same result as `dmoe generate --json` on the same
 // tiny checkpoint (made with dmoe-make-checkpoint). Binaries come from $DMOE_BIN_DIR. Every
 // child process is killed on the way out, whatever the test's outcome.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,9 +20,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/child_process.h"
 #include "tests/testing/temp_dir.h"
-
-extern char** environ;
 
 namespace {
 
@@ -34,86 +30,8 @@ std::string BinDir() {
   return dir ? dir : "";
 }
 
-// A child process with its stdout on a pipe. SIGKILLed and reaped on destruction if alive.
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
-    out_ = fds[0];
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) close(out_);
-  }
-  bool started() const { return pid_ > 0; }
-
-  // The next line of stdout, or "" on EOF / timeout.
-  std::string ReadLine(absl::Duration timeout) {
-    const absl::Time end = absl::Now() + timeout;
-    for (;;) {
-      if (size_t nl = buffer_.find('\n'); nl != std::string::npos) {
-        std::string line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return line;
-      }
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(end - absl::Now()));
-      if (ms <= 0) return "";
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, ms) <= 0) return "";
-      char chunk[4096];
-      const ssize_t n = read(out_, chunk, sizeof(chunk));
-      if (n <= 0) return "";
-      buffer_.append(chunk, n);
-    }
-  }
-
-  // Sends `signal` and waits up to `timeout` for the exit; the exit code, or -1.
-  int SignalAndWait(int signal, absl::Duration timeout) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, signal);
-    const absl::Time end = absl::Now() + timeout;
-    while (absl::Now() < end) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buffer_;
-};
-
-// Runs a command to completion; its stdout and exit code.
-std::pair<int, std::string> RunCommand(const std::vector<std::string>& argv) {
-  Child child(argv);
-  std::string out, line;
-  for (;;) {
-    line = child.ReadLine(absl::Seconds(60));
-    if (line.empty()) break;
-    out += line + "\n";
-  }
-  return {child.SignalAndWait(0, absl::Seconds(60)), out};
-}
+using dmoe_testing::Child;
+using dmoe_testing::RunArgv;
 
 TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
   const std::string bin = BinDir();
@@ -122,7 +40,7 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
   dmoe_testing::TempDir tmp;
   const std::string model = tmp.Join("tiny");
   auto [make_code, make_out] =
-      RunCommand({bin + "/dmoe-make-checkpoint", "--preset", "tiny", "--out", model});
+      RunArgv({bin + "/dmoe-make-checkpoint", "--preset", "tiny", "--out", model});
   ASSERT_EQ(make_code, 0) << make_out;
 
   // Without a tokenizer the decoding ids come from flags, the same for both commands.
@@ -158,7 +76,7 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
     std::vector<std::string> local = {dmoe, "generate", "--model", model, "--json", "--threads", "1"};
     local.insert(local.end(), c.flags.begin(), c.flags.end());
     if (!tokenizer) local.insert(local.end(), ids_flags.begin(), ids_flags.end());
-    auto [local_code, local_out] = RunCommand(local);
+    auto [local_code, local_out] = RunArgv(local);
     ASSERT_EQ(local_code, 0) << local_out;
     const nlohmann::json expected = nlohmann::json::parse(local_out);
     if (absl::StrContains(absl::StrJoin(c.flags, " "), "--edit-threshold 0")) {
@@ -169,7 +87,7 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
       std::vector<std::string> remote = {dmoe, "client", "generate", "--router", address, "--json"};
       if (stream) remote.push_back("--stream");
       remote.insert(remote.end(), c.flags.begin(), c.flags.end());
-      auto [remote_code, remote_out] = RunCommand(remote);
+      auto [remote_code, remote_out] = RunArgv(remote);
       ASSERT_EQ(remote_code, 0) << remote_out;
       const nlohmann::json got = nlohmann::json::parse(remote_out);
       for (const char* field : {"ids", "text", "forwards", "tokens_per_forward", "edits",
@@ -182,9 +100,9 @@ TEST(ServeIntegrationTest, ClientGenerateThroughServeEqualsGenerate) {
 
   // A bad request is a clean error (exit 1), and the server lives on.
   auto [bad_code, bad_out] =
-      RunCommand({dmoe, "client", "generate", "--router", address, "--prompt-ids", "1", "--top-p", "2"});
+      RunArgv({dmoe, "client", "generate", "--router", address, "--prompt-ids", "1", "--top-p", "2"});
   EXPECT_EQ(bad_code, 1);
-  auto [models_code, models_out] = RunCommand({dmoe, "client", "models", "--router", address});
+  auto [models_code, models_out] = RunArgv({dmoe, "client", "models", "--router", address});
   EXPECT_EQ(models_code, 0);
   EXPECT_THAT(models_out, ::testing::HasSubstr("\"name\": \"tiny\""));
 

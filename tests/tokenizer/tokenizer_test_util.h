@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tests/tokenizer/tokenizer_variant.h"
 
 namespace dmoe::model::testing {
 
@@ -27,29 +28,6 @@ inline std::string ReadFileOrDie(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// Mirrors applyVariant() in tests/reference/encode_reference.js.
-inline nlohmann::json ApplyVariant(nlohmann::json base, const nlohmann::json& variant) {
-  for (auto it = variant.begin(); it != variant.end(); ++it) {
-    const std::string& key = it.key();
-    if (key == "description") continue;
-    if (key == "merges_as_strings") {
-      if (it.value().get<bool>()) {
-        for (auto& m : base["model"]["merges"]) {
-          if (m.is_array()) m = m[0].get<std::string>() + " " + m[1].get<std::string>();
-        }
-      }
-    } else if (key == "added_tokens_extra") {
-      for (const auto& t : it.value()) base["added_tokens"].push_back(t);
-    } else if (key == "model") {
-      for (auto m = it.value().begin(); m != it.value().end(); ++m)
-        base["model"][m.key()] = m.value();
-    } else {
-      base[key] = it.value();
-    }
-  }
-  return base;
 }
 
 // tokenizer.json text of the tiny tokenizer with variant `name` applied ("tiny" = unchanged).
