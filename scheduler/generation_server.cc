@@ -37,12 +37,12 @@ absl::Status NoTokenizer(const std::string& model, const char* what) {
       what, ": model '", model, "' is served without a tokenizer; send prompt_ids"));
 }
 
-// One TokenLogprob per id: the first `count` of ids/logprobs (DecodingParams.logprobs).
+// One TokenLogprob per id of ids/logprobs [from, end) (DecodingParams.logprobs).
 void AddLogprobs(const model::Tokenizer* tokenizer, const std::vector<int32_t>& ids,
-                 const std::vector<float>& logprobs, size_t count,
+                 const std::vector<float>& logprobs, size_t from, size_t end,
                  google::protobuf::RepeatedPtrField<dmoe::v1::TokenLogprob>* out) {
-  count = std::min({count, ids.size(), logprobs.size()});
-  for (size_t i = 0; i < count; ++i) {
+  end = std::min({end, ids.size(), logprobs.size()});
+  for (size_t i = from; i < end; ++i) {
     dmoe::v1::TokenLogprob* entry = out->Add();
     entry->set_id(ids[i]);
     entry->set_logprob(logprobs[i]);
@@ -184,7 +184,7 @@ class GenerationServer::UnaryCall final : public grpc::ServerUnaryReactor {
       response_->set_text(server_->tokenizer_->Decode(r->ids, /*skip_special_tokens=*/true));
     }
     if (logprobs_) {
-      AddLogprobs(server_->tokenizer_, r->ids, r->logprobs, r->ids.size(),
+      AddLogprobs(server_->tokenizer_, r->ids, r->logprobs, 0, r->ids.size(),
                   response_->mutable_logprobs());
     }
     response_->mutable_model()->set_name(server_->options_.model_name);
@@ -298,10 +298,8 @@ class GenerationServer::StreamCall final
       block->set_offset(tokens.offset + static_cast<int64_t>(from));
       block->mutable_ids()->Add(tokens.ids.begin() + from, tokens.ids.begin() + count);
       if (logprobs_) {
-        const std::vector<int32_t> ids(tokens.ids.begin() + from, tokens.ids.end());
-        const std::vector<float> logprobs(
-            tokens.logprobs.begin() + std::min(from, tokens.logprobs.size()), tokens.logprobs.end());
-        AddLogprobs(server_->tokenizer_, ids, logprobs, count - from, block->mutable_logprobs());
+        AddLogprobs(server_->tokenizer_, tokens.ids, tokens.logprobs, from, count,
+                    block->mutable_logprobs());
       }
       Enqueue(std::move(msg), std::nullopt);
       return keep;
