@@ -66,10 +66,7 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
   {
     absl::MutexLock lock(&mu_);
     partial_.reset();
-    PartialStep before_any_call;
-    before_any_call.fate.assign(steps.size(), StepFate::kNotRun);
-    before_any_call.proposals.resize(steps.size());
-    bool moved = false;
+    std::vector<size_t> moved;  // sequences whose KV is on a replica that is gone
     for (size_t i = 0; i < steps.size(); ++i) {
       auto it = placement_.find(steps[i].sequence_id);
       const bool alive = it != placement_.end() &&
@@ -78,16 +75,17 @@ absl::StatusOr<std::vector<engine::Proposal>> RemoteAttentionExecutor::Execute(
         auto address = PlaceNew(live);
         if (!address.ok()) return address.status();
         // A sequence that already has KV elsewhere (plan.start > 0) must re-prefill here.
-        if (steps[i].plan.start > 0 && !steps[i].reset_cache) {
-          moved = true;
-          before_any_call.fate[i] = StepFate::kCacheLost;
-        }
+        if (steps[i].plan.start > 0 && !steps[i].reset_cache) moved.push_back(i);
         placement_[steps[i].sequence_id] = *address;
       }
       by_replica[placement_[steps[i].sequence_id]].push_back(i);
     }
-    if (moved) {
-      partial_ = std::move(before_any_call);
+    if (!moved.empty()) {  // nothing ran: the moved re-prefill, the rest run as planned
+      PartialStep partial;
+      partial.fate.assign(steps.size(), StepFate::kNotRun);
+      partial.proposals.resize(steps.size());
+      for (size_t i : moved) partial.fate[i] = StepFate::kCacheLost;
+      partial_ = std::move(partial);
       return absl::AbortedError("sequences moved to another attention replica");
     }
   }
