@@ -7,7 +7,8 @@
 //   {"task": "add", "prompt": [{"role": "user", "content": "..."}], "answer": "5"}  messages
 // "task" defaults to "default". A sample is correct when the generated text (special tokens
 // skipped, cut after the first stop token as generate does) equals the answer after trimming
-// whitespace at both ends.
+// whitespace at both ends. With token editing (--editing / --edit-threshold) the figures include
+// the edits (T2T rewrites, re-masks among them).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -55,7 +56,7 @@ struct EvalSample {
 };
 
 struct TaskStats {
-  int64_t n = 0, correct = 0, tokens = 0, forwards = 0;
+  int64_t n = 0, correct = 0, tokens = 0, forwards = 0, edits = 0, remasks = 0;
   double seconds = 0;
 
   void Add(const TaskStats& o) {
@@ -63,6 +64,8 @@ struct TaskStats {
     correct += o.correct;
     tokens += o.tokens;
     forwards += o.forwards;
+    edits += o.edits;
+    remasks += o.remasks;
     seconds += o.seconds;
   }
   double accuracy() const { return n ? static_cast<double>(correct) / n : 0.0; }
@@ -74,6 +77,8 @@ struct TaskStats {
             {"accuracy", accuracy()},
             {"tokens", tokens},
             {"forwards", forwards},
+            {"edits", edits},
+            {"remasks", remasks},
             {"tokens_per_forward", tpf()},
             {"seconds", seconds},
             {"tokens_per_second", tps()}};
@@ -187,6 +192,8 @@ absl::Status RunEval(const EvalFlags& f) {
       done_correct += correct;
       t.tokens += static_cast<int64_t>(r.ids.size());
       t.forwards += r.forwards;
+      t.edits += r.edits;
+      t.remasks += r.remasks;
       // A batch's wall time is shared out by generated tokens.
       t.seconds += batch_tokens > 0 ? batch_seconds * r.ids.size() / batch_tokens
                                     : batch_seconds / (end - begin);
@@ -198,6 +205,7 @@ absl::Status RunEval(const EvalFlags& f) {
                              {"correct", correct},
                              {"tokens", r.ids.size()},
                              {"forwards", r.forwards},
+                             {"edits", r.edits},
                              {"finish_reason", engine::FinishReasonName(r.finish_reason)}}
                             .dump()
                      << "\n";
@@ -221,6 +229,9 @@ absl::Status RunEval(const EvalFlags& f) {
                 {"mode", diffusion ? "diffusion" : "ar"},
                 {"threshold", diffusion ? Json(params.threshold) : Json(nullptr)},
                 {"block_length", diffusion ? Json(params.block_length) : Json(nullptr)},
+                {"edit_threshold",
+                 params.editing() ? Json(*params.edit_threshold) : Json(nullptr)},
+                {"max_post_steps", params.editing() ? Json(params.max_post_steps) : Json(nullptr)},
                 {"max_new_tokens", params.max_new_tokens},
                 {"batch", f.batch},
                 {"tasks", tasks},
@@ -229,6 +240,8 @@ absl::Status RunEval(const EvalFlags& f) {
                 {"mean_task_accuracy", mean_accuracy},
                 {"tokens_per_forward", all.tpf()},
                 {"forwards", all.forwards},
+                {"edits", all.edits},
+                {"remasks", all.remasks},
                 {"tokens_per_second", all.tps()}};
     std::cout << out.dump() << std::endl;
     return absl::OkStatus();
@@ -237,12 +250,18 @@ absl::Status RunEval(const EvalFlags& f) {
             << (diffusion ? absl::StrFormat("diffusion, threshold %.2f, block %d", params.threshold,
                                             params.block_length)
                           : std::string("ar"))
+            << (params.editing() ? absl::StrFormat(", edit threshold %.2f, max post steps %d",
+                                                   *params.edit_threshold, params.max_post_steps)
+                                 : std::string())
             << ", max_new_tokens " << params.max_new_tokens << ", batch " << f.batch << ")\n";
-  std::cout << absl::StrFormat("%-12s %6s %9s %6s %9s %9s %9s\n", "task", "n", "accuracy", "TPF",
-                               "forwards", "tokens", "tokens/s");
-  auto row = [](const std::string& name, const TaskStats& t) {
-    std::cout << absl::StrFormat("%-12s %6d %8.1f%% %6.2f %9d %9d %9.1f\n", name, t.n,
-                                 100.0 * t.accuracy(), t.tpf(), t.forwards, t.tokens, t.tps());
+  std::cout << absl::StrFormat("%-12s %6s %9s %6s %9s %9s %9s", "task", "n", "accuracy", "TPF",
+                               "forwards", "tokens", "tokens/s")
+            << (params.editing() ? absl::StrFormat(" %7s %7s", "edits", "remasks") : "") << "\n";
+  auto row = [&params](const std::string& name, const TaskStats& t) {
+    std::cout << absl::StrFormat("%-12s %6d %8.1f%% %6.2f %9d %9d %9.1f", name, t.n,
+                                 100.0 * t.accuracy(), t.tpf(), t.forwards, t.tokens, t.tps())
+              << (params.editing() ? absl::StrFormat(" %7d %7d", t.edits, t.remasks) : "")
+              << "\n";
   };
   for (const std::string& name : task_order) row(name, stats[name]);
   row("all", all);

@@ -130,6 +130,47 @@ TEST_F(EvalCommandTest, AutoregressiveModeIsOneTokenPerForward) {
   EXPECT_DOUBLE_EQ(j["tokens_per_forward"].get<double>(), 1.0);
 }
 
+TEST_F(EvalCommandTest, EditingPresetsReportEdits) {
+  const std::string tasks = WriteTasks(Json::array({
+      {{"task", "a"}, {"chat", "one"}, {"answer", "x"}},
+      {{"task", "b"}, {"chat", "two"}, {"answer", "x"}},
+  }));
+  const std::string common = "eval --model " + tiny_.dir() + " --tasks " + tasks +
+                             " --max-new-tokens 8 --json";
+  Json off = RunJson(common + " --editing off");
+  EXPECT_TRUE(off["edit_threshold"].is_null());
+  EXPECT_TRUE(off["max_post_steps"].is_null());
+  EXPECT_EQ(off["edits"], 0);
+  EXPECT_EQ(off["remasks"], 0);
+
+  // The model card's speed mode: threshold 0.5, edit threshold 0, 16 post steps.
+  Json speed = RunJson(common + " --editing speed");
+  EXPECT_FLOAT_EQ(speed["threshold"].get<float>(), 0.5f);
+  EXPECT_FLOAT_EQ(speed["edit_threshold"].get<float>(), 0.0f);
+  EXPECT_EQ(speed["max_post_steps"], 16);
+  int64_t edits = 0, remasks = 0;
+  for (const auto& [name, t] : speed["tasks"].items()) {
+    edits += t["edits"].get<int64_t>();
+    remasks += t["remasks"].get<int64_t>();
+  }
+  EXPECT_EQ(speed["edits"], edits);
+  EXPECT_EQ(speed["remasks"], remasks);
+  EXPECT_LE(remasks, edits);
+
+  // Explicit flags override the preset.
+  Json q = RunJson(common + " --editing quality --edit-threshold 1 --max-post-steps 2");
+  EXPECT_FLOAT_EQ(q["threshold"].get<float>(), 0.7f);
+  EXPECT_FLOAT_EQ(q["edit_threshold"].get<float>(), 1.0f);
+  EXPECT_EQ(q["max_post_steps"], 2);
+  EXPECT_EQ(q["edits"], 0);  // confidence > 1 never happens
+
+  RunResult table = Run("eval --model " + tiny_.dir() + " --tasks " + tasks +
+                        " --max-new-tokens 8 --editing speed");
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("edit threshold 0.00"));
+  EXPECT_THAT(table.out, HasSubstr("edits"));
+}
+
 TEST_F(EvalCommandTest, LimitSamplesAndTable) {
   const std::string tasks = WriteTasks(Json::array({
       {{"task", "a"}, {"chat", "one"}, {"answer", "x"}},
