@@ -284,16 +284,24 @@ class GenerationServer::StreamCall final
       msg.set_request_id(request_id_);
       dmoe::v1::BlockEvent* block = msg.mutable_block();
       block->set_offset(tokens.offset);
+      // A re-attached caller has the ids below resume_from_offset already, and their text.
+      // The detokenizer still sees them (so text and stop strings continue where they were),
+      // in a push of their own whose text is not sent again.
+      const size_t had = static_cast<size_t>(std::clamp<int64_t>(
+          resume_from_offset_ - tokens.offset, 0, static_cast<int64_t>(tokens.ids.size())));
       if (detokenizer_) {
-        model::StopStringDetokenizer::Chunk chunk = detokenizer_->Push(tokens.ids);
-        block->set_text(std::move(chunk.text));
-        keep = chunk.stop_after;
+        if (had > 0) {
+          keep = detokenizer_->Push({tokens.ids.begin(), tokens.ids.begin() + had}).stop_after;
+        }
+        if (!keep && had < tokens.ids.size()) {
+          model::StopStringDetokenizer::Chunk chunk =
+              detokenizer_->Push({tokens.ids.begin() + had, tokens.ids.end()});
+          block->set_text(std::move(chunk.text));
+          if (chunk.stop_after) keep = had + *chunk.stop_after;
+        }
       }
       const size_t count = std::min(keep.value_or(tokens.ids.size()), tokens.ids.size());
-      // A re-attached caller has the ids below resume_from_offset already (the detokenizer
-      // still saw them, so text and stop strings continue where they were).
-      const size_t from = static_cast<size_t>(
-          std::clamp<int64_t>(resume_from_offset_ - tokens.offset, 0, static_cast<int64_t>(count)));
+      const size_t from = std::min(had, count);
       if (from == count && count > 0) return keep;
       block->set_offset(tokens.offset + static_cast<int64_t>(from));
       block->mutable_ids()->Add(tokens.ids.begin() + from, tokens.ids.begin() + count);

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -32,6 +33,8 @@ std::string FinishReasonName(dmoe::v1::FinishReason reason) {
 
 struct ClientFlags {
   std::string router;
+  std::vector<std::string> fallback_targets;  // --fallback-target, tried after --server
+  double retry_timeout_seconds = -1;  // < 0: 30 with fallback targets, 0 (no retry) without
   std::string api_key;  // --api-key or DMOE_API_KEY
   std::string tls_ca;
   double timeout_seconds = 0;  // 0: none
@@ -53,8 +56,16 @@ struct GenerateFlags {
 };
 
 absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const ClientFlags& c) {
-  client::ClientOptions options{.target = c.router};
+  client::ClientOptions options{.target = c.router, .fallback_targets = c.fallback_targets};
   if (c.timeout_seconds > 0) options.timeout = absl::Seconds(c.timeout_seconds);
+  const double retry_seconds = c.retry_timeout_seconds >= 0 ? c.retry_timeout_seconds
+                               : c.fallback_targets.empty() ? 0
+                                                            : 30;
+  if (retry_seconds > 0) {
+    // Bounded by time, not by tries: a restarting scheduler takes seconds, whatever the count.
+    options.retry.max_attempts = 1'000'000;
+    options.retry.max_retry_time = absl::Seconds(retry_seconds);
+  }
   options.api_key = c.api_key;
   options.tls_ca_file = c.tls_ca;
   return client::GenerationClient::Connect(options);
@@ -213,6 +224,16 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
     cmd->add_option("--server,--router", common->router,
                     "Any Generation API server (router, scheduler, dmoe serve), host:port")
         ->required();
+    cmd->add_option("--fallback-target", common->fallback_targets,
+                    "Another server (e.g. a second router), host:port; repeatable. A call that "
+                    "fails with UNAVAILABLE is retried on the next one, round robin");
+    cmd->add_option("--retry-timeout", common->retry_timeout_seconds,
+                    "Retry a call that fails with UNAVAILABLE (a dead router or scheduler, a "
+                    "broken connection) for up to S seconds, with backoff, on the next target, "
+                    "with the same request id; a stream resumes after the last block it "
+                    "printed. A journalling scheduler (--journal) re-attaches to the running "
+                    "request, any other starts it again (same ids: decoding is deterministic). "
+                    "Default: 30 with --fallback-target, else 0 (no retry)");
     cmd->add_option("--timeout", common->timeout_seconds, "Call deadline in seconds (0 = none)");
     cmd->add_option("--model", common->model, "Model name to select (default: the served one)");
     cmd->add_option("--api-key", common->api_key,
@@ -232,7 +253,10 @@ void RegisterClientCommand(CLI::App& app, int* exit_code) {
                   "Stop string (repeatable): the output ends before its first match");
   gen->add_flag("--logprobs", flags->logprobs,
                 "Also print each generated token's log-probability (stderr; --json: logprobs)");
-  gen->add_option("--request-id", flags->request_id, "Request id for the server's logs");
+  gen->add_option("--request-id", flags->request_id,
+                  "Request id for the server's logs; with a journalling scheduler it names the "
+                  "request, and a call with the id of a running one re-attaches to it (made up "
+                  "by the client when it retries and none is given)");
   gen->add_flag("--stream", flags->stream, "Print text as blocks commit (GenerateStream)");
   gen->add_flag("--visual", flags->visual,
                 "Show the block being denoised after every forward (canvas events)");
