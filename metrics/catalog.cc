@@ -71,6 +71,22 @@ std::vector<MetricSpec> MakeCatalog() {
        "KV pages of every serving attention replica together.", {}, {}},
       {"dmoe_kv_cache_usage_perc", T::kGauge, "scheduler",
        "Fraction of KV pages reserved, in [0, 1] (vLLM kv_cache_usage_perc).", {}, {}},
+      // Scheduler: the journal (--journal; these series exist only with one).
+      {"dmoe_journal_records_total", T::kCounter, "scheduler",
+       "Records appended to the scheduler journal, by type: accept, commit, end.", {"type"}, {}},
+      {"dmoe_journal_bytes_total", T::kCounter, "scheduler",
+       "Bytes appended to the journal, framing included (compaction rewrites not counted).", {},
+       {}},
+      {"dmoe_journal_fsync_seconds", T::kHistogram, "scheduler",
+       "One fdatasync of the journal (per record with --journal-fsync always, per interval with "
+       "interval).",
+       {}, kFastLatency},
+      {"dmoe_requests_resumed_total", T::kCounter, "scheduler",
+       "Unfinished requests resumed from the journal when the scheduler started.", {}, {}},
+      {"dmoe_requests_reattached_total", T::kCounter, "scheduler",
+       "Generate / GenerateStream calls that re-attached to a running, resumed or recently "
+       "finished request by its request_id (a client's retry).",
+       {}, {}},
       // Scheduler: membership, placement and expert autoscaling.
       {"dmoe_cluster_members", T::kGauge, "scheduler",
        "Live registered pods, by role (attention, expert).", {"role"}, {}},

@@ -97,7 +97,9 @@ absl::StatusOr<std::unique_ptr<GenerationEndpoint>> GenerationEndpoint::Start(
     scheduler_options.metrics = e->scheduler_metrics_.get();
   }
   if (!options.journal.path.empty()) {
-    DMOE_ASSIGN_OR_RETURN(e->journal_, RequestJournal::Open(options.journal));
+    RequestJournalOptions journal_options = options.journal;
+    if (e->scheduler_metrics_) e->scheduler_metrics_->ObserveJournal(journal_options);
+    DMOE_ASSIGN_OR_RETURN(e->journal_, RequestJournal::Open(journal_options));
     scheduler_options.journal = e->journal_.get();
     DMOE_LOG(INFO) << "journal " << options.journal.path << ": fsync "
                    << JournalFsyncName(options.journal.fsync)

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -435,10 +436,11 @@ absl::Status RequestJournal::Recover() {
   return absl::OkStatus();
 }
 
-absl::Status RequestJournal::AppendLocked(const std::string& record) {
+absl::Status RequestJournal::AppendLocked(const std::string& record, const char* type) {
   if (fd_ < 0) return absl::FailedPreconditionError("journal is closed");
   DMOE_RETURN_IF_ERROR(WriteAll(fd_, record, options_.path));
   file_bytes_ += static_cast<int64_t>(record.size());
+  if (options_.on_record) options_.on_record(type, static_cast<int64_t>(record.size()));
   dirty_ = true;
   if (options_.fsync == JournalFsync::kAlways) DMOE_RETURN_IF_ERROR(SyncLocked());
   return absl::OkStatus();
@@ -446,7 +448,9 @@ absl::Status RequestJournal::AppendLocked(const std::string& record) {
 
 absl::Status RequestJournal::SyncLocked() {
   if (fd_ < 0 || !dirty_) return absl::OkStatus();
+  const absl::Time start = absl::Now();
   if (::fdatasync(fd_) != 0) return ErrnoStatus("fdatasync", options_.path);
+  if (options_.on_sync) options_.on_sync(absl::Now() - start);
   dirty_ = false;
   return absl::OkStatus();
 }
@@ -457,7 +461,7 @@ absl::Status RequestJournal::Accept(const JournaledRequest& request) {
   fresh.logprobs.clear();
   const std::string record = Frame(internal::EncodeAccept(fresh));
   absl::MutexLock lock(&mu_);
-  DMOE_RETURN_IF_ERROR(AppendLocked(record));
+  DMOE_RETURN_IF_ERROR(AppendLocked(record, "accept"));
   auto it = live_.find(fresh.request_id);
   if (it != live_.end()) live_bytes_ -= it->second.bytes;
   Live& live = live_[fresh.request_id];
@@ -491,7 +495,7 @@ absl::Status RequestJournal::Commit(absl::string_view request_id, int64_t offset
                                " leaves a gap after its ", have, " journalled ids"));
   }
   const std::string record = Frame(EncodeCommit(request_id, offset, ids, logprobs));
-  DMOE_RETURN_IF_ERROR(AppendLocked(record));
+  DMOE_RETURN_IF_ERROR(AppendLocked(record, "commit"));
   r.ids.insert(r.ids.end(), ids.begin(), ids.end());
   r.logprobs.insert(r.logprobs.end(), logprobs.begin(), logprobs.end());
   it->second.bytes += static_cast<int64_t>(record.size());
@@ -503,7 +507,7 @@ absl::Status RequestJournal::End(absl::string_view request_id) {
   absl::MutexLock lock(&mu_);
   auto it = live_.find(request_id);
   if (it == live_.end()) return absl::OkStatus();
-  DMOE_RETURN_IF_ERROR(AppendLocked(Frame(EncodeEnd(request_id))));
+  DMOE_RETURN_IF_ERROR(AppendLocked(Frame(EncodeEnd(request_id)), "end"));
   live_bytes_ -= it->second.bytes;
   live_.erase(it);
   return MaybeCompactLocked();

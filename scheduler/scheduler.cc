@@ -211,6 +211,7 @@ absl::StatusOr<std::optional<RequestHandle>> Scheduler::ReattachLocked(
   attaches_.push_back(std::move(attach));
   ++in_flight_;
   ++reattached_;
+  if (options_.metrics) options_.metrics->OnReattached();
   return caller;
 }
 
@@ -251,6 +252,7 @@ void Scheduler::ResumeFromJournal() {
     waiting_.push_back(std::move(entry));
     ++in_flight_;
     ++resumed_;
+    if (options_.metrics) options_.metrics->OnResumed();
   }
   absl::MutexLock lock(&mu_);
   if (resumed_ > 0) {

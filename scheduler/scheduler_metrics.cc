@@ -47,7 +47,9 @@ SchedulerMetrics::SchedulerMetrics(const metrics::ProcessMetrics& m)
       iteration_seconds_(Histogram(m, "dmoe_iteration_duration_seconds")),
       kv_used_(Gauge(m, "dmoe_kv_cache_pages_used")),
       kv_capacity_(Gauge(m, "dmoe_kv_cache_pages_capacity")),
-      kv_usage_(Gauge(m, "dmoe_kv_cache_usage_perc")) {
+      kv_usage_(Gauge(m, "dmoe_kv_cache_usage_perc")),
+      journal_records_(
+          metrics::CounterFamily(*m.registry, "dmoe_journal_records_total", m.model_version)) {
   // Series users alert on exist from the start, at zero.
   for (const char* reason : {"stop", "length", "cancelled", "deadline", "error"}) {
     finished_.Add({{"finished_reason", reason}});
@@ -102,6 +104,37 @@ void SchedulerMetrics::SetState(int64_t running, int64_t waiting, int64_t kv_pag
   kv_usage_.Set(kv_pages_capacity > 0 ? static_cast<double>(kv_pages_used) /
                                             static_cast<double>(kv_pages_capacity)
                                       : 0.0);
+}
+
+void SchedulerMetrics::ObserveJournal(RequestJournalOptions& journal) {
+  if (!journal_enabled_.load()) {
+    for (const char* type : {"accept", "commit", "end"}) journal_records_.Add({{"type", type}});
+    journal_bytes_ = &Counter(metrics_, "dmoe_journal_bytes_total");
+    journal_fsync_ = &Histogram(metrics_, "dmoe_journal_fsync_seconds");
+    resumed_ = &Counter(metrics_, "dmoe_requests_resumed_total");
+    reattached_ = &Counter(metrics_, "dmoe_requests_reattached_total");
+    journal_enabled_.store(true);
+  }
+  journal.on_record = [this](const char* type, int64_t bytes) { OnJournalRecord(type, bytes); };
+  journal.on_sync = [this](absl::Duration took) { OnJournalSync(absl::ToDoubleSeconds(took)); };
+}
+
+void SchedulerMetrics::OnJournalRecord(const char* type, int64_t bytes) {
+  if (!journal_enabled_.load()) return;
+  journal_records_.Add({{"type", type}}).Increment();
+  journal_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void SchedulerMetrics::OnJournalSync(double seconds) {
+  if (journal_enabled_.load()) journal_fsync_->Observe(seconds);
+}
+
+void SchedulerMetrics::OnResumed() {
+  if (journal_enabled_.load()) resumed_->Increment();
+}
+
+void SchedulerMetrics::OnReattached() {
+  if (journal_enabled_.load()) reattached_->Increment();
 }
 
 }  // namespace dmoe::scheduler

@@ -4,10 +4,12 @@
 #ifndef DMOE_SCHEDULER_SCHEDULER_METRICS_H_
 #define DMOE_SCHEDULER_SCHEDULER_METRICS_H_
 
+#include <atomic>
 #include <cstdint>
 
 #include "absl/status/status.h"
 #include "metrics/endpoint.h"
+#include "scheduler/request_journal.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -35,6 +37,16 @@ class SchedulerMetrics {
   void SetState(int64_t running, int64_t waiting, int64_t kv_pages_used,
                 int64_t kv_pages_capacity);
 
+  // Creates the journal's series (at zero; a scheduler without a journal has none) and points
+  // `journal`'s observers at them. Until then the calls below are ignored.
+  void ObserveJournal(RequestJournalOptions& journal);
+  // An appended record ("accept", "commit" or "end") of `bytes`; one fdatasync.
+  void OnJournalRecord(const char* type, int64_t bytes);
+  void OnJournalSync(double seconds);
+  // A request resumed from the journal on start; a call that re-attached to a request.
+  void OnResumed();
+  void OnReattached();
+
  private:
   metrics::ProcessMetrics metrics_;
   prometheus::Gauge& running_;
@@ -59,6 +71,13 @@ class SchedulerMetrics {
   prometheus::Gauge& kv_used_;
   prometheus::Gauge& kv_capacity_;
   prometheus::Gauge& kv_usage_;
+  // Set by ObserveJournal.
+  std::atomic<bool> journal_enabled_{false};
+  prometheus::Family<prometheus::Counter>& journal_records_;
+  prometheus::Counter* journal_bytes_ = nullptr;
+  prometheus::Histogram* journal_fsync_ = nullptr;
+  prometheus::Counter* resumed_ = nullptr;
+  prometheus::Counter* reattached_ = nullptr;
 };
 
 }  // namespace dmoe::scheduler

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -198,6 +199,33 @@ TEST_F(RequestJournalTest, CompactionKeepsTheLiveSetAndShrinksTheFile) {
   EXPECT_EQ((*journal)->recovered()[0].request_id, "keep");
   EXPECT_THAT((*journal)->recovered()[0].ids, ElementsAre(1, 2, 3));
   EXPECT_THAT((*journal)->recovered()[0].logprobs, ElementsAre(-1.0f, -2.0f, -3.0f));
+}
+
+TEST_F(RequestJournalTest, ObserversSeeEveryRecordAndEveryFsync) {
+  RequestJournalOptions options = Options(JournalFsync::kAlways);
+  std::map<std::string, int> records;
+  int64_t bytes = 0;
+  int syncs = 0;
+  options.on_record = [&](const char* type, int64_t n) {
+    ++records[type];
+    bytes += n;
+  };
+  options.on_sync = [&](absl::Duration took) {
+    EXPECT_GE(took, absl::ZeroDuration());
+    ++syncs;
+  };
+  {
+    auto journal = RequestJournal::Open(options);
+    ASSERT_TRUE(journal.ok()) << journal.status();
+    ASSERT_TRUE((*journal)->Accept(Request("a", 1)).ok());
+    ASSERT_TRUE((*journal)->Commit("a", 0, {10, 11}, {-0.5f, -0.25f}).ok());
+    ASSERT_TRUE((*journal)->Commit("a", 2, {12}, {-0.125f}).ok());
+    ASSERT_TRUE((*journal)->End("a").ok());
+  }
+  EXPECT_EQ(records, (std::map<std::string, int>{{"accept", 1}, {"commit", 2}, {"end", 1}}));
+  // Everything after the 8-byte magic was reported.
+  EXPECT_EQ(bytes + 8, static_cast<int64_t>(ReadFile().size()));
+  EXPECT_EQ(syncs, 4);  // --journal-fsync always: one per record
 }
 
 TEST_F(RequestJournalTest, OptionsAndFsyncNames) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -19,9 +20,11 @@
 #include "metrics/endpoint.h"
 #include "prometheus/registry.h"
 #include "serve/in_process_model.h"
+#include "scheduler/request_journal.h"
 #include "scheduler/scheduler_metrics.h"
 #include "tests/scheduler/scheduler_test_util.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::scheduler {
@@ -575,6 +578,52 @@ TEST_F(SchedulerTest, MetricsCountRequestsTokensForwardsAndOutcomes) {
       EXPECT_TRUE(versioned) << family.name;
     }
   }
+}
+
+TEST_F(SchedulerTest, JournalMetricsCountRecordsFsyncsReattachesAndResumes) {
+  metrics::ProcessMetrics process = metrics::NewProcessMetrics("scheduler", "v7");
+  SchedulerMetrics scheduler_metrics(process);
+  prometheus::Registry& r = *process.registry;
+  EXPECT_EQ(Collected(r, "dmoe_requests_resumed_total"), -1);  // none without a journal
+  dmoe_testing::TempDir dir;
+  RequestJournalOptions journal_options;
+  journal_options.path = dir.Join("journal");
+  journal_options.fsync = JournalFsync::kAlways;
+  scheduler_metrics.ObserveJournal(journal_options);
+  DMOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RequestJournal> journal,
+                            RequestJournal::Open(journal_options));
+  SchedulerOptions options = Manual();
+  options.metrics = &scheduler_metrics;
+  options.journal = journal.get();
+  Init(options);
+
+  ASSERT_TRUE(Submit("a", Prompt(5, 1), OnePerStep(8, 16)).ok());
+  while (!outcomes_["a"].done) scheduler_->Step();
+  const double commits = static_cast<double>(outcomes_["a"].offsets.size());
+  EXPECT_EQ(Collected(r, "dmoe_journal_records_total", "type", "accept"), 1);
+  EXPECT_EQ(Collected(r, "dmoe_journal_records_total", "type", "commit"), commits);
+  EXPECT_EQ(Collected(r, "dmoe_journal_records_total", "type", "end"), 1);
+  EXPECT_EQ(Collected(r, "dmoe_journal_fsync_seconds"), 2 + commits);  // fsync always
+  EXPECT_EQ(Collected(r, "dmoe_journal_bytes_total") + 8,
+            static_cast<double>(std::filesystem::file_size(journal_options.path)));
+
+  // The same request again (a client's retry) re-attaches to the kept result.
+  outcomes_.erase("a");
+  ASSERT_TRUE(Submit("a", Prompt(5, 1), OnePerStep(8, 16)).ok());
+  scheduler_->Step();
+  EXPECT_TRUE(outcomes_["a"].done);
+  EXPECT_EQ(Collected(r, "dmoe_requests_reattached_total"), 1);
+
+  // A request interrupted by a stop is resumed by the next scheduler on the reopened journal.
+  ASSERT_TRUE(Submit("b", Prompt(7, 2), OnePerStep(8, 64)).ok());
+  scheduler_->Step();
+  scheduler_.reset();
+  journal.reset();
+  DMOE_ASSERT_OK_AND_ASSIGN(journal, RequestJournal::Open(journal_options));
+  options.journal = journal.get();
+  Init(options);
+  EXPECT_EQ(Collected(r, "dmoe_requests_resumed_total"), 1);
+  scheduler_.reset();  // before the journal it appends to
 }
 
 }  // namespace
