@@ -198,6 +198,7 @@ absl::StatusOr<std::vector<engine::Proposal>> AttentionEngine::Step(
   }
   if (timings) {
     timings->forward_seconds = Seconds(t0);
+    timings->lanes = static_cast<int>(lanes);
     for (auto& lane : lanes_) timings->expert_seconds += lane->experts->seconds;
   }
   return proposals;

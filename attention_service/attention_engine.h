@@ -73,7 +73,8 @@ absl::Status CheckCachedLength(const SegmentRequest& segment, int64_t cached_len
 
 struct StepTimings {
   double forward_seconds = 0;
-  double expert_seconds = 0;
+  double expert_seconds = 0;  // summed over lanes
+  int lanes = 1;                // micro-batches run concurrently
   // The step failed because an expert dispatch failed (not because of this replica).
   bool expert_failure = false;
 };

@@ -1,5 +1,7 @@
 #include "attention_service/attention_server.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/grpc_status.h"
@@ -45,6 +47,12 @@ AttentionServer::AttentionServer(const AttentionServerOptions& options, Attentio
         "dmoe_attention_step_seconds");
     sequences_ =
         &metrics::GaugeFamily(*m.registry, "dmoe_attention_sequences", m.model_version).Add({});
+    positions_ =
+        &metrics::CounterFamily(*m.registry, "dmoe_attention_positions_total", m.model_version)
+             .Add({});
+    busy_seconds_ = &metrics::CounterFamily(*m.registry, "dmoe_attention_busy_seconds_total",
+                                            m.model_version)
+                         .Add({});
   }
   worker_ = std::thread([this] { WorkerLoop(); });
 }
@@ -68,6 +76,16 @@ bool AttentionServer::Post(std::function<void()> work, bool is_step) {
   queued_steps_ += is_step ? 1 : 0;
   queue_.push_back({std::move(work), is_step});
   return true;
+}
+
+void AttentionServer::CountWork(const std::vector<SegmentRequest>& segments,
+                                const StepTimings& timings) {
+  int64_t positions = 0;
+  for (const SegmentRequest& s : segments) positions += static_cast<int64_t>(s.plan.tokens.size());
+  positions_->Increment(static_cast<double>(positions));
+  // Lanes wait for their experts concurrently: the step waited for about their mean.
+  const double waited = timings.expert_seconds / std::max(1, timings.lanes);
+  busy_seconds_->Increment(std::max(0.0, timings.forward_seconds - waited));
 }
 
 void AttentionServer::WorkerLoop() {
@@ -115,6 +133,7 @@ grpc::ServerUnaryReactor* AttentionServer::Step(grpc::CallbackServerContext* con
     if (step_seconds_) {
       step_seconds_->Observe(absl::ToDoubleSeconds(absl::Now() - start));
       sequences_->Set(static_cast<double>(engine_.Info().sequences));
+      if (proposals.ok()) CountWork(*segments, timings);
     }
     if (!proposals.ok()) {
       // Tells the scheduler the fault is an expert shard's, not this replica's.

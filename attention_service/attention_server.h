@@ -52,6 +52,8 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
 
  private:
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Adds a successful step to positions_ and busy_seconds_.
+  void CountWork(const std::vector<SegmentRequest>& segments, const StepTimings& timings);
   bool WorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stopping_ || !queue_.empty();
   }
@@ -66,6 +68,10 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
   AttentionEngine& engine_;
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Gauge* sequences_ = nullptr;
+  // Positions computed and the seconds spent on them, expert round trips excluded: an
+  // attention replica's own rate (`dmoe plan --attention-metrics`).
+  prometheus::Counter* positions_ = nullptr;
+  prometheus::Counter* busy_seconds_ = nullptr;
   absl::Mutex mu_;
   std::deque<Work> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_steps_ ABSL_GUARDED_BY(mu_) = 0;

@@ -146,6 +146,12 @@ std::vector<MetricSpec> MakeCatalog() {
        {}, kLatency},
       {"dmoe_attention_sequences", T::kGauge, "attention",
        "Sequences whose KV cache this replica holds.", {}, {}},
+      {"dmoe_attention_positions_total", T::kCounter, "attention",
+       "Positions (token slots) computed by successful Step calls, prefill included.", {}, {}},
+      {"dmoe_attention_busy_seconds_total", T::kCounter, "attention",
+       "Seconds of successful Step calls spent on this replica's own work: the step's time "
+       "minus its wait for expert shards (positions / busy seconds is its rate).",
+       {}, {}},
       // Expert shards (dmoe-expert).
       {"dmoe_expert_rows_total", T::kCounter, "expert",
        "(token, expert) rows computed by this expert pod.", {}, {}},

@@ -140,26 +140,82 @@ absl::StatusOr<ExpertLoad> ParseExpertLoadProfile(absl::string_view text,
   return load;
 }
 
-absl::StatusOr<double> MeasuredShardRowsPerSecond(absl::string_view text) {
-  double rows = 0, busy = 0;
-  bool have_rows = false, have_busy = false;
+namespace {
+
+// Sums of the samples named `name` (over every label set) in Prometheus text; `found` tells
+// whether any was there.
+absl::StatusOr<double> SumOf(absl::string_view text, absl::string_view name, bool* found) {
+  double total = 0;
+  *found = false;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     Sample s;
     DMOE_ASSIGN_OR_RETURN(bool is_sample, ParseSample(line, &s));
-    if (!is_sample) continue;
-    if (s.name == "dmoe_expert_rows_total") {
-      rows += s.value;
-      have_rows = true;
-    } else if (s.name == "dmoe_expert_busy_seconds_total") {
-      busy += s.value;
-      have_busy = true;
-    }
+    if (!is_sample || s.name != name) continue;
+    total += s.value;
+    *found = true;
   }
+  return total;
+}
+
+// sum / count of a histogram, NOT_FOUND when it is missing or empty.
+absl::StatusOr<double> HistogramMean(absl::string_view text, absl::string_view name) {
+  bool have_sum = false, have_count = false;
+  DMOE_ASSIGN_OR_RETURN(double sum, SumOf(text, absl::StrCat(name, "_sum"), &have_sum));
+  DMOE_ASSIGN_OR_RETURN(double count, SumOf(text, absl::StrCat(name, "_count"), &have_count));
+  if (!have_sum || !have_count || count <= 0) {
+    return absl::NotFoundError(absl::StrCat("no ", name, " observations"));
+  }
+  return sum / count;
+}
+
+}  // namespace
+
+absl::StatusOr<double> MeasuredShardRowsPerSecond(absl::string_view text) {
+  bool have_rows = false, have_busy = false;
+  DMOE_ASSIGN_OR_RETURN(double rows, SumOf(text, "dmoe_expert_rows_total", &have_rows));
+  DMOE_ASSIGN_OR_RETURN(double busy, SumOf(text, "dmoe_expert_busy_seconds_total", &have_busy));
   if (!have_rows || !have_busy || busy <= 0 || rows <= 0) {
     return absl::NotFoundError(
         "expert pod metrics need dmoe_expert_rows_total and dmoe_expert_busy_seconds_total > 0");
   }
   return rows / busy;
+}
+
+absl::StatusOr<double> MeasuredAttentionPositionsPerSecond(absl::string_view text) {
+  bool have_positions = false, have_busy = false;
+  DMOE_ASSIGN_OR_RETURN(double positions,
+                        SumOf(text, "dmoe_attention_positions_total", &have_positions));
+  DMOE_ASSIGN_OR_RETURN(double busy, SumOf(text, "dmoe_attention_busy_seconds_total", &have_busy));
+  if (!have_positions || !have_busy || positions <= 0 || busy <= 0) {
+    return absl::NotFoundError(
+        "attention pod metrics need dmoe_attention_positions_total and "
+        "dmoe_attention_busy_seconds_total > 0");
+  }
+  return positions / busy;
+}
+
+absl::StatusOr<double> MeasuredDispatchMicrosPerRow(absl::string_view attention_text,
+                                                    absl::string_view expert_text) {
+  bool have_dispatch = false, have_compute = false, have_rows = false;
+  DMOE_ASSIGN_OR_RETURN(double dispatch, SumOf(attention_text, "dmoe_expert_dispatch_seconds_sum",
+                                               &have_dispatch));
+  DMOE_ASSIGN_OR_RETURN(double compute,
+                        SumOf(expert_text, "dmoe_expert_compute_seconds_sum", &have_compute));
+  DMOE_ASSIGN_OR_RETURN(double rows, SumOf(expert_text, "dmoe_expert_rows_total", &have_rows));
+  if (!have_dispatch || !have_compute || !have_rows || rows <= 0) {
+    return absl::NotFoundError(
+        "the dispatch cost needs dmoe_expert_dispatch_seconds (attention pods), "
+        "dmoe_expert_compute_seconds and dmoe_expert_rows_total > 0 (expert pods)");
+  }
+  return std::max(0.0, dispatch - compute) / rows * 1e6;
+}
+
+absl::StatusOr<double> MeasuredStepOverheadMs(absl::string_view scheduler_text,
+                                              absl::string_view attention_text) {
+  DMOE_ASSIGN_OR_RETURN(double iteration,
+                        HistogramMean(scheduler_text, "dmoe_iteration_duration_seconds"));
+  DMOE_ASSIGN_OR_RETURN(double step, HistogramMean(attention_text, "dmoe_attention_step_seconds"));
+  return std::max(0.0, iteration - step) * 1000;
 }
 
 absl::Status CapacityRates::Validate() const {
@@ -169,6 +225,10 @@ absl::Status CapacityRates::Validate() const {
   }
   if (!(shard_rows_per_s > 0)) return absl::InvalidArgumentError("shard rows/s must be > 0");
   if (dispatch_ms < 0) return absl::InvalidArgumentError("dispatch ms must be >= 0");
+  if (dispatch_us_per_row < 0) return absl::InvalidArgumentError("dispatch µs per row < 0");
+  if (step_overhead_ms < 0) return absl::InvalidArgumentError("step overhead ms < 0");
+  if (positions_per_token < 0) return absl::InvalidArgumentError("positions per token < 0");
+  if (shared_cores < 0) return absl::InvalidArgumentError("shared cores < 0");
   if (!(utilization > 0 && utilization <= 1)) {
     return absl::InvalidArgumentError("utilization must be in (0, 1]");
   }
@@ -191,27 +251,67 @@ CapacityPrediction PredictCapacity(const model::ModelConfig& config, const Capac
                                    int64_t attention_replicas, int64_t expert_shards,
                                    int64_t expert_replicas, double imbalance) {
   const TokenCosts costs = ComputeTokenCosts(config, 0);
-  const double block = static_cast<double>(config.block_length);
   const double moe_layers = static_cast<double>(config.num_hidden_layers -
                                                 std::min(config.first_k_dense_replace,
                                                          config.num_hidden_layers));
   const double shards = static_cast<double>(expert_shards);
-  // One forward of one block: attention for B positions, then per MoE layer the hottest
-  // shard's share of the B·k rows plus the dispatch round trip.
-  const double rows_per_layer = block * static_cast<double>(config.num_experts_per_tok);
-  const double step_s = block / r.attention_positions_per_s +
-                        moe_layers * (rows_per_layer * imbalance / shards / r.shard_rows_per_s +
-                                      r.dispatch_ms / 1000);
+  // Q positions per generated token, Q·k rows per MoE layer.
+  const double q = r.positions_per_token > 0
+                       ? r.positions_per_token
+                       : r.forwards_per_token * static_cast<double>(config.block_length);
+  const double layer_rows = q * static_cast<double>(config.num_experts_per_tok);
+  // The hottest shard's share of a layer's rows; with C shared cores the shards of a layer
+  // compute at most C at a time.
+  double parallel_share = imbalance / shards;
+  if (r.shared_cores > 0) {
+    parallel_share = std::max(parallel_share, 1.0 / static_cast<double>(r.shared_cores));
+  }
+  const double row_s = 1 / r.shard_rows_per_s;
+  const double wire_s = r.dispatch_us_per_row * 1e-6;
+  // An attention replica's time per generated token: its own work, then per MoE layer the
+  // wait for the hottest shard and for moving the rows (one lane: it does nothing else
+  // meanwhile).
+  const double replica_token_s =
+      q / r.attention_positions_per_s + moe_layers * layer_rows * (parallel_share * row_s + wire_s);
   CapacityPrediction p;
-  p.latency_ms = step_s * r.forwards_per_token * 1000;
-  // Throughput: whichever pool saturates first.
-  const double positions_per_token = r.forwards_per_token * block;
-  const double by_attention =
-      static_cast<double>(attention_replicas) * r.attention_positions_per_s / positions_per_token;
+  p.replica_tokens_per_s = 1 / replica_token_s;
+  // A lone request also waits for the fixed part of each dispatch and the scheduler's step.
+  p.latency_ms = (replica_token_s + r.forwards_per_token * (moe_layers * r.dispatch_ms +
+                                                            r.step_overhead_ms) / 1000) *
+                 1000;
+  // Throughput: whichever pool saturates first (under load the fixed latencies overlap).
+  const double by_attention = static_cast<double>(attention_replicas) / replica_token_s;
   const double by_experts = shards * static_cast<double>(expert_replicas) * r.shard_rows_per_s /
-                            imbalance / (positions_per_token * costs.rows_per_position);
+                            imbalance / (q * costs.rows_per_position);
   p.tokens_per_s = std::min(by_attention, by_experts);
+  if (r.shared_cores > 0) {
+    // Every pod's work on the same C cores (one thread each): a token's attention, rows and
+    // row moves, C at a time.
+    const double core_s_per_token =
+        q / r.attention_positions_per_s + q * costs.rows_per_position * (row_s + wire_s);
+    p.tokens_per_s =
+        std::min(p.tokens_per_s, static_cast<double>(r.shared_cores) / core_s_per_token);
+  }
   return p;
+}
+
+double PlannedImbalance(const ExpertLoad& load, int64_t num_experts, int64_t shards,
+                        int64_t redundant_slots, const ExpertPlanOptions& options,
+                        cluster::ExpertMap* map) {
+  const ShardRanges ranges = EvenShardRanges(num_experts, shards);
+  cluster::ExpertMap m =
+      RangeExpertMap(ranges, num_experts, static_cast<int64_t>(std::max<size_t>(1, load.size())));
+  double imbalance = 1;
+  if (!load.empty()) {
+    if (redundant_slots > 0 && shards > 1) {
+      ExpertPlanOptions o = options;
+      o.redundant_slots = redundant_slots;
+      m = PlanExpertMap(load, ranges, o);
+    }
+    imbalance = Imbalance(m, load, shards);
+  }
+  if (map != nullptr) *map = std::move(m);
+  return imbalance;
 }
 
 absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
@@ -233,10 +333,10 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
   const TokenCosts costs = ComputeTokenCosts(config, 0);
   const double block = static_cast<double>(config.block_length);
   CapacityPlan plan;
-  plan.positions_per_s = target.tokens_per_s * rates.forwards_per_token * block;
+  plan.positions_per_s = target.tokens_per_s * (rates.positions_per_token > 0
+                                                    ? rates.positions_per_token
+                                                    : rates.forwards_per_token * block);
   plan.rows_per_s = plan.positions_per_s * costs.rows_per_position;
-  plan.attention_replicas =
-      CeilDiv(plan.positions_per_s, rates.attention_positions_per_s * rates.utilization);
 
   const double layer_bytes = static_cast<double>(moe_layers) * costs.expert_weight_bytes;
   const int64_t max_shards = std::min(rates.max_shards, num_experts);
@@ -256,15 +356,9 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
           static_cast<double>(widest + s) * layer_bytes > rates.expert_pod_memory_bytes) {
         break;
       }
-      cluster::ExpertMap m = RangeExpertMap(shards, num_experts, moe_layers);
-      double imb = 1;
-      if (!load.empty()) {
-        ExpertPlanOptions o = rates.plan;
-        o.redundant_slots = s;
-        if (s > 0) m = PlanExpertMap(load, shards, o);
-        imb = Imbalance(m, load, n);
-        if (s == 0) range_imbalance = imb;
-      }
+      cluster::ExpertMap m;
+      const double imb = PlannedImbalance(load, num_experts, n, s, rates.plan, &m);
+      if (s == 0) range_imbalance = imb;
       if (s == 0 || imb < imbalance - 1e-9) {
         slots = s;
         map = std::move(m);
@@ -275,7 +369,10 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
     CapacityPlan p;
     p.positions_per_s = plan.positions_per_s;
     p.rows_per_s = plan.rows_per_s;
-    p.attention_replicas = plan.attention_replicas;
+    p.attention_replicas =
+        CeilDiv(target.tokens_per_s,
+                PredictCapacity(config, rates, 1, n, 1, imbalance).replica_tokens_per_s *
+                    rates.utilization);
     p.expert_shards = n;
     p.shards = shards;
     p.redundant_slots = slots;
@@ -311,7 +408,7 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
         "the latency target %.3g ms/token is out of reach: %.3g ms/token at best (attention "
         "alone: %.3g ms/token; faster pods or fewer forwards per token are needed)",
         target.latency_ms, best.latency_ms,
-        block / rates.attention_positions_per_s * rates.forwards_per_token * 1000));
+        plan.positions_per_s / target.tokens_per_s / rates.attention_positions_per_s * 1000));
   }
   if (!load.empty() && best.planned_imbalance > rates.imbalance_bound) {
     best.notes.push_back(absl::StrFormat(

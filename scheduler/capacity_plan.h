@@ -52,6 +52,25 @@ absl::StatusOr<ExpertLoad> ParseExpertLoadProfile(absl::string_view prometheus_t
 // or no time was spent.
 absl::StatusOr<double> MeasuredShardRowsPerSecond(absl::string_view prometheus_text);
 
+// Positions per second one attention replica computes on its own, from its Prometheus text
+// (summed over replicas): dmoe_attention_positions_total / dmoe_attention_busy_seconds_total
+// (busy: step time minus the wait for expert shards). NOT_FOUND when either is missing or 0.
+absl::StatusOr<double> MeasuredAttentionPositionsPerSecond(absl::string_view prometheus_text);
+
+// What moving one row costs beyond its compute, µs: the attention replicas' summed
+// dmoe_expert_dispatch_seconds minus the expert pods' summed dmoe_expert_compute_seconds, over
+// the expert pods' dmoe_expert_rows_total (at least 0). NOT_FOUND when a series is missing or
+// no row was computed.
+absl::StatusOr<double> MeasuredDispatchMicrosPerRow(absl::string_view attention_text,
+                                                    absl::string_view expert_text);
+
+// The scheduler's time per forward beyond the attention replica's step, ms: the mean
+// dmoe_iteration_duration_seconds (scheduler) minus the mean dmoe_attention_step_seconds
+// (attention replicas), at least 0; meaningful for lone requests (one sequence per
+// iteration). NOT_FOUND when either histogram is missing or empty.
+absl::StatusOr<double> MeasuredStepOverheadMs(absl::string_view scheduler_text,
+                                              absl::string_view attention_text);
+
 struct CapacityTarget {
   double tokens_per_s = 0;     // generated tokens per second, the whole cluster
   double latency_ms = 0;       // time per generated token of one request; 0: no bound
@@ -61,12 +80,27 @@ struct CapacityRates {
   // Forwards per generated token (1 / TPF): each forward computes one block of
   // block_length positions. dmoe bench reports forwards and generated_tokens.
   double forwards_per_token = 1;
+  // Positions an attention replica computes per generated token; 0: forwards_per_token x
+  // block_length. Measured, it also counts the prompt's prefill and the finished blocks
+  // recomputed to join the KV cache (dmoe_attention_positions_total / generated tokens).
+  double positions_per_token = 0;
+  // Cores every pod shares (all pods on one machine, one compute thread each, as in the
+  // loopback checks); 0: each pod has cores of its own. With C shared cores a layer's shards
+  // compute in parallel only C at a time, and the whole cluster's work shares the C cores.
+  int64_t shared_cores = 0;
   // Positions per second one attention replica computes (everything but routed experts).
   double attention_positions_per_s = 0;
   // Rows per second one expert pod computes.
   double shard_rows_per_s = 0;
-  // Overhead of one MoE layer's dispatch round trip (pack, send, receive, combine), ms.
+  // Fixed overhead of one MoE layer's dispatch round trip (the call's latency), ms.
   double dispatch_ms = 0;
+  // What moving one row costs beyond its compute (pack, serialise, send, receive, unpack,
+  // both ways), µs of the pods' cores: it grows with the rows, so it is per row. Measured:
+  // MeasuredDispatchMicrosPerRow.
+  double dispatch_us_per_row = 0;
+  // The scheduler's own time per forward (planning, the Step RPC, commits), ms; a lone
+  // request waits for it, F times per token. Measured: MeasuredStepOverheadMs.
+  double step_overhead_ms = 0;
   // Fraction of each pod's capacity the plan may use (queueing headroom).
   double utilization = 0.8;
   // Memory for expert weights per expert pod; 0: no limit.
@@ -114,10 +148,19 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
 struct CapacityPrediction {
   double latency_ms = 0;
   double tokens_per_s = 0;
+  // What one attention replica sustains: it waits for its experts (one lane).
+  double replica_tokens_per_s = 0;
 };
 CapacityPrediction PredictCapacity(const model::ModelConfig& config, const CapacityRates& rates,
                                    int64_t attention_replicas, int64_t expert_shards,
                                    int64_t expert_replicas, double imbalance);
+
+// The imbalance ι (Σ layers max shard load / Σ mean) `dmoe-scheduler --expert-balancing
+// --redundant-slots S` reaches on `load` with even ranges over `shards` shards: the range map for
+// S = 0, PlanExpertMap otherwise. 1 for an empty load. The map goes to *map when not null.
+double PlannedImbalance(const ExpertLoad& load, int64_t num_experts, int64_t shards,
+                        int64_t redundant_slots, const ExpertPlanOptions& options,
+                        cluster::ExpertMap* map = nullptr);
 
 // Shard i of n holds experts [i·E/n, (i+1)·E/n).
 ShardRanges EvenShardRanges(int64_t num_experts, int64_t num_shards);

@@ -5,6 +5,7 @@
 // planner (scheduler/capacity_plan.h has the cost model).
 #include <httplib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -33,6 +34,8 @@ struct PlanFlags {
   std::string model;
   std::vector<std::string> load;           // files or http://host:port[/path]
   std::vector<std::string> shard_metrics;  // expert pods' metrics: measured rows/s
+  std::vector<std::string> attention_metrics;  // attention pods': positions/s, row moves
+  std::vector<std::string> scheduler_metrics;  // the scheduler's: its overhead per forward
   std::string bench_json;                  // dmoe bench --json: measured forwards per token
   double target_tokens_per_s = 0;
   double target_latency_ms = 0;
@@ -42,6 +45,10 @@ struct PlanFlags {
   double shard_rows_per_s = 0;
   int64_t context_tokens = 256;
   double dispatch_ms = 0;
+  double dispatch_us_per_row = -1;  // < 0: measured when both pods' metrics are given, else 0
+  double step_overhead_ms = -1;     // < 0: measured from --scheduler-metrics, else 0
+  double positions_per_token = 0;
+  int64_t shared_cores = 0;
   double utilization = 0.8;
   double expert_pod_memory_gib = 0;
   int64_t max_redundant_slots = 8;
@@ -49,6 +56,12 @@ struct PlanFlags {
   int64_t max_shards = 64;
   bool show_map = false;
   bool json = false;
+  // --predict: the layout to predict instead of planning one.
+  bool predict = false;
+  int64_t attention_replicas = 1;
+  int64_t expert_shards = 1;
+  int64_t expert_replicas = 1;
+  int64_t redundant_slots = 0;
 };
 
 // The text of a file, or of an HTTP GET of an http:// URL (path defaults to /metrics).
@@ -98,21 +111,16 @@ std::string Bytes(double b) {
   return absl::StrFormat("%.3g %s", b, units[i]);
 }
 
-absl::Status RunPlan(const PlanFlags& f) {
-  DMOE_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(f.model));
-  const scheduler::TokenCosts costs = scheduler::ComputeTokenCosts(config, f.context_tokens);
-
-  scheduler::ExpertLoad load;
-  double routed = 0;
-  if (!f.load.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::string text, ReadAll(f.load));
-    DMOE_ASSIGN_OR_RETURN(load, scheduler::ParseExpertLoadProfile(text, config));
-    for (const auto& layer : load) {
-      for (double v : layer) routed += v;
-    }
-  }
-
+// The rates of the cost model, each with where it came from (for the report).
+struct ResolvedRates {
   scheduler::CapacityRates rates;
+  std::string forwards_source, attention_source, shard_source, dispatch_source, step_source;
+};
+
+absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
+                                           const scheduler::TokenCosts& costs) {
+  ResolvedRates resolved;
+  scheduler::CapacityRates& rates = resolved.rates;
   std::string forwards_source = "--forwards-per-token";
   rates.forwards_per_token = f.forwards_per_token;
   if (rates.forwards_per_token <= 0 && !f.bench_json.empty()) {
@@ -133,6 +141,13 @@ absl::Status RunPlan(const PlanFlags& f) {
   }
   std::string attention_source = "--attention-positions-per-s";
   rates.attention_positions_per_s = f.attention_positions_per_s;
+  if (rates.attention_positions_per_s <= 0 && !f.attention_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::string text, ReadAll(f.attention_metrics));
+    DMOE_ASSIGN_OR_RETURN(rates.attention_positions_per_s,
+                          scheduler::MeasuredAttentionPositionsPerSecond(text));
+    attention_source =
+        "measured: dmoe_attention_positions_total / dmoe_attention_busy_seconds_total";
+  }
   if (rates.attention_positions_per_s <= 0 && f.gflops > 0) {
     rates.attention_positions_per_s = f.gflops * 1e9 / costs.attention_flops;
     attention_source = absl::StrFormat("--gflops %g", f.gflops);
@@ -157,11 +172,121 @@ absl::Status RunPlan(const PlanFlags& f) {
         "give --shard-rows-per-s, --shard-metrics or --gflops (an expert pod's throughput)");
   }
   rates.dispatch_ms = f.dispatch_ms;
+  rates.dispatch_us_per_row = std::max(0.0, f.dispatch_us_per_row);
+  std::string dispatch_source = f.dispatch_us_per_row >= 0 ? "--dispatch-us-per-row" : "default";
+  if (f.dispatch_us_per_row < 0 && !f.attention_metrics.empty() && !f.shard_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::string attention, ReadAll(f.attention_metrics));
+    DMOE_ASSIGN_OR_RETURN(std::string experts, ReadAll(f.shard_metrics));
+    DMOE_ASSIGN_OR_RETURN(rates.dispatch_us_per_row,
+                          scheduler::MeasuredDispatchMicrosPerRow(attention, experts));
+    dispatch_source = "measured: (dispatch round trips - expert compute) / rows";
+  }
+  rates.step_overhead_ms = std::max(0.0, f.step_overhead_ms);
+  std::string step_source = f.step_overhead_ms >= 0 ? "--step-overhead-ms" : "default";
+  if (f.step_overhead_ms < 0 && !f.scheduler_metrics.empty() && !f.attention_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::string scheduler, ReadAll(f.scheduler_metrics));
+    DMOE_ASSIGN_OR_RETURN(std::string attention, ReadAll(f.attention_metrics));
+    DMOE_ASSIGN_OR_RETURN(rates.step_overhead_ms,
+                          scheduler::MeasuredStepOverheadMs(scheduler, attention));
+    step_source = "measured: scheduler iteration - attention step";
+  }
+  rates.positions_per_token = f.positions_per_token;
+  rates.shared_cores = f.shared_cores;
   rates.utilization = f.utilization;
   rates.expert_pod_memory_bytes = f.expert_pod_memory_gib * (1 << 30);
   rates.max_redundant_slots = f.max_redundant_slots;
   rates.imbalance_bound = f.imbalance_bound;
   rates.max_shards = f.max_shards;
+  DMOE_RETURN_IF_ERROR(rates.Validate());
+  resolved.forwards_source = forwards_source;
+  resolved.attention_source = attention_source;
+  resolved.shard_source = shard_source;
+  resolved.dispatch_source = dispatch_source;
+  resolved.step_source = step_source;
+  return resolved;
+}
+
+// --predict: the given layout's lone-request latency and capacity.
+absl::Status RunPredict(const PlanFlags& f, const model::ModelConfig& config,
+                        const scheduler::ExpertLoad& load, const ResolvedRates& resolved) {
+  if (f.attention_replicas < 1 || f.expert_shards < 1 || f.expert_replicas < 1 ||
+      f.redundant_slots < 0) {
+    return absl::InvalidArgumentError(
+        "--predict needs --attention-replicas, --expert-shards, --expert-replicas >= 1 and "
+        "--redundant-slots >= 0");
+  }
+  if (f.expert_shards > config.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("--expert-shards ", f.expert_shards, " > ",
+                                                   config.num_experts, " experts"));
+  }
+  const scheduler::CapacityRates& rates = resolved.rates;
+  const double imbalance = scheduler::PlannedImbalance(
+      load, config.num_experts, f.expert_shards, f.redundant_slots, rates.plan);
+  const scheduler::CapacityPrediction p = scheduler::PredictCapacity(
+      config, rates, f.attention_replicas, f.expert_shards, f.expert_replicas, imbalance);
+  if (f.json) {
+    nlohmann::json out = {{"attention_replicas", f.attention_replicas},
+                          {"expert_shards", f.expert_shards},
+                          {"expert_replicas", f.expert_replicas},
+                          {"redundant_slots", f.redundant_slots},
+                          {"imbalance", imbalance},
+                          {"predicted_latency_ms", p.latency_ms},
+                          {"predicted_stream_tokens_per_s", 1000 / p.latency_ms},
+                          {"predicted_tokens_per_s", p.tokens_per_s},
+                          {"forwards_per_token", rates.forwards_per_token},
+                          {"positions_per_token", rates.positions_per_token},
+                          {"attention_positions_per_s", rates.attention_positions_per_s},
+                          {"shard_rows_per_s", rates.shard_rows_per_s},
+                          {"dispatch_ms", rates.dispatch_ms},
+                          {"dispatch_us_per_row", rates.dispatch_us_per_row},
+                          {"step_overhead_ms", rates.step_overhead_ms},
+                          {"shared_cores", rates.shared_cores}};
+    std::cout << out.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  std::printf("layout      %lld attention replicas, %lld expert shards x %lld replicas, %lld "
+              "redundant slots (imbalance %.3f)\n",
+              (long long)f.attention_replicas, (long long)f.expert_shards,
+              (long long)f.expert_replicas, (long long)f.redundant_slots, imbalance);
+  std::printf("rates       attention %.4g positions/s (%s); expert pod %.4g rows/s (%s); "
+              "moving a row %.3g us (%s); dispatch %.3g ms per layer; scheduler %.3g ms per "
+              "forward (%s); %.3g forwards/token (%s)%s\n",
+              rates.attention_positions_per_s, resolved.attention_source.c_str(),
+              rates.shard_rows_per_s, resolved.shard_source.c_str(), rates.dispatch_us_per_row,
+              resolved.dispatch_source.c_str(), rates.dispatch_ms, rates.step_overhead_ms,
+              resolved.step_source.c_str(), rates.forwards_per_token,
+              resolved.forwards_source.c_str(),
+              rates.shared_cores > 0
+                  ? absl::StrFormat("; %d shared cores", rates.shared_cores).c_str()
+                  : "");
+  std::printf("predicted   %.4g ms per generated token of a lone request (%.4g tokens/s per "
+              "stream); %.4g tokens/s at full utilization\n",
+              p.latency_ms, 1000 / p.latency_ms, p.tokens_per_s);
+  return absl::OkStatus();
+}
+
+absl::Status RunPlan(const PlanFlags& f) {
+  DMOE_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(f.model));
+  const scheduler::TokenCosts costs = scheduler::ComputeTokenCosts(config, f.context_tokens);
+
+  scheduler::ExpertLoad load;
+  double routed = 0;
+  if (!f.load.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::string text, ReadAll(f.load));
+    DMOE_ASSIGN_OR_RETURN(load, scheduler::ParseExpertLoadProfile(text, config));
+    for (const auto& layer : load) {
+      for (double v : layer) routed += v;
+    }
+  }
+  DMOE_ASSIGN_OR_RETURN(ResolvedRates resolved, ResolveRates(f, costs));
+  if (f.predict) return RunPredict(f, config, load, resolved);
+  if (!(f.target_tokens_per_s > 0)) {
+    return absl::InvalidArgumentError("--target-tokens-per-s is required (or --predict)");
+  }
+  const scheduler::CapacityRates& rates = resolved.rates;
+  const std::string& forwards_source = resolved.forwards_source;
+  const std::string& attention_source = resolved.attention_source;
+  const std::string& shard_source = resolved.shard_source;
   scheduler::CapacityTarget target;
   target.tokens_per_s = f.target_tokens_per_s;
   target.latency_ms = f.target_latency_ms;
@@ -282,8 +407,7 @@ void RegisterPlanCommand(CLI::App& app, int* exit_code) {
                   "dmoe_expert_tokens_total source: a file in Prometheus text format or an "
                   "attention pod's http://HOST:PORT[/metrics] (repeat to sum); none: uniform");
   cmd->add_option("--target-tokens-per-s", f->target_tokens_per_s,
-                  "Generated tokens per second, the whole cluster")
-      ->required();
+                  "Generated tokens per second, the whole cluster (required unless --predict)");
   cmd->add_option("--target-latency-ms", f->target_latency_ms,
                   "Time per generated token of a request (request latency / tokens); 0: none")
       ->capture_default_str();
@@ -300,12 +424,44 @@ void RegisterPlanCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--shard-metrics", f->shard_metrics,
                   "Expert pods' metrics (file or http://HOST:PORT): measured rows/s = "
                   "dmoe_expert_rows_total / dmoe_expert_busy_seconds_total");
+  cmd->add_option("--attention-metrics", f->attention_metrics,
+                  "Attention pods' metrics (file or http://HOST:PORT): measured positions/s = "
+                  "dmoe_attention_positions_total / dmoe_attention_busy_seconds_total; with "
+                  "--shard-metrics also the dispatch overhead");
+  cmd->add_option("--positions-per-token", f->positions_per_token,
+                  "Positions computed per generated token (prefill included); default "
+                  "forwards per token x block length");
+  cmd->add_option("--shared-cores", f->shared_cores,
+                  "Cores all pods share (one machine, one thread per pod); 0: own cores each")
+      ->capture_default_str();
+  cmd->add_flag("--predict", f->predict,
+                "Predict the layout given by --attention-replicas, --expert-shards, "
+                "--expert-replicas and --redundant-slots instead of planning one");
+  cmd->add_option("--attention-replicas", f->attention_replicas, "--predict: attention replicas")
+      ->capture_default_str();
+  cmd->add_option("--expert-shards", f->expert_shards, "--predict: expert shards (even ranges)")
+      ->capture_default_str();
+  cmd->add_option("--expert-replicas", f->expert_replicas, "--predict: pods per expert shard")
+      ->capture_default_str();
+  cmd->add_option("--redundant-slots", f->redundant_slots,
+                  "--predict: redundant slots per shard and MoE layer (the balancer's map on "
+                  "the --load profile)")
+      ->capture_default_str();
   cmd->add_option("--context-tokens", f->context_tokens,
                   "Context length for the attention FLOPs")
       ->capture_default_str();
   cmd->add_option("--dispatch-ms", f->dispatch_ms,
-                  "Round trip overhead of one MoE layer's dispatch, ms")
+                  "Fixed latency of one MoE layer's dispatch round trip, ms")
       ->capture_default_str();
+  cmd->add_option("--dispatch-us-per-row", f->dispatch_us_per_row,
+                  "Cost of moving one row beyond its compute, us; default: measured from "
+                  "--attention-metrics and --shard-metrics, else 0");
+  cmd->add_option("--scheduler-metrics", f->scheduler_metrics,
+                  "The scheduler's metrics (file or http://HOST:PORT): with --attention-metrics, "
+                  "its time per forward beyond the attention step");
+  cmd->add_option("--step-overhead-ms", f->step_overhead_ms,
+                  "The scheduler's time per forward beyond the attention step, ms; default: "
+                  "measured from --scheduler-metrics, else 0");
   cmd->add_option("--utilization", f->utilization, "Fraction of each pod's capacity to plan for")
       ->capture_default_str();
   cmd->add_option("--expert-pod-memory-gib", f->expert_pod_memory_gib,

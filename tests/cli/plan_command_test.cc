@@ -3,6 +3,7 @@
 // bound that forces shards, the JSON and text reports, and the error for missing rates.
 #include <httplib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -69,13 +70,70 @@ TEST_F(PlanCommandTest, ScrapedSkewedProfileUnderAMemoryBound) {
   EXPECT_EQ(j["redundant_copies"].size(), j["redundant_experts"].get<size_t>());
   EXPECT_TRUE(j["fits_memory"].get<bool>());
   EXPECT_DOUBLE_EQ(j["routed_tokens"].get<double>(), 3 * (100 + 15 * 10));
-  // 50 tokens/s x 1 forward x 32 positions = 1600 positions/s: 2 replicas of 1000 at 80%.
+  // 50 tokens/s x 1 forward x 32 positions = 1600 positions/s. A replica's token: 32
+  // positions at 1000/s, then per MoE layer (3) the wait for the hottest shard's share of 128
+  // rows at 5000 rows/s; at 80%.
   EXPECT_DOUBLE_EQ(j["positions_per_s"].get<double>(), 1600);
-  EXPECT_EQ(j["attention_replicas"], 2);
+  const double imbalance = j["planned_imbalance"].get<double>();
+  const double replica_s = 32.0 / 1000 + 3 * 128 * imbalance / 3 / 5000;
+  EXPECT_EQ(j["attention_replicas"].get<int>(),
+            static_cast<int>(std::ceil(50 * replica_s / 0.8 - 1e-9)));
   // x 12 rows per position (top-4, 3 MoE layers) = 19200 rows/s, x imbalance / 3 shards.
   EXPECT_DOUBLE_EQ(j["rows_per_s"].get<double>(), 19200);
-  const double hottest = 19200 * j["planned_imbalance"].get<double>() / 3;
+  const double hottest = 19200 * imbalance / 3;
   EXPECT_EQ(j["expert_replicas"].get<int>(), static_cast<int>(std::ceil(hottest / 4000 - 1e-9)));
+}
+
+TEST_F(PlanCommandTest, PredictsALayoutFromMeasuredMetrics) {
+  dmoe_testing::TempDir tmp;
+  // An attention replica: 4000 positions in 2 s of its own work, round trips of 0.9 s in all,
+  // steps of 20 ms; expert pods: 0.5 s computing 10000 rows; scheduler iterations of 25 ms.
+  std::ofstream(tmp.Join("attention.prom"))
+      << "dmoe_attention_positions_total{model_version=\"t\"} 4000\n"
+         "dmoe_attention_busy_seconds_total{model_version=\"t\"} 2\n"
+         "dmoe_expert_dispatch_seconds_sum{model_version=\"t\",shard=\"0\"} 0.9\n"
+         "dmoe_expert_dispatch_seconds_count{model_version=\"t\",shard=\"0\"} 300\n"
+         "dmoe_attention_step_seconds_sum{model_version=\"t\"} 2\n"
+         "dmoe_attention_step_seconds_count{model_version=\"t\"} 100\n";
+  std::ofstream(tmp.Join("experts.prom"))
+      << "dmoe_expert_rows_total 10000\ndmoe_expert_busy_seconds_total 0.5\n"
+         "dmoe_expert_compute_seconds_sum 0.5\ndmoe_expert_compute_seconds_count 300\n";
+  std::ofstream(tmp.Join("scheduler.prom"))
+      << "dmoe_iteration_duration_seconds_sum 2.5\ndmoe_iteration_duration_seconds_count 100\n";
+  std::ofstream(tmp.Join("bench.json")) << "{\"forwards\": 100, \"generated_tokens\": 80}";
+  std::ofstream(tmp.Join("profile.prom")) << SkewedProfile();
+  const dmoe_testing::CommandResult r = dmoe_testing::RunCommand(
+      dmoe_ + " --predict --attention-replicas 2 --expert-shards 4 --expert-replicas 1"
+      " --attention-metrics " + tmp.Join("attention.prom") + " --shard-metrics " +
+      tmp.Join("experts.prom") + " --scheduler-metrics " + tmp.Join("scheduler.prom") +
+      " --bench-json " + tmp.Join("bench.json") + " --positions-per-token 50 --shared-cores 2"
+      " --load " + tmp.Join("profile.prom") + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_DOUBLE_EQ(j["attention_positions_per_s"].get<double>(), 2000);
+  EXPECT_DOUBLE_EQ(j["shard_rows_per_s"].get<double>(), 20000);
+  EXPECT_NEAR(j["dispatch_us_per_row"].get<double>(), 40, 1e-9);  // 0.4 s / 10000 rows
+  EXPECT_NEAR(j["step_overhead_ms"].get<double>(), 5, 1e-9);
+  EXPECT_DOUBLE_EQ(j["forwards_per_token"].get<double>(), 1.25);
+  // Ranges of 4 experts: shard 0 holds 130 of 250 tokens per layer, the mean is 62.5.
+  const double imbalance = 130 / 62.5;
+  EXPECT_NEAR(j["imbalance"].get<double>(), imbalance, 1e-9);
+  // Per token: 50 positions at 2000/s; per MoE layer (3) 200 rows (top-4), the hottest
+  // shard's share (ι/4, above the 2 cores' 1/2) at 20000 rows/s plus 40 us per row; then per
+  // forward the scheduler's 5 ms.
+  const double replica_s = 50.0 / 2000 + 3 * 200 * (imbalance / 4 / 20000 + 40e-6);
+  EXPECT_NEAR(j["predicted_latency_ms"].get<double>(), (replica_s + 1.25 * 0.005) * 1000, 1e-6);
+  // Two replicas, 4 pods: min(2 / replica_s, 4 x 20000 / ι / 600 rows, 2 cores /
+  // (50/2000 + 600 x (1/20000 + 40e-6)) core-seconds).
+  const double expected = std::min({2 / replica_s, 4 * 20000 / imbalance / 600,
+                                    2 / (50.0 / 2000 + 600 * (1.0 / 20000 + 40e-6))});
+  EXPECT_NEAR(j["predicted_tokens_per_s"].get<double>(), expected, 1e-6);
+
+  const dmoe_testing::CommandResult bad = dmoe_testing::RunCommand(
+      dmoe_ + " --predict --expert-shards 17 --gflops 5");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("--expert-shards 17 > 16 experts"));
 }
 
 TEST_F(PlanCommandTest, ProfileFileTextReport) {

@@ -103,14 +103,102 @@ TEST(CapacityPlanTest, MeasuredShardRateIsRowsOverBusySeconds) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(CapacityPlanTest, MeasuredAttentionRateRowCostAndStepOverhead) {
+  const std::string attention =
+      "dmoe_attention_positions_total{model_version=\"a\"} 3000\n"
+      "dmoe_attention_busy_seconds_total{model_version=\"a\"} 1.5\n"
+      "dmoe_attention_positions_total{model_version=\"a\"} 1000\n"
+      "dmoe_attention_busy_seconds_total{model_version=\"a\"} 0.5\n"
+      "dmoe_expert_dispatch_seconds_sum{model_version=\"a\",shard=\"0\"} 0.3\n"
+      "dmoe_expert_dispatch_seconds_count{model_version=\"a\",shard=\"0\"} 100\n"
+      "dmoe_expert_dispatch_seconds_sum{model_version=\"a\",shard=\"1\"} 0.5\n"
+      "dmoe_expert_dispatch_seconds_count{model_version=\"a\",shard=\"1\"} 100\n"
+      "dmoe_attention_step_seconds_sum{model_version=\"a\"} 2\n"
+      "dmoe_attention_step_seconds_count{model_version=\"a\"} 100\n";
+  const std::string experts =
+      "dmoe_expert_compute_seconds_sum{model_version=\"a\"} 0.2\n"
+      "dmoe_expert_compute_seconds_count{model_version=\"a\"} 200\n"
+      "dmoe_expert_rows_total{model_version=\"a\"} 6000\n";
+  auto rate = MeasuredAttentionPositionsPerSecond(attention);
+  ASSERT_TRUE(rate.ok()) << rate.status();
+  EXPECT_DOUBLE_EQ(*rate, 2000);
+  // 0.8 s of round trips, 0.2 s of compute: 0.6 s for 6000 rows.
+  auto per_row = MeasuredDispatchMicrosPerRow(attention, experts);
+  ASSERT_TRUE(per_row.ok()) << per_row.status();
+  EXPECT_NEAR(*per_row, 100, 1e-9);
+  // Compute longer than the round trips (clock noise): no negative cost.
+  auto none = MeasuredDispatchMicrosPerRow(attention,
+                                           "dmoe_expert_compute_seconds_sum 1\n"
+                                           "dmoe_expert_rows_total 10\n");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0);
+  // Iterations of 25 ms, attention steps of 20 ms.
+  auto overhead = MeasuredStepOverheadMs(
+      "dmoe_iteration_duration_seconds_sum 2.5\ndmoe_iteration_duration_seconds_count 100\n",
+      attention);
+  ASSERT_TRUE(overhead.ok()) << overhead.status();
+  EXPECT_NEAR(*overhead, 5, 1e-9);
+  EXPECT_EQ(MeasuredAttentionPositionsPerSecond("dmoe_attention_positions_total 5\n")
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(MeasuredDispatchMicrosPerRow(attention, "").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(MeasuredStepOverheadMs("", attention).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CapacityPlanTest, PredictionWithMeasuredCostsAndSharedCores) {
+  CapacityRates r = Rates();
+  r.positions_per_token = 10;  // prefill and recomputed blocks: more than 2 forwards x 4
+  r.dispatch_ms = 1;
+  r.dispatch_us_per_row = 100;
+  r.step_overhead_ms = 3;
+  // 20 rows per MoE layer and token. An attention replica per token: 10/300 s, then per
+  // layer the hottest of 4 even shards (20/4 rows at 1000/s) and moving 20 rows (100 us each).
+  const double replica_s = 10.0 / 300 + 2 * (20.0 / 4 / 1000 + 20 * 100e-6);
+  CapacityPrediction own = PredictCapacity(SmallConfig(), r, 1, 4, 1, 1.0);
+  EXPECT_NEAR(own.replica_tokens_per_s, 1 / replica_s, 1e-9);
+  // A lone request also waits, per forward, for 2 layers x 1 ms and the scheduler's 3 ms.
+  EXPECT_NEAR(own.latency_ms, (replica_s + 2 * (2 * 0.001 + 0.003)) * 1000, 1e-9);
+  // min(1 replica, 4 x 1000 / 40 rows per token)
+  EXPECT_NEAR(own.tokens_per_s, std::min(1 / replica_s, 100.0), 1e-9);
+  // Two shared cores: the 4 shards compute 2 at a time, and all work shares the 2 cores.
+  r.shared_cores = 2;
+  const double shared_replica_s = 10.0 / 300 + 2 * (20.0 / 2 / 1000 + 20 * 100e-6);
+  CapacityPrediction shared = PredictCapacity(SmallConfig(), r, 2, 4, 1, 1.0);
+  EXPECT_NEAR(shared.replica_tokens_per_s, 1 / shared_replica_s, 1e-9);
+  // 2 cores / (10/300 + 40 rows x (1 ms + 100 us)) core-seconds per token
+  EXPECT_NEAR(shared.tokens_per_s, 2 / (10.0 / 300 + 40 * 1.1e-3), 1e-9);
+  // A hot shard slower than the cores' share sets the pace.
+  CapacityPrediction skewed = PredictCapacity(SmallConfig(), r, 1, 4, 1, 3.0);
+  EXPECT_NEAR(skewed.replica_tokens_per_s,
+              1 / (10.0 / 300 + 2 * (20.0 * 3 / 4 / 1000 + 20 * 100e-6)), 1e-9);
+}
+
+TEST(CapacityPlanTest, PlannedImbalanceOfALayout) {
+  const ExpertLoad load = OneHotExpert();
+  EXPECT_EQ(PlannedImbalance({}, 8, 4, 2, ExpertPlanOptions{}), 1);
+  EXPECT_EQ(PlannedImbalance(load, 8, 1, 0, ExpertPlanOptions{}), 1);
+  // Ranges of 2 experts: shard 0 holds 110 of 170 tokens, the mean is 42.5.
+  EXPECT_NEAR(PlannedImbalance(load, 8, 4, 0, ExpertPlanOptions{}), 110 / 42.5, 1e-9);
+  // Redundant slots spread the hot expert: lower, never higher.
+  cluster::ExpertMap map;
+  const double balanced = PlannedImbalance(load, 8, 4, 2, ExpertPlanOptions{}, &map);
+  EXPECT_LT(balanced, 110 / 42.5);
+  ASSERT_EQ(map.size(), 2u);
+  EXPECT_GT(map[0][0].size(), 1u);  // expert 0 has copies
+}
+
 TEST(CapacityPlanTest, UniformLoadSizesPoolsByThroughput) {
   CapacityTarget target;
   target.tokens_per_s = 100;
   auto plan = PlanCapacity(SmallConfig(), {}, target, Rates());
   ASSERT_TRUE(plan.ok()) << plan.status();
-  // 100 tokens/s x 2 forwards x 4 positions = 800 positions/s; 240 per replica at 80%.
+  // 100 tokens/s x 2 forwards x 4 positions = 800 positions/s. A replica spends 8/300 s on
+  // a token's positions and waits 2 layers x 16 rows / 1000 rows/s for its experts: 17.05
+  // tokens/s, 13.6 at 80%.
   EXPECT_DOUBLE_EQ(plan->positions_per_s, 800);
-  EXPECT_EQ(plan->attention_replicas, 4);
+  EXPECT_EQ(plan->attention_replicas, 8);
   // 800 x 4 rows = 3200 rows/s on one shard; 800 per pod at 80%.
   EXPECT_DOUBLE_EQ(plan->rows_per_s, 3200);
   EXPECT_EQ(plan->expert_shards, 1);
@@ -118,7 +206,7 @@ TEST(CapacityPlanTest, UniformLoadSizesPoolsByThroughput) {
   EXPECT_EQ(plan->redundant_slots, 0);
   // Lone request: (4/300 s + 2 layers x 8 rows / 1000 rows/s) x 2 forwards per token.
   EXPECT_NEAR(plan->latency_ms, 58.6667, 1e-3);
-  // min(4 x 300 / 8 positions per token, 4 x 1000 / 32 rows per token)
+  // min(8 replicas x 17.05, 4 x 1000 / 32 rows per token)
   EXPECT_NEAR(plan->predicted_tokens_per_s, 125, 1e-9);
   EXPECT_TRUE(plan->notes.empty());
 }
