@@ -229,6 +229,7 @@ absl::Status CapacityRates::Validate() const {
   if (step_overhead_ms < 0) return absl::InvalidArgumentError("step overhead ms < 0");
   if (positions_per_token < 0) return absl::InvalidArgumentError("positions per token < 0");
   if (shared_cores < 0) return absl::InvalidArgumentError("shared cores < 0");
+  if (micro_batches < 1) return absl::InvalidArgumentError("micro-batches < 1");
   if (!(utilization > 0 && utilization <= 1)) {
     return absl::InvalidArgumentError("utilization must be in (0, 1]");
   }
@@ -268,19 +269,19 @@ CapacityPrediction PredictCapacity(const model::ModelConfig& config, const Capac
   }
   const double row_s = 1 / r.shard_rows_per_s;
   const double wire_s = r.dispatch_us_per_row * 1e-6;
-  // An attention replica's time per generated token: its own work, then per MoE layer the
-  // wait for the hottest shard and for moving the rows (one lane: it does nothing else
-  // meanwhile).
+  // A micro-batch's time per generated token: the attention replica's own work, then per MoE
+  // layer the wait for the hottest shard and for moving the rows (it does nothing else
+  // meanwhile; the replica's other micro-batches do).
   const double replica_token_s =
       q / r.attention_positions_per_s + moe_layers * layer_rows * (parallel_share * row_s + wire_s);
   CapacityPrediction p;
-  p.replica_tokens_per_s = 1 / replica_token_s;
+  p.replica_tokens_per_s = static_cast<double>(r.micro_batches) / replica_token_s;
   // A lone request also waits for the fixed part of each dispatch and the scheduler's step.
   p.latency_ms = (replica_token_s + r.forwards_per_token * (moe_layers * r.dispatch_ms +
                                                             r.step_overhead_ms) / 1000) *
                  1000;
   // Throughput: whichever pool saturates first (under load the fixed latencies overlap).
-  const double by_attention = static_cast<double>(attention_replicas) / replica_token_s;
+  const double by_attention = static_cast<double>(attention_replicas) * p.replica_tokens_per_s;
   const double by_experts = shards * static_cast<double>(expert_replicas) * r.shard_rows_per_s /
                             imbalance / (q * costs.rows_per_position);
   p.tokens_per_s = std::min(by_attention, by_experts);

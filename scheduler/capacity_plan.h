@@ -88,6 +88,9 @@ struct CapacityRates {
   // loopback checks); 0: each pod has cores of its own. With C shared cores a layer's shards
   // compute in parallel only C at a time, and the whole cluster's work shares the C cores.
   int64_t shared_cores = 0;
+  // Micro-batches per attention replica (dmoe-attention --micro-batches, default 2): under
+  // load, while one waits for its experts another computes. A lone request uses one.
+  int64_t micro_batches = 2;
   // Positions per second one attention replica computes (everything but routed experts).
   double attention_positions_per_s = 0;
   // Rows per second one expert pod computes.
@@ -148,7 +151,7 @@ absl::StatusOr<CapacityPlan> PlanCapacity(const model::ModelConfig& config,
 struct CapacityPrediction {
   double latency_ms = 0;
   double tokens_per_s = 0;
-  // What one attention replica sustains: it waits for its experts (one lane).
+  // What one attention replica sustains: each micro-batch waits for its experts.
   double replica_tokens_per_s = 0;
 };
 CapacityPrediction PredictCapacity(const model::ModelConfig& config, const CapacityRates& rates,

@@ -49,6 +49,7 @@ struct PlanFlags {
   double step_overhead_ms = -1;     // < 0: measured from --scheduler-metrics, else 0
   double positions_per_token = 0;
   int64_t shared_cores = 0;
+  int64_t micro_batches = 2;
   double utilization = 0.8;
   double expert_pod_memory_gib = 0;
   int64_t max_redundant_slots = 8;
@@ -192,6 +193,7 @@ absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
   }
   rates.positions_per_token = f.positions_per_token;
   rates.shared_cores = f.shared_cores;
+  rates.micro_batches = f.micro_batches;
   rates.utilization = f.utilization;
   rates.expert_pod_memory_bytes = f.expert_pod_memory_gib * (1 << 30);
   rates.max_redundant_slots = f.max_redundant_slots;
@@ -240,7 +242,8 @@ absl::Status RunPredict(const PlanFlags& f, const model::ModelConfig& config,
                           {"dispatch_ms", rates.dispatch_ms},
                           {"dispatch_us_per_row", rates.dispatch_us_per_row},
                           {"step_overhead_ms", rates.step_overhead_ms},
-                          {"shared_cores", rates.shared_cores}};
+                          {"shared_cores", rates.shared_cores},
+                          {"micro_batches", rates.micro_batches}};
     std::cout << out.dump(2) << "\n";
     return absl::OkStatus();
   }
@@ -433,6 +436,9 @@ void RegisterPlanCommand(CLI::App& app, int* exit_code) {
                   "forwards per token x block length");
   cmd->add_option("--shared-cores", f->shared_cores,
                   "Cores all pods share (one machine, one thread per pod); 0: own cores each")
+      ->capture_default_str();
+  cmd->add_option("--micro-batches", f->micro_batches,
+                  "Micro-batches per attention replica (dmoe-attention --micro-batches)")
       ->capture_default_str();
   cmd->add_flag("--predict", f->predict,
                 "Predict the layout given by --attention-replicas, --expert-shards, "

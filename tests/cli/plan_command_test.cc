@@ -76,8 +76,9 @@ TEST_F(PlanCommandTest, ScrapedSkewedProfileUnderAMemoryBound) {
   EXPECT_DOUBLE_EQ(j["positions_per_s"].get<double>(), 1600);
   const double imbalance = j["planned_imbalance"].get<double>();
   const double replica_s = 32.0 / 1000 + 3 * 128 * imbalance / 3 / 5000;
+  // Two micro-batches per replica (the default): one computes while the other waits.
   EXPECT_EQ(j["attention_replicas"].get<int>(),
-            static_cast<int>(std::ceil(50 * replica_s / 0.8 - 1e-9)));
+            static_cast<int>(std::ceil(50 * replica_s / 2 / 0.8 - 1e-9)));
   // x 12 rows per position (top-4, 3 MoE layers) = 19200 rows/s, x imbalance / 3 shards.
   EXPECT_DOUBLE_EQ(j["rows_per_s"].get<double>(), 19200);
   const double hottest = 19200 * imbalance / 3;
@@ -124,9 +125,9 @@ TEST_F(PlanCommandTest, PredictsALayoutFromMeasuredMetrics) {
   // forward the scheduler's 5 ms.
   const double replica_s = 50.0 / 2000 + 3 * 200 * (imbalance / 4 / 20000 + 40e-6);
   EXPECT_NEAR(j["predicted_latency_ms"].get<double>(), (replica_s + 1.25 * 0.005) * 1000, 1e-6);
-  // Two replicas, 4 pods: min(2 / replica_s, 4 x 20000 / ι / 600 rows, 2 cores /
-  // (50/2000 + 600 x (1/20000 + 40e-6)) core-seconds).
-  const double expected = std::min({2 / replica_s, 4 * 20000 / imbalance / 600,
+  // Two replicas of 2 micro-batches, 4 pods: min(2 x 2 / replica_s, 4 x 20000 / ι / 600
+  // rows, 2 cores / (50/2000 + 600 x (1/20000 + 40e-6)) core-seconds).
+  const double expected = std::min({4 / replica_s, 4 * 20000 / imbalance / 600,
                                     2 / (50.0 / 2000 + 600 * (1.0 / 20000 + 40e-6))});
   EXPECT_NEAR(j["predicted_tokens_per_s"].get<double>(), expected, 1e-6);
 

@@ -38,6 +38,7 @@ CapacityRates Rates() {
   r.attention_positions_per_s = 300;
   r.shard_rows_per_s = 1000;
   r.utilization = 0.8;
+  r.micro_batches = 1;
   return r;
 }
 
@@ -169,6 +170,11 @@ TEST(CapacityPlanTest, PredictionWithMeasuredCostsAndSharedCores) {
   EXPECT_NEAR(shared.replica_tokens_per_s, 1 / shared_replica_s, 1e-9);
   // 2 cores / (10/300 + 40 rows x (1 ms + 100 us)) core-seconds per token
   EXPECT_NEAR(shared.tokens_per_s, 2 / (10.0 / 300 + 40 * 1.1e-3), 1e-9);
+  // Two micro-batches: one computes while the other waits.
+  r.micro_batches = 2;
+  EXPECT_NEAR(PredictCapacity(SmallConfig(), r, 2, 4, 1, 1.0).replica_tokens_per_s,
+              2 / shared_replica_s, 1e-9);
+  r.micro_batches = 1;
   // A hot shard slower than the cores' share sets the pace.
   CapacityPrediction skewed = PredictCapacity(SmallConfig(), r, 1, 4, 1, 3.0);
   EXPECT_NEAR(skewed.replica_tokens_per_s,
