@@ -2,6 +2,8 @@
 """Writes README.md, the model card (and copies the held-out task file) into an exported model directory.
 
   model_card.py --model models/tiny-diffusion --kind diffusion --work WORK --command "..."
+  model_card.py --model models/tiny-diffusion-t2t --kind t2t --work WORK --command "..." \
+                --editing docs/training/editing.json
 """
 import argparse
 import json
@@ -18,12 +20,13 @@ def fmt_minutes(s):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--kind", choices=["ar", "diffusion"], required=True)
+    ap.add_argument("--kind", choices=["ar", "diffusion", "t2t"], required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--command", required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--sweep", help="sweep .json from sweep.py")
     ap.add_argument("--verify", help="verify.json from verify.py")
+    ap.add_argument("--editing", help="editing .json from editing.py (kind t2t)")
     args = ap.parse_args()
 
     with open(os.path.join(args.work, "data", "data_card.json")) as f:
@@ -35,7 +38,7 @@ def main():
     if os.path.exists(tpath):
         with open(tpath) as f:
             timings = json.load(f)
-    phases = ["ar"] if args.kind == "ar" else ["ar", "convert", "sft"]
+    phases = {"ar": ["ar"], "diffusion": ["ar", "convert", "sft"], "t2t": ["t2t"]}[args.kind]
     metas = {}
     for p in phases:
         st = os.path.join(args.work, f"{p}.pt")
@@ -51,6 +54,19 @@ def main():
         lines += ["The autoregressive parent of the tiny LLaDA2.0 recipe: a "
                   f"`{cfg['model_type']}` (`{arch}`, Ling 2.0 architecture) model trained "
                   "next-token. Decode it with `--mode ar` (the default for this checkpoint).", ""]
+    elif args.kind == "t2t":
+        lines += ["A tiny LLaDA2.1-style block-diffusion MoE language model (`llada2_moe`, "
+                  "`LLaDA2MoeModelLM`; same architecture and tokenizer as `models/tiny-diffusion`): "
+                  "`models/tiny-diffusion` trained further with the LLaDA2.1 objective, mask "
+                  "filling (M2T) plus token-to-token editing (T2T): besides the masked answer "
+                  "tokens, a random share of the visible answer tokens is replaced by random "
+                  "vocabulary tokens and every visible answer token is trained to predict the "
+                  "original one (rewrite the substitutes, keep the rest); the prompt is never "
+                  "masked nor substituted. Training starts from the committed BF16 weights of "
+                  "`models/tiny-diffusion` (read back by `tools/train/import_model.py`, exact "
+                  "round trip). Decode it with or without token editing (`--editing "
+                  "off|speed|quality`); the table below says what editing does here. Block "
+                  "length 32; no logit shift.", ""]
     else:
         lines += ["A tiny block-diffusion MoE language model (`llada2_moe`, `LLaDA2MoeModelLM`) "
                   "made with the LLaDA2.0 recipe at laptop scale: the autoregressive parent "
@@ -123,6 +139,26 @@ def main():
             for t, r in sw["diffusion"].items():
                 lines.append(row(f"diffusion, threshold {t}", r))
         lines += ["", "The full sweep and plot: `docs/training/sweep.md`, `docs/training/sweep.png`.", ""]
+    if args.editing and os.path.exists(args.editing):
+        with open(args.editing) as f:
+            ed = json.load(f)
+        rows = ed["rows"]
+        tasks = sorted(rows[0]["result"]["tasks"])
+        lines += ["## Evaluation (`dmoe eval`, exact match, batch 1)", "",
+                  "| model | editing | " + " | ".join(tasks) + " | avg | TPF | edits | tokens/s |",
+                  "|---" * (len(tasks) + 6) + "|"]
+        for r in rows:
+            e = r["result"]
+            lines.append(f"| {r['model_name']} | {r['mode']} | "
+                         + " | ".join(f"{100 * e['tasks'][t]['accuracy']:.0f}" for t in tasks)
+                         + f" | {100 * e['mean_task_accuracy']:.1f} | "
+                         f"{e['tokens_per_forward']:.2f} | {e.get('edits', 0)} | "
+                         f"{e['tokens_per_second']:.0f} |")
+        lines += ["", f"Presets: {'; '.join(f'{k}: {v}' for k, v in ed['presets'].items())}; "
+                  f"{ed['threads']} thread(s), {ed['machine']}. `tiny-diffusion-sft-control` (not "
+                  "committed) is the control: the same steps of plain SFT from the same start. "
+                  "Commands: `docs/training/editing.md`; discussion: `docs/training.md`, "
+                  "\"Token editing\".", ""]
     if args.verify and os.path.exists(args.verify):
         with open(args.verify) as f:
             v = json.load(f)["summary"]
@@ -131,12 +167,17 @@ def main():
                   f"{v['ar_match']}/{v['ar_total']} generations identical; reference "
                   f"`generate()` (MODEL-SPEC.md §4.3) vs dmoe diffusion decoding "
                   f"{v['diffusion_match']}/{v['diffusion_total']} identical ids and forward "
-                  f"counts; tokenizer mismatches: {v['tokenizer_mismatches']}.", ""]
+                  f"counts; tokenizer mismatches: {v['tokenizer_mismatches']}."
+                  + (f" LLaDA2.1 token editing (PyTorch transcription of its `generate()` vs "
+                     f"`dmoe generate --edit-threshold`): {v['editing_match']}/"
+                     f"{v['editing_total']} identical ids, forward and edit counts."
+                     if v.get("editing_total") else ""), ""]
     lines += ["## Use", "", "```sh",
               f"build/bin/dmoe generate --model {args.model} --chat \"Sort these numbers: 42 7 19 3\""
-              + (" --visual" if args.kind == "diffusion" else ""),
+              + {"ar": "", "diffusion": " --visual", "t2t": " --editing quality --visual"}[args.kind],
               f"build/bin/dmoe generate --model {args.model} --prompt \"The quick brown fox\"",
-              f"build/bin/dmoe eval --model {args.model} --tasks {args.model}/eval_tasks.jsonl",
+              f"build/bin/dmoe eval --model {args.model} --tasks {args.model}/eval_tasks.jsonl"
+              + (" --editing speed" if args.kind == "t2t" else ""),
               "```", "",
               "A toy: about 2 M parameters trained for minutes on two CPU cores. It writes "
               "fortune-like (often garbled) English and solves only part of the synthetic tasks "

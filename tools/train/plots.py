@@ -4,6 +4,7 @@
   plots.py curves   --ar AR.jsonl --convert CONVERT.jsonl --sft SFT.jsonl --out curves.png
   plots.py schedule --convert CONVERT.jsonl --out block_schedule.png
   plots.py ablation --noise CONVERT.jsonl --no-noise NONOISE.jsonl --steps N --out noise.png
+  plots.py t2t      --t2t T2T.jsonl [--control SFT_CONTROL.jsonl] --out t2t_curves.png
 
 Curves are smoothed with an exponential moving average (raw values faint behind).
 """
@@ -117,6 +118,42 @@ def ablation(args):
     fig.savefig(args.out, dpi=100)
 
 
+def t2t(args):
+    log = load(args.t2t)
+    ctl = load(args.control) if args.control else None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    steps = [r["step"] for r in log]
+    ax = axes[0]
+    for key, label, color in [("ce", "T2T run: masked-token CE (M2T)", "tab:blue"),
+                              ("sub_ce", "T2T run: CE at substituted tokens", "tab:red"),
+                              ("keep_ce", "T2T run: CE at clean visible tokens", "tab:green")]:
+        ys = [r.get(key) for r in log]
+        ax.plot(steps, ema(ys), color=color, label=label)
+    if ctl:
+        ax.plot([r["step"] for r in ctl], ema([r["ce"] for r in ctl]), color="tab:blue", ls="--",
+                label="control (plain SFT): masked-token CE")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (EMA)")
+    ax.set_title("losses", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for key, label, color in [("sub_fixed", "substituted tokens predicted back (rewrite)", "tab:red"),
+                              ("kept", "clean visible tokens predicted as they are (keep)",
+                               "tab:green")]:
+        ax.plot(steps, ema([r.get(key) for r in log]), color=color, label=label)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("step")
+    ax.set_ylabel("argmax accuracy (EMA)")
+    ax.set_title("T2T: argmax at visible answer tokens", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.suptitle("train.py t2t from models/tiny-diffusion (M2T + T2T)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -134,8 +171,12 @@ def main():
     a.add_argument("--steps", type=int, default=100)
     a.add_argument("--title", default="Gaussian noise on masked embeddings in the first conversion steps")
     a.add_argument("--out", required=True)
+    t = sub.add_parser("t2t")
+    t.add_argument("--t2t", required=True)
+    t.add_argument("--control")
+    t.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"curves": curves, "schedule": schedule, "ablation": ablation}[args.cmd](args)
+    {"curves": curves, "schedule": schedule, "ablation": ablation, "t2t": t2t}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
 # Environment: SEED (0), PRESET (full|smoke), WORK (build/tiny-recipe), THREADS (2),
 # DMOE_BIN (build/bin; built with scripts/build when missing), OUT_AR / OUT_DIFFUSION / DOCS.
 # Installs what it needs with apt (Debian's PyTorch, fortunes) on first use.
+# The LLaDA2.1-style follow-up (T2T token-editing training from models/tiny-diffusion, and the
+# --editing off|speed|quality measurements) is tools/train/run_t2t.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEED=${SEED:-0}

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Trainer for the tiny LLaDA2.0 recipe (docs/training.md): one entry point, three phases.
+"""Trainer for the tiny LLaDA2.0 recipe (docs/training.md): one entry point, four phases.
 
   train.py ar      next-token pretraining of the autoregressive parent (bailing_moe_v2)
   train.py convert continued pretraining with the block-diffusion objective under the
@@ -7,6 +7,11 @@
                    output at masked positions in the first steps (MODEL-SPEC.md §5)
   train.py sft     block-diffusion SFT on the chat tasks: prompt never masked, mask ratio drawn
                    from a band, optional confidence-aware (CAP) entropy term
+  train.py t2t     LLaDA2.1-style SFT (docs/training/editing.md): the SFT objective (M2T: fill
+                   masks) plus T2T editing: a random fraction of the answer tokens left visible
+                   is replaced by random vocabulary tokens, and every visible answer token is
+                   trained to predict the original token (rewrite the substituted ones, keep
+                   the others); the prompt is never masked nor substituted
 
 Each phase reads a state file (--init), writes one (--out), and appends one JSON line per step
 to --log (loss, grad norm, lr, block size, ...). A progress bar goes to stderr.
@@ -159,14 +164,20 @@ def ar_batch(b, answer_only):
     return allowed, tgt
 
 
-def bd_inputs(b, block, mask_id, ratio_lo, ratio_hi, conditional, rng_t):
+def bd_inputs(b, block, mask_id, ratio_lo, ratio_hi, conditional, rng_t, sub=None):
     """Builds the [x_t ; x_0] block-diffusion input (MODEL-SPEC.md §4.2 training mask).
 
     x_t: every loss token (not prompt tokens when `conditional`) is replaced by MASK with
     probability t, t ~ U(ratio_lo, ratio_hi) drawn per document. x_t block b attends to x_t
     block b (bidirectional) and to clean x_0 blocks < b; x_0 is block-causal. Only x_0
     tokens that some x_t block can see (blocks before their document's last block) are fed.
-    Returns ids, positions, additive mask, masked positions of x_t, targets."""
+
+    `sub` = (lo, hi, n_ordinary) adds the T2T corruption (LLaDA2.1): of the loss tokens left
+    visible in x_t, each is replaced with probability s, s ~ U(lo, hi) per document, by a
+    token drawn uniformly from the ordinary vocabulary [0, n_ordinary) (no special tokens);
+    a draw equal to the original leaves the token clean. x_0 stays clean.
+    Returns ids, positions, additive mask, masked positions of x_t, targets, and the
+    substituted and visible (candidates for T2T: loss tokens not masked) positions of x_t."""
     ids, doc, pos = b["ids"], b["doc"], b["pos"]
     R, L = ids.shape
     ndoc = int(doc.max()) + 1
@@ -180,6 +191,14 @@ def bd_inputs(b, block, mask_id, ratio_lo, ratio_hi, conditional, rng_t):
             cand = can[r].nonzero().flatten()
             masked[r, cand[torch.randint(len(cand), (1,), generator=rng_t)]] = True
     xt = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    visible = can & ~masked
+    subst = torch.zeros_like(masked)
+    if sub is not None:
+        s_lo, s_hi, n_ordinary = sub
+        s = s_lo + (s_hi - s_lo) * torch.rand((R, ndoc), generator=rng_t)
+        noise = torch.randint(0, n_ordinary, (R, L), generator=rng_t)
+        subst = visible & (torch.rand((R, L), generator=rng_t) < s.gather(1, doc)) & (noise != ids)
+        xt = torch.where(subst, noise, xt)
     blk = pos // block
     # last block index of each token's document
     last = torch.zeros((R, ndoc), dtype=torch.long).scatter_reduce_(1, doc, blk, reduce="amax")
@@ -204,7 +223,7 @@ def bd_inputs(b, block, mask_id, ratio_lo, ratio_hi, conditional, rng_t):
     else:  # block covers every document: plain MDLM, no clean stream needed
         allowed = (doc[:, :, None] == doc[:, None, :]) & (blk[:, :, None] == blk[:, None, :])
         all_ids, all_pos = xt, pos
-    return all_ids, all_pos, additive(allowed), masked, ids
+    return all_ids, all_pos, additive(allowed), masked, ids, subst, visible
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +307,7 @@ def parse_schedule(spec, total):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("phase", choices=["ar", "convert", "sft"])
+    ap.add_argument("phase", choices=["ar", "convert", "sft", "t2t"])
     ap.add_argument("--data", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--work", required=True, help="directory for caches")
@@ -328,6 +347,13 @@ def main():
     ap.add_argument("--ratio-lo", type=float, default=0.05)
     ap.add_argument("--ratio-hi", type=float, default=1.0)
     ap.add_argument("--cap", type=float, default=0.0, help="CAP confidence-loss weight")
+    # t2t (the sft options above apply too)
+    ap.add_argument("--sub-lo", type=float, default=0.0,
+                    help="t2t: substitution rate of visible answer tokens, per document, from")
+    ap.add_argument("--sub-hi", type=float, default=0.3, help="t2t: ... up to")
+    ap.add_argument("--t2t-weight", type=float, default=1.0,
+                    help="t2t: weight of the mean CE over visible answer tokens (substituted "
+                         "ones: rewrite; clean ones: keep) next to the masked-token mean CE")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -337,6 +363,12 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     data = encode_data(args.data, args.tokenizer, os.path.join(args.work, "encoded.pt"))
     eos, mask_id = data["eos"], data["mask"]
+    t2t = args.phase == "t2t"
+    sub = None
+    if t2t:
+        # Substitutes are ordinary BPE tokens: the ids below the first added (special) token.
+        specials = Tokenizer(args.tokenizer).special_ids
+        sub = (args.sub_lo, args.sub_hi, min(specials))
 
     if args.init:
         state = torch.load(args.init)
@@ -354,7 +386,7 @@ def main():
 
     # Document streams.
     corpus = [Doc(ids) for ids in data["corpus"]]
-    sft = args.phase == "sft"
+    sft = args.phase in ("sft", "t2t")
     # Diffusion phases: chat documents are padded with EOS to a block boundary (the model
     # learns to fill the rest of the answer's last block with EOS) and their prompt is never
     # masked; corpus documents are masked everywhere.
@@ -410,7 +442,8 @@ def main():
             else:
                 block, lo, hi, cond = args.block, args.ratio_lo, args.ratio_hi, True
                 rec["block"] = block
-            ids, pos, mask_add, masked, tgt = bd_inputs(b, block, mask_id, lo, hi, cond, rng_t)
+            ids, pos, mask_add, masked, tgt, subst, visible = bd_inputs(
+                b, block, mask_id, lo, hi, cond, rng_t, sub)
             noise = None
             if args.phase == "convert" and step < args.noise_steps:
                 sigma = args.noise_scale * emb_rms * (1 - step / args.noise_steps)
@@ -418,12 +451,39 @@ def main():
                 L = masked.shape[1]
                 noise[:, :L][masked] = sigma * torch.randn(int(masked.sum()), cfg.hidden_size)
                 rec["noise_sigma"] = sigma
+            L = masked.shape[1]
+            sel_t = masked | visible if t2t else masked
             sel = torch.zeros(ids.shape, dtype=torch.bool)
-            sel[:, :masked.shape[1]] = masked
-            logits = model(ids, pos, mask_add, embed_noise=noise, select=sel)
+            sel[:, :L] = sel_t
+            all_logits = model(ids, pos, mask_add, embed_noise=noise, select=sel)
+            # Selected rows come in row-major order, so masks indexed by sel_t line up.
+            is_m = masked[sel_t]
+            logits = all_logits[is_m]
             ce = F.cross_entropy(logits, tgt[masked], reduction="none")
             loss = ce.mean()
             rec["ce"] = float(loss)
+            if t2t:
+                # T2T: every visible answer token predicts the original token, so the model
+                # learns both to rewrite substitutes and to keep correct tokens (a model
+                # trained on substitutes only would learn that every visible token is wrong).
+                vis_logits = all_logits[~is_m]
+                vis_tgt = tgt[sel_t][~is_m]
+                is_sub = subst[sel_t][~is_m]
+                if len(vis_tgt):
+                    vce = F.cross_entropy(vis_logits, vis_tgt, reduction="none")
+                    loss = loss + args.t2t_weight * vce.mean()
+                    with torch.no_grad():
+                        right_v = vis_logits.argmax(-1) == vis_tgt
+                    rec["t2t_ce"] = float(vce.mean())
+                    rec["substituted"] = int(is_sub.sum())
+                    rec["visible"] = len(vis_tgt)
+                    if is_sub.any():
+                        rec["sub_ce"] = float(vce[is_sub].mean())
+                        rec["sub_fixed"] = float(right_v[is_sub].float().mean())
+                    if (~is_sub).any():
+                        rec["keep_ce"] = float(vce[~is_sub].mean())
+                        rec["kept"] = float(right_v[~is_sub].float().mean())
+                tokens += int((~is_m).sum())
             if sft and args.cap > 0:
                 # CAP: entropy of the predictive distribution at masked positions the model
                 # already gets right; minimising it sharpens confident predictions.
@@ -451,6 +511,8 @@ def main():
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
         info = f"loss {rec['loss'] if rec['loss'] is None else round(rec['loss'], 3)}"
+        if "sub_fixed" in rec:
+            info += f" fixed {rec['sub_fixed']:.2f}"
         if "block" in rec:
             info += f" block {rec['block']}"
         prog.update(step + 1, info)
