@@ -171,6 +171,26 @@ TEST_F(EvalCommandTest, EditingPresetsReportEdits) {
   EXPECT_THAT(table.out, HasSubstr("edits"));
 }
 
+// The committed T2T model (tools/train/run_t2t.sh, docs/training.md "Token editing") keeps its
+// accuracy under the editing presets, while the LLaDA2.0-style model it started from, never
+// trained at visible positions, rewrites its answers into nonsense. Coarse bounds, not the
+// measured figures, so a numerics change in the kernels does not break this.
+TEST_F(EvalCommandTest, CommittedT2TModelEditsSafelyUnlikeItsLLaDA20Parent) {
+  const std::string models = DMOE_MODELS_DIR;
+  const std::string t2t = models + "/tiny-diffusion-t2t";
+  const std::string common = " --tasks " + t2t + "/eval_tasks.jsonl --limit 4 --threads 1 --json";
+  Json t2t_off = RunJson("eval --model " + t2t + common + " --editing off --threshold 0.5");
+  Json t2t_speed = RunJson("eval --model " + t2t + common + " --editing speed");
+  Json base_speed = RunJson("eval --model " + models + "/tiny-diffusion" + common +
+                            " --editing speed");
+  ASSERT_TRUE(t2t_off.is_object() && t2t_speed.is_object() && base_speed.is_object());
+  EXPECT_GE(t2t_speed["accuracy"].get<double>(), 0.5);
+  EXPECT_GE(t2t_speed["accuracy"].get<double>(), t2t_off["accuracy"].get<double>() - 0.1);
+  EXPECT_LE(t2t_speed["edits"].get<int64_t>(), 10);
+  EXPECT_GT(base_speed["edits"].get<int64_t>(), 100);
+  EXPECT_LT(base_speed["accuracy"].get<double>(), t2t_speed["accuracy"].get<double>() - 0.3);
+}
+
 TEST_F(EvalCommandTest, LimitSamplesAndTable) {
   const std::string tasks = WriteTasks(Json::array({
       {{"task", "a"}, {"chat", "one"}, {"answer", "x"}},
