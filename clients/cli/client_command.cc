@@ -55,6 +55,15 @@ struct GenerateFlags {
   bool json = false;
 };
 
+// Each retry, one line on stderr.
+class RetryLog final : public client::RetryPolicy::Observer {
+ public:
+  void OnRetry(const absl::Status& failure, int attempt, const std::string& target) override {
+    std::fprintf(stderr, "[retry %d on %s after: %s]\n", attempt - 1, target.c_str(),
+                 failure.ToString().c_str());
+  }
+};
+
 absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const ClientFlags& c) {
   client::ClientOptions options{.target = c.router, .fallback_targets = c.fallback_targets};
   if (c.timeout_seconds > 0) options.timeout = absl::Seconds(c.timeout_seconds);
@@ -65,6 +74,8 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const Clien
     // Bounded by time, not by tries: a restarting scheduler takes seconds, whatever the count.
     options.retry.max_attempts = 1'000'000;
     options.retry.max_retry_time = absl::Seconds(retry_seconds);
+    static RetryLog log;
+    options.retry.observer = &log;
   }
   options.api_key = c.api_key;
   options.tls_ca_file = c.tls_ca;

@@ -192,8 +192,9 @@ bool GenerationClient::PrepareRetry(const absl::Status& status, int attempt, abs
   // a backoff, so a restarting server is not hammered.
   absl::Duration wait =
       targets_.size() > 1 && attempt == 1 ? absl::ZeroDuration() : retry.Backoff(attempt);
-  absl::SleepFor(std::min(wait, latest - now));
   target = (target + 1) % targets_.size();
+  if (retry.observer) retry.observer->OnRetry(status, attempt + 1, targets_[target].name);
+  absl::SleepFor(std::min(wait, latest - now));
   preferred_.store(target);
   return true;
 }

@@ -46,6 +46,16 @@ struct RetryPolicy {
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(2);
   double backoff_multiplier = 2.0;
+  // Told before each retry (logs); not owned, must outlive the client. Null: nobody is told.
+  // (An interface, not a std::function: GCC 12 misreads one inside a designated initializer.)
+  class Observer {
+   public:
+    virtual ~Observer() = default;
+    // `failure` ended the previous try; `attempt` is the try about to start (2 for the first
+    // retry), on `target`. Called on the calling thread.
+    virtual void OnRetry(const absl::Status& failure, int attempt, const std::string& target) = 0;
+  };
+  Observer* observer = nullptr;
 
   bool enabled() const { return max_attempts > 1; }
   // The wait before retry number `retry` (1 for the first retry).

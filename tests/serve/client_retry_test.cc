@@ -27,6 +27,7 @@ using client::GenerationClient;
 using client::IsRetryable;
 using client::RetryPolicy;
 using dmoe_testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::SizeIs;
 
@@ -137,6 +138,14 @@ RetryPolicy Retries(int max_attempts) {
   return retry;
 }
 
+struct RetryLog final : RetryPolicy::Observer {
+  void OnRetry(const absl::Status& failure, int attempt, const std::string& target) override {
+    retries.push_back(
+        absl::StrCat(attempt, " ", target, " ", absl::StatusCodeToString(failure.code())));
+  }
+  std::vector<std::string> retries;
+};
+
 dmoe::v1::GenerateRequest Request() {
   dmoe::v1::GenerateRequest request;
   request.mutable_prompt_ids()->add_ids(7);
@@ -199,9 +208,11 @@ TEST(RetryDecisionTest, BackoffGrowsToItsCapAndPolicyIsValidated) {
 TEST(ClientRetryTest, BrokenStreamContinuesOnTheFallbackWithTheSameIdFromTheOffsetItHad) {
   FakeServer first(Script{.fail_after_blocks = 2});
   FakeServer second(Script{});
-  auto client = GenerationClient::Connect({.target = first.address(),
-                                           .fallback_targets = {second.address()},
-                                           .retry = Retries(3)});
+  RetryLog log;
+  RetryPolicy retry = Retries(3);
+  retry.observer = &log;
+  auto client = GenerationClient::Connect(
+      {.target = first.address(), .fallback_targets = {second.address()}, .retry = retry});
   ASSERT_TRUE(client.ok()) << client.status();
   const Received got = Stream(**client, Request());
   ASSERT_TRUE(got.result.ok()) << got.result.status();
@@ -210,6 +221,7 @@ TEST(ClientRetryTest, BrokenStreamContinuesOnTheFallbackWithTheSameIdFromTheOffs
   EXPECT_THAT(got.bad_offsets, SizeIs(0));
   ASSERT_THAT(first.service.calls(), SizeIs(1));
   ASSERT_THAT(second.service.calls(), SizeIs(1));
+  EXPECT_THAT(log.retries, ElementsAre(absl::StrCat("2 ", second.address(), " UNAVAILABLE")));
   const std::string id = first.service.calls()[0].first;
   EXPECT_FALSE(id.empty()) << "a retrying client names its requests";
   EXPECT_EQ(first.service.calls()[0].second, 0);
