@@ -23,6 +23,7 @@ void RegisterMetricsCommand(CLI::App& app, int* exit_code);
 void RegisterAdminCommand(CLI::App& app, int* exit_code);
 void RegisterKeysCommand(CLI::App& app, int* exit_code);
 void RegisterPlanCommand(CLI::App& app, int* exit_code);
+void RegisterChaosCommand(CLI::App& app, int* exit_code);
 
 }  // namespace dmoe::cli
 

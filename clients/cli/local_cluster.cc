@@ -111,6 +111,7 @@ void Kill(pid_t pid, int sig) {
 
 absl::Status LocalClusterOptions::Validate() const {
   if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
+  if (routers < 1) return absl::InvalidArgumentError("--routers must be >= 1");
   if (attention < 1) return absl::InvalidArgumentError("--attention must be >= 1");
   if (expert_shards < 1) return absl::InvalidArgumentError("--expert-shards must be >= 1");
   if (expert_replicas < 1) return absl::InvalidArgumentError("--expert-replicas must be >= 1");
@@ -142,6 +143,17 @@ std::string SelfBinDir() {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
   return ec ? "." : self.parent_path().string();
+}
+
+// Records the addresses a process got and puts them into its command line in place of the
+// free-port requests, so RestartProcess brings it back where it was.
+void PinAddresses(ClusterProcess& p, const std::string& address, const std::string& metrics) {
+  p.address = address;
+  p.metrics = metrics;
+  for (size_t i = 0; i + 1 < p.argv.size(); ++i) {
+    if (p.argv[i] == "--listen") p.argv[i + 1] = address;
+    if (p.argv[i] == "--metrics-listen" && !metrics.empty()) p.argv[i + 1] = metrics;
+  }
 }
 
 std::string TlsDir(const LocalClusterOptions& o) { return (fs::path(o.run_dir) / "tls").string(); }
@@ -176,13 +188,13 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
   if (o.metrics) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
   DMOE_RETURN_IF_ERROR(AddTlsArgs(o, name, argv));
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
+  p.argv = argv;
   cluster.processes.push_back(p);
   DMOE_ASSIGN_OR_RETURN(p.address,
                         WaitListening(p.pid, name, p.log, absl::Now() + o.startup_timeout));
   p.metrics = MetricsAddress(p.log);
-  cluster.processes.back().address = p.address;
-  cluster.processes.back().metrics = p.metrics;
-  return p;
+  PinAddresses(cluster.processes.back(), p.address, p.metrics);
+  return cluster.processes.back();
 }
 
 absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
@@ -210,33 +222,45 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   auto pid = Spawn(argv, scheduler.log);
   if (!pid.ok()) return pid.status();
   scheduler.pid = *pid;
+  scheduler.argv = argv;
   cluster.processes.push_back(scheduler);
   auto address = WaitListening(scheduler.pid, "scheduler", scheduler.log, deadline);
   if (!address.ok()) return fail(address.status());
   cluster.scheduler = *address;
-  cluster.processes.back().address = *address;
-  cluster.processes.back().metrics = MetricsAddress(scheduler.log);
+  PinAddresses(cluster.processes.back(), *address, MetricsAddress(scheduler.log));
 
-  ClusterProcess router{.role = "router", .name = "router"};
-  router.log = (fs::path(o.run_dir) / "router.log").string();
-  std::vector<std::string> router_argv = {(fs::path(o.bin_dir) / "dmoe-router").string(),
-                                          "--backend", cluster.scheduler, "--listen",
-                                          absl::StrCat("127.0.0.1:", o.port)};
-  if (o.metrics) router_argv.insert(router_argv.end(), {"--metrics-listen", "127.0.0.1:0"});
-  if (o.http_port >= 0) {
-    router_argv.insert(router_argv.end(), {"--http-listen", absl::StrCat("127.0.0.1:", o.http_port)});
+  for (int i = 0; i < o.routers; ++i) {
+    // The first router takes --port and --http-port; the others free ports, no HTTP API.
+    ClusterProcess router{.role = "router", .name = i == 0 ? "router" : absl::StrCat("router-", i)};
+    router.log = (fs::path(o.run_dir) / (router.name + ".log")).string();
+    std::vector<std::string> router_argv = {(fs::path(o.bin_dir) / "dmoe-router").string(),
+                                            "--backend", cluster.scheduler, "--listen",
+                                            absl::StrCat("127.0.0.1:", i == 0 ? o.port : 0)};
+    if (o.metrics) router_argv.insert(router_argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+    if (i == 0 && o.http_port >= 0) {
+      router_argv.insert(router_argv.end(),
+                         {"--http-listen", absl::StrCat("127.0.0.1:", o.http_port)});
+    }
+    if (absl::Status s = AddTlsArgs(o, router.name, router_argv); !s.ok()) return fail(s);
+    auto router_pid = Spawn(router_argv, router.log);
+    if (!router_pid.ok()) return fail(router_pid.status());
+    router.pid = *router_pid;
+    router.argv = router_argv;
+    cluster.processes.push_back(router);
+    auto router_address = WaitListening(router.pid, router.name, router.log, deadline);
+    if (!router_address.ok()) return fail(router_address.status());
+    cluster.routers.push_back(*router_address);
+    PinAddresses(cluster.processes.back(), *router_address, MetricsAddress(router.log));
+    if (i == 0 && o.http_port >= 0) {
+      cluster.http = HttpAddress(router.log);
+      for (size_t a = 0; a + 1 < cluster.processes.back().argv.size(); ++a) {
+        if (cluster.processes.back().argv[a] == "--http-listen") {
+          cluster.processes.back().argv[a + 1] = cluster.http;
+        }
+      }
+    }
   }
-  if (absl::Status s = AddTlsArgs(o, "router", router_argv); !s.ok()) return fail(s);
-  auto router_pid = Spawn(router_argv, router.log);
-  if (!router_pid.ok()) return fail(router_pid.status());
-  router.pid = *router_pid;
-  cluster.processes.push_back(router);
-  auto router_address = WaitListening(router.pid, "router", router.log, deadline);
-  if (!router_address.ok()) return fail(router_address.status());
-  cluster.router = *router_address;
-  cluster.processes.back().address = *router_address;
-  cluster.processes.back().metrics = MetricsAddress(router.log);
-  if (o.http_port >= 0) cluster.http = HttpAddress(router.log);
+  cluster.router = cluster.routers.front();
 
   const int64_t experts = config.num_experts;
   for (int s = 0; s < o.expert_shards; ++s) {
@@ -288,6 +312,29 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
                    last_state, "; logs in ", o.run_dir)));
 }
 
+absl::Status RestartProcess(const LocalClusterOptions& o, LocalCluster& cluster, size_t index) {
+  if (index >= cluster.processes.size() || cluster.processes[index].argv.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no restartable process #", index));
+  }
+  ClusterProcess& p = cluster.processes[index];
+  // Reap it if it died (a SIGKILLed child stays a zombie until then).
+  int status;
+  waitpid(p.pid, &status, WNOHANG);
+  // Each run gets its own log (NAME.log, NAME.restart-1.log, ...): the old ones are evidence.
+  std::string log;
+  for (int k = 1; log.empty() || fs::exists(log); ++k) {
+    log = (fs::path(o.run_dir) / absl::StrCat(p.name, ".restart-", k, ".log")).string();
+  }
+  DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(p.argv, log));
+  p.log = log;
+  DMOE_ASSIGN_OR_RETURN(std::string address,
+                        WaitListening(p.pid, p.name, log, absl::Now() + o.startup_timeout));
+  if (address != p.address) {
+    return absl::InternalError(absl::StrCat(p.name, " came back on ", address, ", not ", p.address));
+  }
+  return absl::OkStatus();
+}
+
 void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace) {
   // Pods first, the scheduler last (it finishes requests still in flight).
   for (auto it = cluster.processes.rbegin(); it != cluster.processes.rend(); ++it) Kill(it->pid, SIGTERM);
@@ -336,6 +383,7 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   c.http = j.value("http", "");
   c.scheduler = j.value("scheduler", "");
   c.tls_ca = j.value("tls_ca", "");
+  c.routers = {c.router};
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),
                            .pid = p.value("pid", 0), .address = p.value("address", ""),

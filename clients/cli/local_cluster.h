@@ -19,6 +19,7 @@ struct LocalClusterOptions {
   std::string model_dir;
   std::string bin_dir;            // where dmoe-router / -scheduler / -attention / -expert live
   std::string run_dir;            // logs (and the state file of `dmoe cluster up`)
+  int routers = 1;                // dmoe-router processes in front of the scheduler
   int attention = 1;              // attention replicas
   int expert_shards = 2;          // expert ranges of equal size
   int expert_replicas = 1;        // pods per range
@@ -48,10 +49,13 @@ struct ClusterProcess {
   std::string metrics{}; // host:port of its /metrics endpoint ("" without one)
   int expert_first = 0;  // expert pods
   int expert_last = 0;
+  // Its command line with the addresses it got, so a restart listens where it did.
+  std::vector<std::string> argv{};
 };
 
 struct LocalCluster {
-  std::string router;    // the address clients call (dmoe-router)
+  std::string router;    // the address clients call (dmoe-router; the first of `routers`)
+  std::vector<std::string> routers;  // every router's address
   std::string http;      // the router's OpenAI-compatible HTTP API, host:port ("" = none)
   std::string scheduler; // where pods register (also serves the Generation API)
   std::string tls_ca;    // secure clusters: the CA clients verify the router with ("" = plaintext)
@@ -67,6 +71,11 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& option
 absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& options, LocalCluster& cluster,
                                         const std::string& role, int first, int last,
                                         const std::string& name);
+
+// Starts processes[index] again (after it died or was killed) with its command line and on
+// the addresses it had: clients and pods find it where it was. Waits until it listens.
+absl::Status RestartProcess(const LocalClusterOptions& options, LocalCluster& cluster,
+                            size_t index);
 
 // SIGTERM to every process, SIGKILL to those still alive after `grace`; reaps children.
 void StopLocalCluster(const LocalCluster& cluster, absl::Duration grace = absl::Seconds(10));

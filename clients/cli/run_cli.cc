@@ -18,6 +18,7 @@ int RunCli(int argc, char** argv) {
   RegisterAdminCommand(app, &exit_code);
   RegisterKeysCommand(app, &exit_code);
   RegisterPlanCommand(app, &exit_code);
+  RegisterChaosCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
