@@ -286,6 +286,11 @@ absl::StatusOr<dmoe::v1::FinalEvent> GenerationClient::GenerateStream(
     sent.set_resume_from_offset(progress.next_offset);
     absl::Status status = StreamOnce(targets_[target], sent, on_event, call, deadline, progress);
     if (status.ok()) return *progress.final_event;
+    // The final event arrived and then the connection broke: the caller has it all, and a
+    // retry would only repeat the final event.
+    if (progress.final_event && options_.retry.enabled() && IsRetryable(status)) {
+      return *progress.final_event;
+    }
     if (progress.cancelled || !PrepareRetry(status, attempt, start, deadline, target)) {
       return LastError(status, attempt);
     }

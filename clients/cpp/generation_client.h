@@ -128,7 +128,9 @@ class GenerationClient {
   // Return false to cancel the call: the server ends the request and frees its KV, and
   // GenerateStream returns CANCELLED. Across retries every block event is delivered once:
   // its offset continues where the previous one ended (ids the retried stream sends again are
-  // dropped). Canvas events of a retried stream may repeat steps the caller saw already.
+  // dropped). Canvas events of a retried stream may repeat steps the caller saw already. With
+  // retries on, a retryable failure after the final event arrived is not an error (the caller
+  // has everything).
   using StreamCallback = std::function<bool(const dmoe::v1::GenerateStreamResponse& event)>;
   // Returns the final event (statistics, held-back text tail). `on_event` may be null.
   absl::StatusOr<dmoe::v1::FinalEvent> GenerateStream(const dmoe::v1::GenerateRequest& request,

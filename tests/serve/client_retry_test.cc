@@ -51,6 +51,8 @@ struct Script {
   bool honor_resume = true;
   // Answer every call with this code at once (OK: generate).
   absl::StatusCode error = absl::StatusCode::kOk;
+  // End with UNAVAILABLE after the final event (a connection lost at the very end).
+  bool fail_after_final = false;
 };
 
 class FakeGeneration final : public dmoe::v1::Generation::Service {
@@ -91,7 +93,7 @@ class FakeGeneration final : public dmoe::v1::Generation::Service {
     dmoe::v1::GenerateStreamResponse final_event;
     final_event.mutable_final()->mutable_stats()->set_generated_tokens(kTotalIds);
     writer->Write(final_event);
-    return grpc::Status::OK;
+    return script_.fail_after_final ? Error(absl::StatusCode::kUnavailable) : grpc::Status::OK;
   }
 
   // (request_id, resume_from_offset) of every call, in order.
@@ -263,6 +265,24 @@ TEST(ClientRetryTest, OneTargetIsRetriedUntilItAnswers) {
     EXPECT_EQ(calls[i].first, calls[0].first);
     EXPECT_EQ(calls[i].second, static_cast<int64_t>(8 * i));
   }
+}
+
+TEST(ClientRetryTest, AConnectionLostAfterTheFinalEventIsNotRetried) {
+  FakeServer first(Script{.fail_after_final = true});
+  FakeServer second(Script{});
+  auto client = GenerationClient::Connect({.target = first.address(),
+                                           .fallback_targets = {second.address()},
+                                           .retry = Retries(3)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  int finals = 0;
+  absl::StatusOr<dmoe::v1::FinalEvent> result =
+      (*client)->GenerateStream(Request(), [&](const dmoe::v1::GenerateStreamResponse& e) {
+        finals += e.has_final() ? 1 : 0;
+        return true;
+      });
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(finals, 1);
+  EXPECT_THAT(second.service.calls(), SizeIs(0));
 }
 
 TEST(ClientRetryTest, AVerdictOnTheRequestIsNotRetried) {
