@@ -2,7 +2,8 @@
 // scheduler in the middle of a stream, with real processes on loopback: `dmoe serve --journal`
 // on the committed tiny diffusion model, and two `dmoe-router`s in front of it. The client's
 // ids and text must equal an uninterrupted run, every block arriving once and in order
-// (docs/operations.md "Scheduler journal", clients/cpp/README.md). Binaries come from
+// (docs/operations.md "Scheduler journal", clients/cpp/README.md). And `dmoe client
+// --fallback-target` reaching the fallback when --server is down. Binaries come from
 // $DMOE_BIN_DIR; children are killed on the way out.
 #include <signal.h>
 
@@ -29,6 +30,7 @@ namespace dmoe {
 namespace {
 
 using dmoe_testing::Child;
+using dmoe_testing::RunArgv;
 using ::testing::SizeIs;
 
 std::string BinDir() {
@@ -198,6 +200,45 @@ TEST_F(ClientFailoverTest, ServeKilledAndRestartedOnItsPortTheClientReattaches) 
   caller.join();
   ExpectSame(got, reference);
   EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+}
+
+// `dmoe client` wiring: --fallback-target is where a call goes when --server is down.
+TEST_F(ClientFailoverTest, DmoeClientGoesToTheFallbackTargetWhenTheServerIsDown) {
+  Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));
+  ASSERT_TRUE(serve.started());
+  const std::string scheduler = WaitListening(serve);
+  ASSERT_FALSE(scheduler.empty());
+  Child dead(RouterArgv(scheduler));
+  const std::string dead_address = WaitListening(dead);
+  ASSERT_FALSE(dead_address.empty());
+  ASSERT_EQ(dead.SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+  Child router(RouterArgv(scheduler));
+  const std::string router_address = WaitListening(router);
+  ASSERT_FALSE(router_address.empty());
+
+  auto generate = [](std::vector<std::string> targets) {
+    std::vector<std::string> argv = {BinDir() + "/dmoe", "client", "generate", "--chat",
+                                     "Tell me a fortune.", "--max-new-tokens", "64", "--json",
+                                     "--server", targets[0]};
+    for (size_t i = 1; i < targets.size(); ++i) {
+      argv.insert(argv.end(), {"--fallback-target", targets[i]});
+    }
+    return RunArgv(argv);
+  };
+  // The ids (and text) of the --json line, without the timings.
+  auto ids = [](const std::string& json) {
+    std::smatch m;
+    static const std::regex kIds("\"ids\":\\[[0-9,]*\\]");
+    return std::regex_search(json, m, kIds) ? m.str() : "";
+  };
+  const auto [reference_code, reference] = generate({scheduler});
+  ASSERT_EQ(reference_code, 0) << reference;
+  ASSERT_FALSE(ids(reference).empty()) << reference;
+  const auto [code, out] = generate({dead_address, router_address});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(ids(out), ids(reference));
+  // Without a fallback (and so without retries) the dead server is an error.
+  EXPECT_NE(generate({dead_address}).first, 0);
 }
 
 }  // namespace
