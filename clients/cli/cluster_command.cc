@@ -53,6 +53,11 @@ absl::Status RunUp(LocalClusterOptions options, const std::string& state_file) {
     std::fprintf(stderr, "mutual TLS inside the cluster; clients verify the router with --tls-ca %s\n",
                  cluster.tls_ca.c_str());
   }
+  if (!cluster.api_key_file.empty()) {
+    std::fprintf(stderr, "API keys required at the router: a user and an admin key in %s "
+                 "(e.g. DMOE_API_KEY=$(awk '$1 == \"user\" {print $2}' %s))\n",
+                 cluster.api_key_file.c_str(), cluster.api_key_file.c_str());
+  }
   std::fprintf(stderr, "logs and state in %s\n", options.run_dir.c_str());
   std::printf("%s\n", cluster.router.c_str());  // the router address, alone on stdout
   return absl::OkStatus();
@@ -79,6 +84,7 @@ absl::Status RunStatus(const std::string& state_file, bool json) {
                                         {"http", cluster.http},
                                         {"scheduler", cluster.scheduler},
                                         {"tls_ca", cluster.tls_ca},
+                                        {"api_key_file", cluster.api_key_file},
                                         {"processes", processes}}
                             .dump(2)
                             .c_str());
@@ -87,6 +93,7 @@ absl::Status RunStatus(const std::string& state_file, bool json) {
   std::printf("router %s%s\n", cluster.router.c_str(),
               cluster.tls_ca.empty() ? "" : absl::StrCat(" (TLS, CA ", cluster.tls_ca, ")").c_str());
   if (!cluster.http.empty()) std::printf("http   %s\n", cluster.http.c_str());
+  if (!cluster.api_key_file.empty()) std::printf("keys   %s\n", cluster.api_key_file.c_str());
   for (const ClusterProcess& p : cluster.processes) {
     std::printf("  %-14s pid %-7d %-22s %-8s %s\n", p.name.c_str(), p.pid, p.address.c_str(),
                 Alive(p.pid) ? "running" : "exited",
@@ -131,8 +138,9 @@ void RegisterClusterCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember({"grpc", "nccl"}))
       ->capture_default_str();
   up->add_flag("--secure", options->secure,
-               "Mutual TLS between every process and TLS on the router's port, with a CA and "
-               "certificates made in RUN_DIR/tls (docs/security.md)");
+               "Mutual TLS between every process, TLS and API keys at the router's port, with a "
+               "CA and certificates made in RUN_DIR/tls and keys in RUN_DIR/api-keys "
+               "(docs/security.md)");
   up->callback([options, run_dir, state_file, exit_code] {
     options->run_dir = *run_dir;
     options->bin_dir = SelfBinDir();

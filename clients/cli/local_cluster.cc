@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/api_keys.h"
 #include "common/auth/certificates.h"
 #include "common/auth/tls.h"
 #include "common/status_macros.h"
@@ -105,6 +106,32 @@ std::string HttpAddress(const std::string& log) {
 
 void Kill(pid_t pid, int sig) {
   if (pid > 0) kill(pid, sig);
+}
+
+// Secure clusters: a user key and an admin key. The clients' file (NAME KEY) is created mode
+// 0600; the routers' keys file holds only the hashes. Returns the routers' file.
+absl::StatusOr<std::string> MakeApiKeys(const std::string& run_dir, LocalCluster& cluster) {
+  std::string router_lines, client_lines;
+  for (const auto& [name, role] : {std::pair<const char*, auth::Role>{"user", auth::Role::kUser},
+                                   {"admin", auth::Role::kAdmin}}) {
+    DMOE_ASSIGN_OR_RETURN(auth::GeneratedKey key, auth::GenerateKey(name, role));
+    absl::StrAppend(&router_lines, key.line, "\n");
+    absl::StrAppend(&client_lines, name, " ", key.key, "\n");
+  }
+  const std::string router_file = (fs::path(run_dir) / "router-api-keys").string();
+  std::ofstream(router_file, std::ios::trunc) << router_lines;
+  cluster.api_key_file = (fs::path(run_dir) / "api-keys").string();
+  fs::remove(cluster.api_key_file);
+  const int fd = open(cluster.api_key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) {
+    return absl::InternalError(absl::StrCat("cannot create ", cluster.api_key_file, ": ",
+                                            strerror(errno)));
+  }
+  const bool written =
+      write(fd, client_lines.data(), client_lines.size()) == static_cast<ssize_t>(client_lines.size());
+  close(fd);
+  if (!written) return absl::InternalError(absl::StrCat("cannot write ", cluster.api_key_file));
+  return router_file;
 }
 
 }  // namespace
@@ -202,9 +229,11 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   DMOE_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(o.model_dir));
   fs::create_directories(o.run_dir);
   LocalCluster cluster;
+  std::string router_keys;
   if (o.secure) {
     DMOE_RETURN_IF_ERROR(auth::MakeCertificateAuthority(TlsDir(o)));
     cluster.tls_ca = (fs::path(TlsDir(o)) / "ca.pem").string();
+    DMOE_ASSIGN_OR_RETURN(router_keys, MakeApiKeys(o.run_dir, cluster));
   }
   auto fail = [&](absl::Status status) {
     StopLocalCluster(cluster, absl::Seconds(2));
@@ -241,6 +270,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
       router_argv.insert(router_argv.end(),
                          {"--http-listen", absl::StrCat("127.0.0.1:", o.http_port)});
     }
+    if (!router_keys.empty()) router_argv.insert(router_argv.end(), {"--api-keys", router_keys});
     if (absl::Status s = AddTlsArgs(o, router.name, router_argv); !s.ok()) return fail(s);
     auto router_pid = Spawn(router_argv, router.log);
     if (!router_pid.ok()) return fail(router_pid.status());
@@ -360,6 +390,7 @@ absl::Status WriteClusterState(const LocalCluster& cluster, const std::string& p
   j["http"] = cluster.http;
   j["scheduler"] = cluster.scheduler;
   j["tls_ca"] = cluster.tls_ca;
+  j["api_key_file"] = cluster.api_key_file;
   for (const ClusterProcess& p : cluster.processes) {
     j["processes"].push_back({{"role", p.role}, {"name", p.name}, {"pid", p.pid},
                               {"address", p.address}, {"log", p.log}, {"metrics", p.metrics},
@@ -383,6 +414,7 @@ absl::StatusOr<LocalCluster> ReadClusterState(const std::string& path) {
   c.http = j.value("http", "");
   c.scheduler = j.value("scheduler", "");
   c.tls_ca = j.value("tls_ca", "");
+  c.api_key_file = j.value("api_key_file", "");
   c.routers = {c.router};
   for (const auto& p : j.value("processes", nlohmann::json::array())) {
     c.processes.push_back({.role = p.value("role", ""), .name = p.value("name", ""),

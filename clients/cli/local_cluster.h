@@ -33,7 +33,8 @@ struct LocalClusterOptions {
   std::vector<std::string> scheduler_args;  // extra flags for dmoe-scheduler
   bool metrics = true;            // every process serves /metrics on a free loopback port
   // Mutual TLS on every internal port and TLS on the router's public port: a CA and one
-  // certificate per process are made in RUN_DIR/tls (docs/security.md).
+  // certificate per process are made in RUN_DIR/tls; API keys required at the routers, made
+  // into RUN_DIR/api-keys (docs/security.md).
   bool secure = false;
   absl::Duration startup_timeout = absl::Seconds(60);
 
@@ -59,6 +60,9 @@ struct LocalCluster {
   std::string http;      // the router's OpenAI-compatible HTTP API, host:port ("" = none)
   std::string scheduler; // where pods register (also serves the Generation API)
   std::string tls_ca;    // secure clusters: the CA clients verify the router with ("" = plaintext)
+  // Secure clusters: the API keys made for clients, "NAME KEY" per line (a user key, then an
+  // admin key), readable by the user only; the routers' --api-keys file holds their hashes.
+  std::string api_key_file;
   std::vector<ClusterProcess> processes;
 };
 

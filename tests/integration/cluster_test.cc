@@ -4,12 +4,14 @@
 // has a second replica, and ends requests with UNAVAILABLE (not a hang) when it has none.
 #include <httplib.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "clients/cli/local_cluster.h"
@@ -151,7 +153,7 @@ TEST_F(ClusterTest, OneShardOneRequestAndSixteenConcurrent) {
 }
 
 // `dmoe cluster up --secure`: mutual TLS on every internal hop (router -> scheduler ->
-// attention -> expert, pods -> scheduler) and TLS on the router's port. The ids stay exact
+// attention -> expert, pods -> scheduler), TLS and API keys on the router's port. The ids stay exact
 // through it; a plaintext caller and a TLS caller without the cluster's certificate are turned
 // away at the internal ports.
 TEST_F(ClusterTest, SecureClusterServesExactlyAndRefusesStrangersAtInternalPorts) {
@@ -161,8 +163,35 @@ TEST_F(ClusterTest, SecureClusterServesExactlyAndRefusesStrangersAtInternalPorts
   auto cluster = StartLocalCluster(options);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   ASSERT_FALSE(cluster->tls_ca.empty());
+  // The keys it made: "user KEY" then "admin KEY", readable by the user only; the routers'
+  // file holds their hashes, never the keys.
+  ASSERT_FALSE(cluster->api_key_file.empty());
+  struct stat key_file_stat {};
+  ASSERT_EQ(stat(cluster->api_key_file.c_str(), &key_file_stat), 0);
+  EXPECT_EQ(key_file_stat.st_mode & 0777, 0600u);
+  std::ifstream keys_in(cluster->api_key_file);
+  std::string user_name, user_key, admin_name, admin_key;
+  keys_in >> user_name >> user_key >> admin_name >> admin_key;
+  EXPECT_EQ(user_name, "user");
+  EXPECT_EQ(admin_name, "admin");
+  ASSERT_FALSE(user_key.empty());
+  std::ifstream router_keys_in(
+      (std::filesystem::path(cluster->api_key_file).parent_path() / "router-api-keys").string());
+  std::stringstream router_keys;
+  router_keys << router_keys_in.rdbuf();
+  EXPECT_NE(router_keys.str().find("user user "), std::string::npos) << router_keys.str();
+  EXPECT_EQ(router_keys.str().find(user_key), std::string::npos);
+  EXPECT_EQ(router_keys.str().find(admin_key), std::string::npos);
 
+  // Without a key the router refuses; with the user key it serves.
+  auto keyless = client::GenerationClient::Connect({.target = cluster->router,
+                                                    .tls_ca_file = cluster->tls_ca});
+  ASSERT_TRUE(keyless.ok());
+  EXPECT_EQ((*keyless)->Generate(ToRequest(Prompt(3, 0), Params(0)),
+                                 {.timeout = absl::Seconds(10)}).status().code(),
+            absl::StatusCode::kUnauthenticated);
   auto client = client::GenerationClient::Connect({.target = cluster->router,
+                                                   .api_key = user_key,
                                                    .tls_ca_file = cluster->tls_ca});
   ASSERT_TRUE(client.ok()) << client.status();
   for (int i = 0; i < 4; ++i) {
