@@ -133,6 +133,24 @@ def main():
                     f.check(sum(int(x.split("=")[1]) for x in flags["--split"][0].split(",")) == 100,
                             f"{where}: --split weights do not add up to 100")
 
+                # The scheduler's journal: on a PersistentVolumeClaim of this overlay mounted at
+                # its directory, one writer (Recreate), never an emptyDir.
+                if labels.get("app.kubernetes.io/component") == "scheduler":
+                    journal = (flags.get("--journal") or [None])[0]
+                    if f.check(journal, f"{where}: no --journal (requests would not survive a restart)"):
+                        mounts = [m for m in c.get("volumeMounts", [])
+                                  if journal.startswith(m["mountPath"].rstrip("/") + "/")]
+                        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+                        claim = (volumes.get(mounts[0]["name"], {}).get("persistentVolumeClaim", {})
+                                 if mounts else {})
+                        f.check(mounts and not mounts[0].get("readOnly"),
+                                f"{where}: --journal {journal} is not on a writable volume mount")
+                        f.check(any(p["metadata"]["name"] == claim.get("claimName")
+                                    for p in lib.by_kind(objects, "PersistentVolumeClaim")),
+                                f"{where}: the journal's volume is not a PersistentVolumeClaim of {overlay}")
+                        f.check(d["spec"].get("strategy", {}).get("type") == "Recreate",
+                                f"{where}: two schedulers would write one journal during a rolling update")
+
                 # Graceful termination: preStop, then the drain, inside the grace period.
                 drain = [float(v) for n in DRAIN_FLAGS for v in flags.get(n, [])]
                 if f.check(drain, f"{where}: no drain flag ({' or '.join(DRAIN_FLAGS)})"):
