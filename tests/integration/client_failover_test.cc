@@ -202,6 +202,31 @@ TEST_F(ClientFailoverTest, ServeKilledAndRestartedOnItsPortTheClientReattaches) 
   EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
 }
 
+TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheClientReattachesThroughIt) {
+  // The router relays its backend's loss as UNAVAILABLE, so the client retries through the
+  // same router, which reaches the restarted server.
+  const std::string journal = tmp_.Join("scheduler.journal");
+  auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
+  ASSERT_TRUE(serve->started());
+  const std::string address = WaitListening(*serve);
+  ASSERT_FALSE(address.empty());
+  Child router(RouterArgv(address));
+  const std::string router_address = WaitListening(router);
+  ASSERT_FALSE(router_address.empty());
+  const Streamed reference = Reference(address);
+
+  auto client = Client(router_address);
+  ASSERT_NE(client, nullptr);
+  const Streamed got = Stream(*client, Request("behind-a-router"), [&] {
+    EXPECT_EQ(serve->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+    serve = std::make_unique<Child>(ServeArgv(journal, address));
+    EXPECT_EQ(WaitListening(*serve), address);
+  });
+  ExpectSame(got, reference);
+  EXPECT_EQ(router.SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+}
+
 // `dmoe client` wiring: --fallback-target is where a call goes when --server is down.
 TEST_F(ClientFailoverTest, DmoeClientGoesToTheFallbackTargetWhenTheServerIsDown) {
   Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));
