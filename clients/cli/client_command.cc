@@ -74,8 +74,8 @@ absl::StatusOr<std::unique_ptr<client::GenerationClient>> MakeClient(const Clien
     // Bounded by time, not by tries: a restarting scheduler takes seconds, whatever the count.
     options.retry.max_attempts = 1'000'000;
     options.retry.max_retry_time = absl::Seconds(retry_seconds);
-    static RetryLog log;
-    options.retry.observer = &log;
+    static RetryLog* const log = new RetryLog();  // process-long, never destroyed
+    options.retry.observer = log;
   }
   options.api_key = c.api_key;
   options.tls_ca_file = c.tls_ca;
