@@ -39,8 +39,9 @@ std::string BinDir() {
 }
 
 // "listening on HOST:PORT" anywhere in the next lines (a log prefix is allowed); "" if the
-// process exits or says nothing in time.
+// process did not start, exits or says nothing in time.
 std::string WaitListening(Child& child) {
+  if (!child.started()) return "";
   static const std::regex kListening("listening on ([0-9.]+:[0-9]+)");
   const absl::Time end = absl::Now() + absl::Seconds(60);
   while (absl::Now() < end) {
@@ -146,7 +147,6 @@ class ClientFailoverTest : public ::testing::Test {
 
 TEST_F(ClientFailoverTest, RouterKilledMidStreamTheClientGoesOnThroughTheOtherRouter) {
   Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));
-  ASSERT_TRUE(serve.started());
   const std::string scheduler = WaitListening(serve);
   ASSERT_FALSE(scheduler.empty());
   Child router_a(RouterArgv(scheduler));
@@ -172,7 +172,6 @@ TEST_F(ClientFailoverTest, RouterKilledMidStreamTheClientGoesOnThroughTheOtherRo
 TEST_F(ClientFailoverTest, ServeKilledAndRestartedOnItsPortTheClientReattaches) {
   const std::string journal = tmp_.Join("scheduler.journal");
   auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
-  ASSERT_TRUE(serve->started());
   const std::string address = WaitListening(*serve);
   ASSERT_FALSE(address.empty());
   const Streamed reference = Reference(address);
@@ -195,7 +194,6 @@ TEST_F(ClientFailoverTest, ServeKilledAndRestartedOnItsPortTheClientReattaches) 
   killed.Notify();
   absl::SleepFor(absl::Milliseconds(300));  // a few refused connections first
   serve = std::make_unique<Child>(ServeArgv(journal, address));
-  EXPECT_TRUE(serve->started());
   EXPECT_EQ(WaitListening(*serve), address);
   caller.join();
   ExpectSame(got, reference);
@@ -207,7 +205,6 @@ TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheClientReattachesThroughIt)
   // same router, which reaches the restarted server.
   const std::string journal = tmp_.Join("scheduler.journal");
   auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
-  ASSERT_TRUE(serve->started());
   const std::string address = WaitListening(*serve);
   ASSERT_FALSE(address.empty());
   Child router(RouterArgv(address));
@@ -230,7 +227,6 @@ TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheClientReattachesThroughIt)
 // `dmoe client` wiring: --fallback-target is where a call goes when --server is down.
 TEST_F(ClientFailoverTest, DmoeClientGoesToTheFallbackTargetWhenTheServerIsDown) {
   Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));
-  ASSERT_TRUE(serve.started());
   const std::string scheduler = WaitListening(serve);
   ASSERT_FALSE(scheduler.empty());
   Child dead(RouterArgv(scheduler));

@@ -132,6 +132,20 @@ struct FakeServer {
   std::unique_ptr<grpc::Server> server;
 };
 
+// The connected client; null, with a test failure, if Connect fails.
+std::unique_ptr<GenerationClient> Connected(const ClientOptions& options) {
+  auto client = GenerationClient::Connect(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+// A client of `first` with `second` as its fallback.
+std::unique_ptr<GenerationClient> ClientOf(const FakeServer& first, const FakeServer& second,
+                                           const RetryPolicy& retry) {
+  return Connected(
+      {.target = first.address(), .fallback_targets = {second.address()}, .retry = retry});
+}
+
 RetryPolicy Retries(int max_attempts) {
   RetryPolicy retry;
   retry.max_attempts = max_attempts;
@@ -213,10 +227,9 @@ TEST(ClientRetryTest, BrokenStreamContinuesOnTheFallbackWithTheSameIdFromTheOffs
   RetryLog log;
   RetryPolicy retry = Retries(3);
   retry.observer = &log;
-  auto client = GenerationClient::Connect(
-      {.target = first.address(), .fallback_targets = {second.address()}, .retry = retry});
-  ASSERT_TRUE(client.ok()) << client.status();
-  const Received got = Stream(**client, Request());
+  auto client = ClientOf(first, second, retry);
+  ASSERT_NE(client, nullptr);
+  const Received got = Stream(*client, Request());
   ASSERT_TRUE(got.result.ok()) << got.result.status();
   EXPECT_EQ(got.result->stats().generated_tokens(), kTotalIds);
   EXPECT_THAT(got.ids, ElementsAreArray(AllIds()));
@@ -235,13 +248,11 @@ TEST(ClientRetryTest, TheCallersRequestIdIsKeptAndAServerThatResendsIdsIsDedupli
   FakeServer first(Script{.fail_after_blocks = 3});
   // Starts from 0 again, in blocks of 5: one straddles offset 24.
   FakeServer second(Script{.block = 5, .honor_resume = false});
-  auto client = GenerationClient::Connect({.target = first.address(),
-                                           .fallback_targets = {second.address()},
-                                           .retry = Retries(3)});
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto client = ClientOf(first, second, Retries(3));
+  ASSERT_NE(client, nullptr);
   dmoe::v1::GenerateRequest request = Request();
   request.set_request_id("mine");
-  const Received got = Stream(**client, request);
+  const Received got = Stream(*client, request);
   ASSERT_TRUE(got.result.ok()) << got.result.status();
   EXPECT_THAT(got.ids, ElementsAreArray(AllIds()));
   EXPECT_THAT(got.bad_offsets, SizeIs(0));
@@ -253,9 +264,9 @@ TEST(ClientRetryTest, TheCallersRequestIdIsKeptAndAServerThatResendsIdsIsDedupli
 TEST(ClientRetryTest, OneTargetIsRetriedUntilItAnswers) {
   // A server that dies after 1 block every time: 40 ids take 5 tries of one block each.
   FakeServer flaky(Script{.fail_after_blocks = 1});
-  auto client = GenerationClient::Connect({.target = flaky.address(), .retry = Retries(10)});
-  ASSERT_TRUE(client.ok()) << client.status();
-  const Received got = Stream(**client, Request());
+  auto client = Connected({.target = flaky.address(), .retry = Retries(10)});
+  ASSERT_NE(client, nullptr);
+  const Received got = Stream(*client, Request());
   ASSERT_TRUE(got.result.ok()) << got.result.status();
   EXPECT_THAT(got.ids, ElementsAreArray(AllIds()));
   EXPECT_THAT(got.bad_offsets, SizeIs(0));
@@ -270,13 +281,11 @@ TEST(ClientRetryTest, OneTargetIsRetriedUntilItAnswers) {
 TEST(ClientRetryTest, AConnectionLostAfterTheFinalEventIsNotRetried) {
   FakeServer first(Script{.fail_after_final = true});
   FakeServer second(Script{});
-  auto client = GenerationClient::Connect({.target = first.address(),
-                                           .fallback_targets = {second.address()},
-                                           .retry = Retries(3)});
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto client = ClientOf(first, second, Retries(3));
+  ASSERT_NE(client, nullptr);
   int finals = 0;
   absl::StatusOr<dmoe::v1::FinalEvent> result =
-      (*client)->GenerateStream(Request(), [&](const dmoe::v1::GenerateStreamResponse& e) {
+      client->GenerateStream(Request(), [&](const dmoe::v1::GenerateStreamResponse& e) {
         finals += e.has_final() ? 1 : 0;
         return true;
       });
@@ -290,12 +299,10 @@ TEST(ClientRetryTest, AVerdictOnTheRequestIsNotRetried) {
                                 absl::StatusCode::kAborted, absl::StatusCode::kAlreadyExists}) {
     FakeServer first(Script{.error = code});
     FakeServer second(Script{});
-    auto client = GenerationClient::Connect({.target = first.address(),
-                                             .fallback_targets = {second.address()},
-                                             .retry = Retries(5)});
-    ASSERT_TRUE(client.ok()) << client.status();
-    EXPECT_THAT(Stream(**client, Request()).result, StatusIs(code));
-    EXPECT_THAT((*client)->Generate(Request()), StatusIs(code));
+    auto client = ClientOf(first, second, Retries(5));
+    ASSERT_NE(client, nullptr);
+    EXPECT_THAT(Stream(*client, Request()).result, StatusIs(code));
+    EXPECT_THAT(client->Generate(Request()), StatusIs(code));
     EXPECT_THAT(second.service.calls(), SizeIs(0)) << absl::StatusCodeToString(code);
   }
 }
@@ -303,10 +310,9 @@ TEST(ClientRetryTest, AVerdictOnTheRequestIsNotRetried) {
 TEST(ClientRetryTest, WithoutARetryPolicyABrokenStreamFails) {
   FakeServer first(Script{.fail_after_blocks = 2});
   FakeServer second(Script{});
-  auto client = GenerationClient::Connect(
-      {.target = first.address(), .fallback_targets = {second.address()}});
-  ASSERT_TRUE(client.ok()) << client.status();
-  const Received got = Stream(**client, Request());
+  auto client = Connected({.target = first.address(), .fallback_targets = {second.address()}});
+  ASSERT_NE(client, nullptr);
+  const Received got = Stream(*client, Request());
   EXPECT_THAT(got.result, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(got.ids, SizeIs(16));
   EXPECT_EQ(first.service.calls()[0].first, "");  // no id is made up when nothing retries
@@ -316,17 +322,15 @@ TEST(ClientRetryTest, WithoutARetryPolicyABrokenStreamFails) {
 TEST(ClientRetryTest, UnaryGenerateRetriesOnTheFallbackWithTheSameId) {
   FakeServer first(Script{.fail_after_blocks = 0});  // unary: UNAVAILABLE
   FakeServer second(Script{});
-  auto client = GenerationClient::Connect({.target = first.address(),
-                                           .fallback_targets = {second.address()},
-                                           .retry = Retries(2)});
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<dmoe::v1::GenerateResponse> response = (*client)->Generate(Request());
+  auto client = ClientOf(first, second, Retries(2));
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<dmoe::v1::GenerateResponse> response = client->Generate(Request());
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_THAT(response->ids(), ElementsAreArray(AllIds()));
   ASSERT_THAT(second.service.calls(), SizeIs(1));
   EXPECT_EQ(second.service.calls()[0].first, first.service.calls()[0].first);
   // The target that answered is where the next call starts.
-  ASSERT_TRUE((*client)->Generate(Request()).ok());
+  ASSERT_TRUE(client->Generate(Request()).ok());
   EXPECT_THAT(first.service.calls(), SizeIs(1));
   EXPECT_THAT(second.service.calls(), SizeIs(2));
 }
@@ -341,24 +345,21 @@ TEST(ClientRetryTest, RetriesStopAtMaxRetryTime) {
   }
   RetryPolicy retry = Retries(1000000);
   retry.max_retry_time = absl::Milliseconds(300);
-  auto client = GenerationClient::Connect(
-      {.target = dead_a, .fallback_targets = {dead_b}, .retry = retry});
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto client = Connected({.target = dead_a, .fallback_targets = {dead_b}, .retry = retry});
+  ASSERT_NE(client, nullptr);
   const absl::Time start = absl::Now();
-  EXPECT_THAT(Stream(**client, Request()).result, StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_THAT((*client)->Generate(Request()), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Stream(*client, Request()).result, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(client->Generate(Request()), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
 }
 
 TEST(ClientRetryTest, ACallerCancelIsNotRetried) {
   FakeServer first(Script{});
   FakeServer second(Script{});
-  auto client = GenerationClient::Connect({.target = first.address(),
-                                           .fallback_targets = {second.address()},
-                                           .retry = Retries(5)});
-  ASSERT_TRUE(client.ok()) << client.status();
+  auto client = ClientOf(first, second, Retries(5));
+  ASSERT_NE(client, nullptr);
   absl::StatusOr<dmoe::v1::FinalEvent> result =
-      (*client)->GenerateStream(Request(), [](const dmoe::v1::GenerateStreamResponse&) {
+      client->GenerateStream(Request(), [](const dmoe::v1::GenerateStreamResponse&) {
         return false;
       });
   EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled));
