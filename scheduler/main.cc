@@ -37,6 +37,11 @@ int main(int argc, char** argv) {
   app.add_option("--lease-seconds", lease_seconds,
                  "A pod without a heartbeat for this long drops out")
       ->capture_default_str();
+  double step_timeout_s = 60;
+  app.add_option("--step-timeout-s", step_timeout_s,
+                 "An attention replica that does not answer a step in this many seconds is "
+                 "treated as failed for it (its sequences move); it rejoins when it recovers")
+      ->capture_default_str();
   dmoe::scheduler::SchedulerServerOptions server_options;
   dmoe::scheduler::ExpertRebalancerOptions& balance = server_options.balancer;
   double rebalance_interval_s = 30, load_window_s = 60;
@@ -69,6 +74,8 @@ int main(int argc, char** argv) {
   if (!internal_credentials.ok()) return Fail(internal_credentials.status());
   dmoe::SetInternalChannelCredentials(*internal_credentials);
   server_options.lease = absl::Seconds(lease_seconds);
+  if (!(step_timeout_s > 0)) return Fail(absl::InvalidArgumentError("--step-timeout-s must be > 0"));
+  server_options.step_timeout = absl::Seconds(step_timeout_s);
   balance.min_interval = absl::Seconds(rebalance_interval_s);
   server_options.load_window = absl::Seconds(load_window_s);
   if (server_options.expert_balancing) {

@@ -34,7 +34,9 @@ absl::StatusOr<std::unique_ptr<SchedulerServer>> SchedulerServer::Start(
     s->rebalancer_->Start();
   }
   s->remote_ = std::make_unique<RemoteAttentionExecutor>(
-      RemoteAttentionExecutorOptions{.default_kv_pages = options.api.kv_pages}, *s->membership_);
+      RemoteAttentionExecutorOptions{.step_timeout = options.step_timeout,
+                                     .default_kv_pages = options.api.kv_pages},
+      *s->membership_);
   DMOE_ASSIGN_OR_RETURN(s->api_, GenerationEndpoint::Start(options.api, s->metrics_.metrics,
                                                            *s->config_, *s->remote_,
                                                            {s->cluster_service_.get()}));

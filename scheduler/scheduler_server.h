@@ -27,6 +27,10 @@ struct SchedulerServerOptions {
   // Pods heartbeat this often and drop out after `lease` without one.
   absl::Duration heartbeat_period = absl::Seconds(1);
   absl::Duration lease = absl::Seconds(10);
+  // One Step call to an attention replica: a replica that does not answer in time (stopped,
+  // overloaded, partitioned) is treated as failed for that step, its sequences re-prefilled on
+  // the others; it rejoins by registering again when it recovers.
+  absl::Duration step_timeout = absl::Seconds(60);
   // Expert load balancing (docs/expert-balancing.md): off keeps the range placement.
   bool expert_balancing = false;
   ExpertRebalancerOptions balancer{};

@@ -245,6 +245,65 @@ TEST_F(ClusterTest, KilledAttentionReplicaReprefillsOnlyItsSequences) {
   if (retries == 0) std::cerr << "the replica died between steps: no step was retried\n";
 }
 
+// Positions an attention replica has computed (dmoe_attention_positions_total on its /metrics).
+double PositionsComputed(const ClusterProcess& pod) {
+  httplib::Client client(pod.metrics.substr(0, pod.metrics.rfind(':')),
+                         std::stoi(pod.metrics.substr(pod.metrics.rfind(':') + 1)));
+  auto res = client.Get("/metrics");
+  if (!res || res->status != 200) return -1;
+  std::istringstream text(res->body);
+  double total = 0;
+  for (std::string line; std::getline(text, line);) {
+    if (line.rfind("dmoe_attention_positions_total", 0) == 0) {
+      total += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+  }
+  return total;
+}
+
+// An attention replica that is alive but stopped (SIGSTOP) mid-generation: its Step call times
+// out (--step-timeout-s 3), it is treated as failed for that step and its sequences re-prefill
+// on the other replica; every request completes with the engine's ids. After SIGCONT it
+// registers again and computes steps again.
+TEST_F(ClusterTest, StoppedAttentionReplicaTimesOutAndRejoinsWhenItRecovers) {
+  LocalClusterOptions options = Options(2, 1, 1);
+  options.scheduler_args.insert(options.scheduler_args.end(), {"--step-timeout-s", "3"});
+  auto cluster = StartLocalCluster(options);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const ClusterProcess* victim = nullptr;
+  for (const ClusterProcess& p : cluster->processes)
+    if (p.name == "attention-0") victim = &p;
+  ASSERT_NE(victim, nullptr);
+
+  const auto start = std::chrono::steady_clock::now();
+  auto running = std::async(std::launch::async, [&] { return Run(cluster->router, 16); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  kill(victim->pid, SIGSTOP);
+  auto results = running.get();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  kill(victim->pid, SIGCONT);
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE(results[i].ok()) << "request " << i << ": " << results[i].status();
+    EXPECT_EQ(*results[i], (*expected_)[i]) << "request " << i;
+  }
+  // Finished on the other replica while the victim was still stopped, well before the
+  // default 60 s step timeout.
+  EXPECT_LT(seconds, 45) << "the stopped replica's step was not timed out";
+
+  // Recovered: it re-registers and takes sequences again.
+  const double before = PositionsComputed(*victim);
+  ASSERT_GE(before, 0);
+  bool served = false;
+  for (int round = 0; round < 20 && !served; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ExpectExact(cluster->router, 8);
+    served = PositionsComputed(*victim) > before;
+  }
+  EXPECT_TRUE(served) << "attention-0 never computed a step after SIGCONT";
+  StopLocalCluster(*cluster);
+}
+
 TEST_F(ClusterTest, ThreeShardsTwoReplicasTwoAttentionReplicas) {
   auto cluster = StartLocalCluster(Options(2, 3, 2));
   ASSERT_TRUE(cluster.ok()) << cluster.status();
