@@ -49,6 +49,7 @@ struct ChaosFlags {
   int streams = 4;
   double kill_every_s = 15;
   double pause_s = 2;
+  double step_timeout_s = 5;  // the scheduler's --step-timeout-s: longer pauses time out
   int max_new_tokens = 32;
   int prompts = 4;
   uint64_t seed = 1;
@@ -310,6 +311,31 @@ class ChaosRun {
   std::vector<std::string> kill_round_, pause_round_;
 };
 
+// Recovery after the kills of each role: count, median and max seconds (kills never
+// recovered from count, with no time).
+struct RoleRecovery {
+  int kills = 0;
+  int recovered = 0;
+  double median_s = 0, max_s = 0;
+};
+std::map<std::string, RoleRecovery> RecoveryByRole(const std::vector<Fault>& faults) {
+  std::map<std::string, std::vector<double>> times;
+  std::map<std::string, RoleRecovery> out;
+  for (const Fault& x : faults) {
+    if (x.kind != "kill") continue;
+    ++out[x.role].kills;
+    if (x.recovery_s >= 0) times[x.role].push_back(x.recovery_s);
+  }
+  for (auto& [role, t] : times) {
+    std::sort(t.begin(), t.end());
+    RoleRecovery& r = out[role];
+    r.recovered = static_cast<int>(t.size());
+    r.median_s = t.size() % 2 ? t[t.size() / 2] : (t[t.size() / 2 - 1] + t[t.size() / 2]) / 2;
+    r.max_s = t.back();
+  }
+  return out;
+}
+
 absl::Status RunChaos(const ChaosFlags& f) {
   if (!(f.duration_s > 0)) return absl::InvalidArgumentError("--duration must be > 0");
   if (f.streams < 1) return absl::InvalidArgumentError("--streams must be >= 1");
@@ -318,6 +344,7 @@ absl::Status RunChaos(const ChaosFlags& f) {
     return absl::InvalidArgumentError("--pause-seconds must be in [0, kill-every / 2)");
   }
   if (f.max_new_tokens < 1) return absl::InvalidArgumentError("--max-new-tokens must be >= 1");
+  if (!(f.step_timeout_s > 0)) return absl::InvalidArgumentError("--step-timeout must be > 0");
   if (f.prompts < 1 || f.prompts > 8) return absl::InvalidArgumentError("--prompts must be 1-8");
 
   std::cerr << "chaos: reference ids from dmoe generate for " << f.prompts << " prompts ...\n";
@@ -340,7 +367,8 @@ absl::Status RunChaos(const ChaosFlags& f) {
   options.expert_shards = 2;
   options.expert_replicas = 2;
   options.http_port = -1;
-  options.scheduler_args = {"--journal", (fs::path(run_dir) / "scheduler.journal").string()};
+  options.scheduler_args = {"--journal", (fs::path(run_dir) / "scheduler.journal").string(),
+                            "--step-timeout-s", absl::StrCat(f.step_timeout_s)};
   std::cerr << "chaos: starting 2 routers, a journalling scheduler, 2 attention replicas and "
                "2 expert shards x 2 pods in "
             << run_dir << " ...\n";
@@ -365,7 +393,13 @@ absl::Status RunChaos(const ChaosFlags& f) {
       if (!x.error.empty()) j["error"] = x.error;
       faults.push_back(j);
     }
+    nlohmann::json by_role = nlohmann::json::object();
+    for (const auto& [role, r] : RecoveryByRole(run.faults())) {
+      by_role[role] = {{"kills", r.kills}, {"recovered", r.recovered},
+                       {"median_s", r.median_s}, {"max_s", r.max_s}};
+    }
     std::cout << nlohmann::json{{"sent", o.sent},           {"completed", o.completed},
+                                {"recovery_by_role", by_role},
                                 {"failed", o.failed},       {"lost", o.lost},
                                 {"wrong", o.wrong},         {"errors", o.errors},
                                 {"faults", faults},         {"duration_s", f.duration_s},
@@ -383,6 +417,12 @@ absl::Status RunChaos(const ChaosFlags& f) {
                   x.kind != "kill"         ? "-"
                   : x.recovery_s < 0       ? "none"
                                            : absl::StrFormat("%.2f", x.recovery_s).c_str());
+    }
+    std::printf("\n| role | kills | recovered | recovery median (s) | max (s) |\n"
+                "|---|---:|---:|---:|---:|\n");
+    for (const auto& [role, r] : RecoveryByRole(run.faults())) {
+      std::printf("| %s | %d | %d | %.2f | %.2f |\n", role.c_str(), r.kills, r.recovered,
+                  r.median_s, r.max_s);
     }
     std::printf("\nlogs: %s\n", temporary && !f.keep_logs && o.failed + o.lost + o.wrong == 0
                                     ? "removed (all requests correct; --keep-logs keeps them)"
@@ -410,6 +450,10 @@ void RegisterChaosCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--pause-seconds", f->pause_s,
                   "SIGSTOP a random pod this long half-way between kills (0: no pauses)")
+      ->capture_default_str();
+  cmd->add_option("--step-timeout", f->step_timeout_s,
+                  "The scheduler's --step-timeout-s: a pod paused longer is a straggler whose "
+                  "step times out and moves")
       ->capture_default_str();
   cmd->add_option("--max-new-tokens", f->max_new_tokens, "Tokens per request")
       ->capture_default_str();
