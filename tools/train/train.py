@@ -351,6 +351,10 @@ def main():
     ap.add_argument("--sub-lo", type=float, default=0.0,
                     help="t2t: substitution rate of visible answer tokens, per document, from")
     ap.add_argument("--sub-hi", type=float, default=0.3, help="t2t: ... up to")
+    ap.add_argument("--draft-frac", type=float, default=0.0,
+                    help="t2t: self-generated corruption: a no-grad forward drafts the masked "
+                         "tokens (argmax) and this share of the masked positions is revealed "
+                         "with its draft, to be corrected like a substitute (0 = off)")
     ap.add_argument("--t2t-weight", type=float, default=1.0,
                     help="t2t: weight of the mean CE over visible answer tokens (substituted "
                          "ones: rewrite; clean ones: keep) next to the masked-token mean CE")
@@ -452,6 +456,22 @@ def main():
                 noise[:, :L][masked] = sigma * torch.randn(int(masked.sum()), cfg.hidden_size)
                 rec["noise_sigma"] = sigma
             L = masked.shape[1]
+            if t2t and args.draft_frac > 0:
+                # Self-generated T2T errors: the model's own draft of masked positions (a no-grad
+                # pass over the same input), revealed at a random share of them; wrong drafts
+                # are errors the model finds plausible, unlike random vocabulary tokens.
+                with torch.no_grad():
+                    sel_d = torch.zeros(ids.shape, dtype=torch.bool)
+                    sel_d[:, :L] = masked
+                    draft = torch.full_like(masked, mask_id, dtype=torch.long)
+                    draft[masked] = model(ids, pos, mask_add, select=sel_d).argmax(-1)
+                reveal = masked & (torch.rand(masked.shape, generator=rng_t) < args.draft_frac)
+                ids = ids.clone()
+                ids[:, :L] = torch.where(reveal, draft, ids[:, :L])
+                masked, visible = masked & ~reveal, visible | reveal
+                subst = subst | (reveal & (draft != tgt))
+                rec["draft_wrong"] = int((reveal & (draft != tgt)).sum())
+                rec["draft_revealed"] = int(reveal.sum())
             sel_t = masked | visible if t2t else masked
             sel = torch.zeros(ids.shape, dtype=torch.bool)
             sel[:, :L] = sel_t
@@ -460,7 +480,7 @@ def main():
             is_m = masked[sel_t]
             logits = all_logits[is_m]
             ce = F.cross_entropy(logits, tgt[masked], reduction="none")
-            loss = ce.mean()
+            loss = ce.mean() if len(ce) else logits.sum() * 0.0
             rec["ce"] = float(loss)
             if t2t:
                 # T2T: every visible answer token predicts the original token, so the model
