@@ -30,9 +30,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "clients/cli/cli_common.h"
 #include "clients/cli/commands.h"
 #include "clients/cli/local_cluster.h"
+#include "clients/cli/request_flood.h"
 #include "clients/cpp/generation_client.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -52,6 +54,7 @@ struct ChaosFlags {
   double step_timeout_s = 5;  // the scheduler's --step-timeout-s: longer pauses time out
   int max_new_tokens = 32;
   int prompts = 4;
+  int64_t flood = 0;  // malformed requests sent at every port during the load
   uint64_t seed = 1;
   std::string run_dir;  // "": a fresh temporary directory, removed unless --keep-logs
   bool keep_logs = false;
@@ -139,7 +142,40 @@ class ChaosRun {
     stop_at_ = start_ + Seconds(f_.duration_s);
     std::vector<std::thread> workers;
     for (int w = 0; w < f_.streams; ++w) workers.emplace_back([this, w] { Stream(w); });
-    InjectFaults();
+    std::thread flood;
+    if (f_.flood > 0) {
+      flooding_ = true;
+      flood = std::thread([this] {
+        FloodOptions o;
+        for (const ClusterProcess& p : cluster_.processes) {
+          FloodTarget t{.address = p.address, .services = {}};
+          if (p.role == "router") t.services = {"dmoe.v1.Generation", "dmoe.v1.RouterAdmin"};
+          if (p.role == "scheduler") t.services = {"dmoe.v1.Generation", "dmoe.v1.Cluster"};
+          if (p.role == "attention") t.services = {"dmoe.v1.AttentionService"};
+          if (p.role == "expert") t.services = {"dmoe.v1.ExpertService", "dmoe.v1.NcclPairing"};
+          o.grpc_ports.push_back(t);
+        }
+        o.http = cluster_.http;
+        o.requests = f_.flood;
+        o.seed = f_.seed;
+        flood_ = RunRequestFlood(o);
+        flooding_ = false;
+      });
+    }
+    if (f_.kill_every_s > 0) InjectFaults();
+    // The load goes on until the duration is over and the flood has been answered.
+    while (Clock::now() < stop_at_ || flooding_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (flood.joinable()) flood.join();
+    load_end_ = Clock::now();
+    // A process that exited by itself crashed (the killed ones were restarted).
+    for (const ClusterProcess& p : cluster_.processes) {
+      int status;
+      if (waitpid(p.pid, &status, WNOHANG) == p.pid || kill(p.pid, 0) != 0) {
+        crashed_.push_back(p.name);
+      }
+    }
     // Requests started before the end finish (every pod is back by now); the grace bounds it.
     const auto grace_end = Clock::now() + std::chrono::seconds(120);
     for (;;) {
@@ -160,6 +196,8 @@ class ChaosRun {
     return o;
   }
   const LocalCluster& cluster() const { return cluster_; }
+  const FloodReport& flood() const { return flood_; }
+  const std::vector<std::string>& crashed() const { return crashed_; }
 
  private:
   static std::chrono::nanoseconds Seconds(double s) {
@@ -187,7 +225,7 @@ class ChaosRun {
       ++outcome_.errors[absl::StatusCodeToString(client.status().code())];
       return;
     }
-    for (int n = 0; Clock::now() < stop_at_; ++n) {
+    for (int n = 0; Clock::now() < stop_at_ || flooding_; ++n) {
       const int prompt = (worker + n) % static_cast<int>(reference_.size());
       dmoe::v1::GenerateRequest request;
       request.set_text(Prompt(prompt));
@@ -309,6 +347,10 @@ class ChaosRun {
   Outcome outcome_;
   std::vector<Fault> faults_;
   std::vector<std::string> kill_round_, pause_round_;
+  std::atomic<bool> flooding_{false};
+  FloodReport flood_;
+  Clock::time_point load_end_;
+  std::vector<std::string> crashed_;
 };
 
 // Recovery after the kills of each role: count, median and max seconds (kills never
@@ -339,8 +381,9 @@ std::map<std::string, RoleRecovery> RecoveryByRole(const std::vector<Fault>& fau
 absl::Status RunChaos(const ChaosFlags& f) {
   if (!(f.duration_s > 0)) return absl::InvalidArgumentError("--duration must be > 0");
   if (f.streams < 1) return absl::InvalidArgumentError("--streams must be >= 1");
-  if (!(f.kill_every_s > 0)) return absl::InvalidArgumentError("--kill-every must be > 0");
-  if (f.pause_s < 0 || f.pause_s >= f.kill_every_s / 2) {
+  if (f.kill_every_s < 0) return absl::InvalidArgumentError("--kill-every must be >= 0");
+  if (f.flood < 0) return absl::InvalidArgumentError("--flood must be >= 0");
+  if (f.kill_every_s > 0 && (f.pause_s < 0 || f.pause_s >= f.kill_every_s / 2)) {
     return absl::InvalidArgumentError("--pause-seconds must be in [0, kill-every / 2)");
   }
   if (f.max_new_tokens < 1) return absl::InvalidArgumentError("--max-new-tokens must be >= 1");
@@ -366,21 +409,24 @@ absl::Status RunChaos(const ChaosFlags& f) {
   options.attention = 2;
   options.expert_shards = 2;
   options.expert_replicas = 2;
-  options.http_port = -1;
+  options.http_port = f.flood > 0 ? 0 : -1;  // the flood hits the HTTP API too
   options.scheduler_args = {"--journal", (fs::path(run_dir) / "scheduler.journal").string(),
                             "--step-timeout-s", absl::StrCat(f.step_timeout_s)};
   std::cerr << "chaos: starting 2 routers, a journalling scheduler, 2 attention replicas and "
                "2 expert shards x 2 pods in "
             << run_dir << " ...\n";
   DMOE_ASSIGN_OR_RETURN(LocalCluster cluster, StartLocalCluster(options));
-  std::cerr << absl::StrFormat(
-      "chaos: %d streams for %.0f s; SIGKILL + restart every %.0f s, SIGSTOP for %.1f s "
-      "between kills\n",
-      f.streams, f.duration_s, f.kill_every_s, f.pause_s);
+  std::cerr << absl::StrFormat("chaos: %d streams for %.0f s", f.streams, f.duration_s)
+            << (f.kill_every_s > 0
+                    ? absl::StrFormat("; SIGKILL + restart every %.0f s, SIGSTOP for %.1f s "
+                                      "between kills",
+                                      f.kill_every_s, f.pause_s)
+                    : "; no kills")
+            << (f.flood > 0 ? absl::StrFormat("; %d malformed requests", f.flood) : "") << "\n";
   ChaosRun run(f, options, std::move(cluster), std::move(reference));
   run.Run();
   const Outcome o = run.outcome();
-  if (temporary && !f.keep_logs && o.failed + o.lost + o.wrong == 0) {
+  if (temporary && !f.keep_logs && o.failed + o.lost + o.wrong == 0 && run.crashed().empty()) {
     std::error_code ec;
     fs::remove_all(run_dir, ec);
   }
@@ -400,6 +446,11 @@ absl::Status RunChaos(const ChaosFlags& f) {
     }
     std::cout << nlohmann::json{{"sent", o.sent},           {"completed", o.completed},
                                 {"recovery_by_role", by_role},
+                                {"crashed", run.crashed()},
+                                {"flood", {{"sent", run.flood().sent},
+                                           {"replies", run.flood().replies},
+                                           {"unclear", run.flood().unclear},
+                                           {"unclear_examples", run.flood().unclear_examples}}},
                                 {"failed", o.failed},       {"lost", o.lost},
                                 {"wrong", o.wrong},         {"errors", o.errors},
                                 {"faults", faults},         {"duration_s", f.duration_s},
@@ -424,9 +475,22 @@ absl::Status RunChaos(const ChaosFlags& f) {
       std::printf("| %s | %d | %d | %.2f | %.2f |\n", role.c_str(), r.kills, r.recovered,
                   r.median_s, r.max_s);
     }
+    if (f.flood > 0) {
+      std::printf("\nflood: %lld malformed requests, %lld unclear replies; replies:",
+                  (long long)run.flood().sent, (long long)run.flood().unclear);
+      for (const auto& [kind, n] : run.flood().replies) std::printf(" %s %lld", kind.c_str(), (long long)n);
+      std::printf("\n");
+      for (const std::string& e : run.flood().unclear_examples) std::printf("  unclear: %s\n", e.c_str());
+    }
+    std::printf("crashed processes: %s\n",
+                run.crashed().empty() ? "none" : absl::StrJoin(run.crashed(), ", ").c_str());
     std::printf("\nlogs: %s\n", temporary && !f.keep_logs && o.failed + o.lost + o.wrong == 0
                                     ? "removed (all requests correct; --keep-logs keeps them)"
                                     : run_dir.c_str());
+  }
+  if (!run.crashed().empty()) {
+    return absl::InternalError(absl::StrCat("crashed: ", absl::StrJoin(run.crashed(), ", "),
+                                            "; logs in ", run_dir));
   }
   if (o.failed + o.lost + o.wrong > 0) {
     return absl::DataLossError(absl::StrCat(o.failed, " failed, ", o.lost, " lost, ", o.wrong,
@@ -446,7 +510,8 @@ void RegisterChaosCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--duration", f->duration_s, "Seconds of load and faults")->capture_default_str();
   cmd->add_option("--streams", f->streams, "Concurrent client streams")->capture_default_str();
   cmd->add_option("--kill-every", f->kill_every_s,
-                  "Seconds between SIGKILLs (a random pod, restarted on its address)")
+                  "Seconds between SIGKILLs (a random pod, restarted on its address); 0: no kills "
+                  "or pauses")
       ->capture_default_str();
   cmd->add_option("--pause-seconds", f->pause_s,
                   "SIGSTOP a random pod this long half-way between kills (0: no pauses)")
@@ -458,6 +523,10 @@ void RegisterChaosCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-new-tokens", f->max_new_tokens, "Tokens per request")
       ->capture_default_str();
   cmd->add_option("--prompts", f->prompts, "Distinct prompts (1-8)")->capture_default_str();
+  cmd->add_option("--flood", f->flood,
+                  "Also send this many malformed requests at every port (gRPC methods, raw TCP, "
+                  "the HTTP API) during the load; a crashed process fails the run")
+      ->capture_default_str();
   cmd->add_option("--seed", f->seed, "Which pods are hit, and the request ids")
       ->capture_default_str();
   cmd->add_option("--run-dir", f->run_dir, "Logs and journal here (default: a temporary one)");
