@@ -8,7 +8,14 @@
 
 namespace dmoe {
 
-// Same code, same message. Codes outside gRPC's range (none today) become UNKNOWN.
+// Longest status message sent: the message travels in a header (grpc-message; in the initial
+// HEADERS frame when a call fails at once), and a header over the peer's metadata limit
+// (8 KiB by default) fails the whole HTTP/2 connection, every call on it included.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+
+// Same code, same message (cut at kMaxStatusMessageBytes on a UTF-8 character boundary, with
+// the original length appended: messages may quote the caller's input). Codes outside gRPC's
+// range (none today) become UNKNOWN.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The inverse, for clients: same code, same message.
