@@ -13,6 +13,7 @@
 //   - TPS and TPF of diffusion decoding vs block length 1;
 //   - peak resident memory vs checkpoint bytes.
 // Usage: dmoe-engine-bench [--model DIR] [--repeats N] [--threads N] [--json FILE]
+//        dmoe-engine-bench --batch-sizes 1,8,32: batched block forwards, each against its roofline
 #include <cblas.h>
 #include <immintrin.h>
 
@@ -220,19 +221,27 @@ struct BlockForwardFigures {
   double experts_touched_per_layer = 0;
 };
 
-// Times a 32-token block forward over a 64-token cached prefix.
-BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& kernels, int repeats) {
+// Times a 32-token block forward over a 64-token cached prefix, for `batch` sequences at once
+// (one batched forward: their rows routed to one expert form one GEMM).
+BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& kernels, int repeats,
+                                     int batch = 1) {
   const model::ModelConfig& c = engine.config();
   const model::ModelWeights& w = engine.model().weights();
   RecordingExecutor recorder(w, kernels);
-  model::KvCachePool pool(engine.model().KvOptions(32, 16));
-  model::KvSequence kv(&pool);
-  std::vector<int32_t> prefix(64), block(32);
-  for (int i = 0; i < 64; ++i) prefix[i] = (i * 131 + 7) % 8000;
-  for (int i = 0; i < 32; ++i) block[i] = (i * 977 + 3) % 8000;
-  std::vector<model::ForwardSegment> prefill(1);
-  prefill[0] = {.kv = &kv, .start = 0, .tokens = prefix, .persist = 64, .attention_block = 32,
-                .logits_from = 64};
+  model::KvCachePool pool(engine.model().KvOptions(32, 16 + 4 * batch));
+  std::vector<std::unique_ptr<model::KvSequence>> kvs;
+  std::vector<std::vector<int32_t>> blocks(batch);
+  std::vector<model::ForwardSegment> prefill(batch);
+  std::vector<std::vector<int32_t>> prefixes(batch);
+  for (int s = 0; s < batch; ++s) {
+    kvs.push_back(std::make_unique<model::KvSequence>(&pool));
+    prefixes[s].resize(64);
+    blocks[s].resize(32);
+    for (int i = 0; i < 64; ++i) prefixes[s][i] = (i * 131 + 7 + s * 17) % 8000;
+    for (int i = 0; i < 32; ++i) blocks[s][i] = (i * 977 + 3 + s * 29) % 8000;
+    prefill[s] = {.kv = kvs[s].get(), .start = 0, .tokens = prefixes[s], .persist = 64,
+                  .attention_block = 32, .logits_from = 64};
+  }
   (void)engine.model().Forward(prefill, kernels, recorder);
 
   BlockForwardFigures out;
@@ -241,8 +250,11 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
   std::vector<double> times, cpu_times, attention, moe, head;
   for (int r = 0; r < repeats; ++r) {
     recorder.tokens_per_expert.clear();
-    std::vector<model::ForwardSegment> seg(1);
-    seg[0] = {.kv = &kv, .start = 64, .tokens = block, .persist = 0, .attention_block = 32};
+    std::vector<model::ForwardSegment> seg(batch);
+    for (int b = 0; b < batch; ++b) {
+      seg[b] = {.kv = kvs[b].get(), .start = 64, .tokens = blocks[b], .persist = 0,
+                .attention_block = 32};
+    }
     model::ForwardStats stats;
     const double cpu0 = ProcessCpuSeconds();
     auto t0 = Clock::now();
@@ -262,7 +274,7 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
                .head_seconds = Median(head)};
 
   // Bytes and FLOPs of that forward (GEMMs; attention and elementwise work are small here).
-  const int64_t t = 32, h = c.hidden_size;
+  const int64_t t = 32 * static_cast<int64_t>(batch), h = c.hidden_size;
   uint64_t bytes = w.lm_head.nbytes();
   auto add = [&](const model::WeightMatrix& m, int64_t rows) {
     out.gemms.push_back({rows, m.rows, m.cols});
@@ -299,7 +311,7 @@ BlockForwardFigures TimeBlockForward(engine::Engine& engine, model::Kernels& ker
   (void)h;
   // Attention: every query of the block sees the 64 cached keys and the block's 32 (block
   // causal mask over whole blocks); QK^T and PV are 2 FLOPs per (query, key, head, dim) each.
-  const int64_t keys = 64 + t;
+  const int64_t keys = 64 + 32;
   out.attention_flops = 4.0 * c.num_hidden_layers * t * keys * c.q_width();
   out.flops += out.attention_flops;
   out.bytes_touched = bytes;
@@ -360,6 +372,39 @@ DecodeFigures TimeDecode(engine::Engine& engine, int64_t block_length) {
   return f;
 }
 
+// Batching (issue 13 item 4): for each batch size, one forward of that many 32-token blocks
+// against its roofline — max(weight bytes it touches / read bandwidth, its FLOPs / peak FMA) —
+// and the share of that prediction the measured forward reaches.
+void PrintBatchingTable(engine::Engine& engine, const std::vector<int>& batch_sizes, int repeats,
+                        double bandwidth, double peak, const std::string& isa, int n_threads) {
+  std::printf("## Batched block forward vs its roofline: bench-mini, %d threads, %s kernels\n\n",
+              n_threads, isa.c_str());
+  std::printf("CPU: %s; measured read bandwidth %.2f GB/s, peak FMA %.1f GFLOP/s (%s); medians "
+              "of %d runs.\n\n",
+              CpuModelName().c_str(), bandwidth / 1e9, peak / 1e9, isa.c_str(), repeats);
+  std::printf("| sequences | forward (ms) | experts touched / layer | weight bytes (MB) | GFLOP | "
+              "bytes time (ms) | compute time (ms) | roofline (ms) | bound | positions/s "
+              "measured | predicted | measured / predicted |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n");
+  for (int batch : batch_sizes) {
+    if (batch < 1) continue;
+    std::fprintf(stderr, "measuring a batched forward of %d block(s) ...\n", batch);
+    const BlockForwardFigures f = TimeBlockForward(engine, engine.kernels(), repeats, batch);
+    const double bytes_s = f.bytes_touched / bandwidth;
+    const double compute_s = peak > 0 ? f.flops / peak : 0;
+    const double roof = std::max(bytes_s, compute_s);
+    const double positions = 32.0 * batch;
+    std::printf("| %d | %.2f | %.1f | %.1f | %.3f | %.2f | %.2f | %.2f | %s | %.0f | %.0f | "
+                "%.0f%% |\n",
+                batch, f.seconds * 1e3, f.experts_touched_per_layer, f.bytes_touched / 1e6,
+                f.flops / 1e9, bytes_s * 1e3, compute_s * 1e3, roof * 1e3,
+                bytes_s >= compute_s ? "memory" : "compute", positions / f.seconds,
+                positions / roof, 100 * roof / f.seconds);
+  }
+  std::printf("\nTokens/s follow as positions/s x TPF / 32 (TPF: tokens committed per block "
+              "forward), the same factor for measured and predicted.\n");
+}
+
 int Run(int argc, char** argv) {
   std::string model_dir = "build/bench-mini";
   int repeats = 5, threads = 0;
@@ -372,6 +417,11 @@ int Run(int argc, char** argv) {
   app.add_option("--json", json_path, "also write the figures as JSON");
   app.add_flag("--forward-only", forward_only,
                "only the block forward and its roofline (for profiling and A/B runs)");
+  std::vector<int> batch_sizes;
+  app.add_option("--batch-sizes", batch_sizes,
+                 "instead of the full report: a batched block forward of each of these many "
+                 "sequences against its own roofline (e.g. 1,8,32)")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
 
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
@@ -425,6 +475,10 @@ int Run(int argc, char** argv) {
   // which is what its auto-vectorised loops can reach at best).
   const double peak = isa == "avx512" ? peak_avx512 : peak_avx2;
 
+  if (!batch_sizes.empty()) {
+    PrintBatchingTable(engine, batch_sizes, repeats, bandwidth, peak, isa, n_threads);
+    return 0;
+  }
   const double achieved = fast.bytes_touched / fast.seconds;
   const double bytes_seconds = fast.bytes_touched / bandwidth;
   const double compute_seconds = peak > 0 ? fast.flops / peak : 0;
