@@ -13,7 +13,7 @@ absl::StatusOr<CommunicatorId> FetchCommunicatorId(const std::string& scheduler_
                                                    uint64_t failed_generation,
                                                    absl::Time deadline) {
   auto stub = dmoe::v1::Cluster::NewStub(
-      grpc::CreateChannel(scheduler_address, InternalChannelCredentials()));
+      CreateInternalChannel(scheduler_address));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(deadline));
   dmoe::v1::GetCommunicatorRequest request;

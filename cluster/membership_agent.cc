@@ -12,7 +12,7 @@ namespace dmoe::cluster {
 MembershipAgent::MembershipAgent(MembershipAgentOptions options)
     : options_(std::move(options)),
       stub_(dmoe::v1::Cluster::NewStub(
-          grpc::CreateChannel(options_.scheduler_address, InternalChannelCredentials()))),
+          CreateInternalChannel(options_.scheduler_address))),
       thread_([this] { Loop(); }) {}
 
 MembershipAgent::~MembershipAgent() { Stop(); }

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "grpcpp/create_channel.h"
+
 #include "absl/synchronization/mutex.h"
 
 namespace dmoe {
@@ -10,6 +12,7 @@ namespace {
 struct Holder {
   absl::Mutex mu;
   std::shared_ptr<grpc::ChannelCredentials> credentials ABSL_GUARDED_BY(mu);
+  std::string server_name ABSL_GUARDED_BY(mu);
 };
 
 Holder& TheHolder() {
@@ -19,10 +22,12 @@ Holder& TheHolder() {
 
 }  // namespace
 
-void SetInternalChannelCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+void SetInternalChannelCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                   std::string server_name) {
   Holder& h = TheHolder();
   absl::MutexLock lock(&h.mu);
   h.credentials = std::move(credentials);
+  h.server_name = std::move(server_name);
 }
 
 std::shared_ptr<grpc::ChannelCredentials> InternalChannelCredentials() {
@@ -30,6 +35,25 @@ std::shared_ptr<grpc::ChannelCredentials> InternalChannelCredentials() {
   absl::MutexLock lock(&h.mu);
   if (!h.credentials) return grpc::InsecureChannelCredentials();
   return h.credentials;
+}
+
+std::shared_ptr<grpc::Channel> CreateChannelAs(const std::string& address,
+                                               std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                               const std::string& server_name,
+                                               grpc::ChannelArguments args) {
+  if (!server_name.empty()) args.SetSslTargetNameOverride(server_name);
+  return grpc::CreateCustomChannel(address, std::move(credentials), args);
+}
+
+std::shared_ptr<grpc::Channel> CreateInternalChannel(const std::string& address,
+                                                     grpc::ChannelArguments args) {
+  std::string server_name;
+  {
+    Holder& h = TheHolder();
+    absl::MutexLock lock(&h.mu);
+    server_name = h.server_name;
+  }
+  return CreateChannelAs(address, InternalChannelCredentials(), server_name, std::move(args));
 }
 
 }  // namespace dmoe

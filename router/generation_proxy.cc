@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/auth/authorize.h"
 #include "common/grpc_status.h"
+#include "common/internal_credentials.h"
 #include "common/status_macros.h"
 
 namespace dmoe::router {
@@ -179,9 +180,10 @@ absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
     proxy->backends_[b.version] = Backend{
         .address = b.address,
         .stub = dmoe::v1::Generation::NewStub(
-            grpc::CreateChannel(b.address, options.backend_credentials
-                                               ? options.backend_credentials
-                                               : grpc::InsecureChannelCredentials()))};
+            CreateChannelAs(b.address,
+                            options.backend_credentials ? options.backend_credentials
+                                                        : grpc::InsecureChannelCredentials(),
+                            options.backend_server_name))};
   }
   if (options.registry) {
     proxy->metrics_ = std::make_unique<RouterMetrics>(*options.registry, split_options.versions);

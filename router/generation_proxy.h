@@ -59,6 +59,8 @@ struct GenerationProxyOptions {
   // What the router presents to its schedulers (mutual TLS, common/auth/tls.h); null:
   // plaintext.
   std::shared_ptr<grpc::ChannelCredentials> backend_credentials = nullptr;
+  // With backend_credentials: check the schedulers' certificates as this name (--tls-server-name).
+  std::string backend_server_name = "";
 
   // INVALID_ARGUMENT naming the field.
   absl::Status Validate() const;

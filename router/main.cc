@@ -150,6 +150,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.backend_credentials = *backend_credentials;
+  options.backend_server_name = tls.server_name;
   auto proxy = dmoe::router::GenerationProxy::Create(options);
   if (!proxy.ok()) {
     std::cerr << "dmoe-router: " << proxy.status().message() << "\n";

@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
   // The scheduler calls its attention replicas with its own certificate (mutual TLS).
   auto internal_credentials = dmoe::auth::ChannelCredentials(api_flags.tls);
   if (!internal_credentials.ok()) return Fail(internal_credentials.status());
-  dmoe::SetInternalChannelCredentials(*internal_credentials);
+  dmoe::SetInternalChannelCredentials(*internal_credentials, api_flags.tls.server_name);
   server_options.lease = absl::Seconds(lease_seconds);
   if (!(step_timeout_s > 0)) return Fail(absl::InvalidArgumentError("--step-timeout-s must be > 0"));
   server_options.step_timeout = absl::Seconds(step_timeout_s);

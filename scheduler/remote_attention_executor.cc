@@ -43,7 +43,7 @@ dmoe::v1::AttentionService::Stub* RemoteAttentionExecutor::StubFor(const std::st
   auto& stub = stubs_[address];
   if (!stub) {
     stub = dmoe::v1::AttentionService::NewStub(
-        grpc::CreateChannel(address, InternalChannelCredentials()));
+        CreateInternalChannel(address));
   }
   return stub.get();
 }

@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<GrpcExpertTransport>> GrpcExpertTransport::Create
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   auto channel =
-      grpc::CreateCustomChannel(options.target, InternalChannelCredentials(), args);
+      CreateInternalChannel(options.target, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("target: cannot create a channel to '", options.target, "'"));

@@ -52,7 +52,7 @@ NcclPairAnswer FromProto(const v1::PairNcclResponse& response) {
 }
 
 absl::StatusOr<NcclPairAnswer> PairOverGrpc(const NcclPairSpec& spec, absl::Time deadline) {
-  auto channel = grpc::CreateChannel(spec.expert_address, InternalChannelCredentials());
+  auto channel = CreateInternalChannel(spec.expert_address);
   auto stub = v1::NcclPairing::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(deadline));

@@ -43,6 +43,9 @@ void AddTlsFlags(CLI::App& app, TlsOptions& options) {
   app.add_option("--tls-key", options.key_file, "PEM private key of --tls-cert");
   app.add_option("--tls-ca", options.ca_file,
                  "PEM CA that signs the cluster's certificates (peers are verified against it)");
+  app.add_option("--tls-server-name", options.server_name,
+                 "Check internal peers' certificates as this name instead of the address "
+                 "dialled (one certificate for every pod, e.g. from a Kubernetes Secret)");
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
@@ -88,7 +91,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> SetUpPodTls(const TlsOp
   DMOE_RETURN_IF_ERROR(options.Validate());
   DMOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> channel,
                         ChannelCredentials(options));
-  SetInternalChannelCredentials(std::move(channel));
+  SetInternalChannelCredentials(std::move(channel), options.server_name);
   return ServerCredentials(options, ClientCertificates::kRequired);
 }
 

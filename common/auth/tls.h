@@ -29,6 +29,9 @@ struct TlsOptions {
   std::string cert_file;  // this process's certificate chain
   std::string key_file;   // its private key
   std::string ca_file;    // the CA that signs peers' certificates
+  // Internal calls check the peer's certificate as this name instead of the address dialled
+  // (one certificate for every pod; Kubernetes pod IPs are not known when it is issued).
+  std::string server_name;
 
   bool enabled() const { return !cert_file.empty() || !key_file.empty() || !ca_file.empty(); }
   // INVALID_ARGUMENT naming the flag: a server needs a certificate and key; mutual TLS and

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/auth/certificates.h"
 #include "common/auth/tls.h"
+#include "common/internal_credentials.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -101,6 +102,27 @@ TEST_F(TlsTest, PublicPortIsTlsWithoutClientCertificates) {
   TlsOptions other_ca;
   other_ca.ca_file = rogue_tls_.ca_file;
   EXPECT_EQ(Call(Credentials(other_ca)).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// --tls-server-name: internal calls check the peer's certificate as that name, not as the
+// address dialled (Kubernetes: one Secret's certificate for pods whose IPs nobody knows ahead).
+TEST_F(TlsTest, ServerNameOverrideChecksTheCertificateAsThatName) {
+  DMOE_ASSERT_OK_AND_ASSIGN(server_tls_,
+                            IssueCertificate(dir_.path(), "pod", "pods.dmoe.internal"));
+  Start(ClientCertificates::kRequired);
+  DMOE_ASSERT_OK_AND_ASSIGN(auto cluster, ChannelCredentials(client_tls_));
+  auto call_as = [&](const std::string& name) {
+    auto stub = dmoe::v1::Generation::NewStub(
+        CreateChannelAs(absl::StrCat("localhost:", port_), cluster, name));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    dmoe::v1::ListModelsResponse response;
+    return stub->ListModels(&context, {}, &response);
+  };
+  EXPECT_TRUE(call_as("pods.dmoe.internal").ok());
+  // A name the certificate does not hold is refused, though the address would have matched.
+  EXPECT_EQ(call_as("elsewhere.example").error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(call_as("").ok());  // no override: the address (localhost) is checked
 }
 
 TEST_F(TlsTest, FlagsAreValidated) {
