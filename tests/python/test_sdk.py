@@ -204,3 +204,72 @@ def test_async_stop_logprobs_editing(server):
     assert chunks[-1].final.matched_stop == "moon"
     expected = engine_ids(chat=CHAT, max_new_tokens=32, editing="quality", max_post_steps=4)
     assert (edited.ids, edited.edits) == (expected["ids"], expected["edits"])
+
+
+def test_a_dead_target_falls_back_to_the_next(server):
+    expected = engine_ids(prompt="Once upon a time", max_new_tokens=32)
+    # Nothing listens on port 1: every call goes on to the fallback target.
+    with dmoe.Client("127.0.0.1:1", fallback_targets=[server], retry_timeout=20,
+                     timeout=60) as client:
+        assert client.generate(prompt="Once upon a time", max_new_tokens=32).ids == expected["ids"]
+        chunks = list(client.stream(prompt="Once upon a time", max_new_tokens=32))
+    assert [i for c in chunks for i in c.ids] == expected["ids"]
+    with dmoe.Client("127.0.0.1:1", timeout=10) as client:  # no retries: the error
+        with pytest.raises(dmoe.DmoeError):
+            client.generate(prompt="x", max_new_tokens=4)
+
+
+def _serve_on(port, journal):
+    proc = subprocess.Popen([f"{BIN}/dmoe", "serve", "--model", MODEL, "--listen",
+                             f"127.0.0.1:{port}", "--threads", "1", "--journal", journal],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("listening on"):
+            return proc
+    proc.kill()
+    pytest.fail("dmoe serve did not start")
+
+
+def test_a_stream_survives_its_server_killed_and_restarted(tmp_path):
+    import signal
+    import socket
+    # Threshold 1: one token per forward, and stop id 3 (never generated here) instead of EOS:
+    # 512 forwards, so the stream is still running when the server dies.
+    expected = engine_ids(prompt="Water boils at", max_new_tokens=512, threshold=1.0, stop_ids=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    journal = str(tmp_path / "journal")
+    proc = _serve_on(port, journal)
+    try:
+        with dmoe.Client(f"127.0.0.1:{port}", retry_timeout=60, timeout=120) as client:
+            tries = []
+            first_try = client._tries
+
+            def counted(request):
+                for stub in first_try(request):
+                    tries.append(stub)
+                    yield stub
+
+            client._tries = counted
+            ids, restarted = [], False
+            for chunk in client.stream(prompt="Water boils at", max_new_tokens=512,
+                                       threshold=1.0, stop_ids=[3], request_id="py-restart"):
+                assert chunk.offset == len(ids) or not chunk.ids  # nothing repeated or skipped
+                ids += chunk.ids
+                if not restarted and ids:
+                    # SIGKILL after the first block, then the same server on the same journal.
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    proc = _serve_on(port, journal)
+                    restarted = True
+        assert restarted
+        assert len(tries) >= 2, "the stream never broke: the kill came after the last block"
+        assert ids == expected["ids"]
+    finally:
+        proc.kill()
+        proc.wait()

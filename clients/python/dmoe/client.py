@@ -2,6 +2,9 @@
 
 Every decoding knob left as None takes the server's default, the same as `dmoe generate`'s.
 """
+import itertools
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import (AsyncIterator, Dict, Iterator, List, Optional, Sequence, Tuple, Union)
 
@@ -155,15 +158,26 @@ class _ChunkAssembler:
         self._text = ""
         self._logprobs: List[TokenLogprob] = []
 
+    @property
+    def received(self) -> int:
+        """Ids received so far: a retry asks the server to resume from here."""
+        return len(self._ids)
+
     def add(self, event) -> Optional[Chunk]:
         kind = event.WhichOneof("event")
         if kind == "block":
+            ids = list(event.block.ids)
             logprobs = _logprobs(event.block.logprobs)
-            self._ids.extend(event.block.ids)
+            # After a retry the server resumes at resume_from_offset; drop anything it resends.
+            skip = max(0, len(self._ids) - event.block.offset)
+            if skip >= len(ids) and ids:
+                return None
+            ids, logprobs = ids[skip:], logprobs[skip:]
+            self._ids.extend(ids)
             self._text += event.block.text
             self._logprobs.extend(logprobs)
-            return Chunk(ids=list(event.block.ids), text=event.block.text,
-                         offset=event.block.offset, logprobs=logprobs)
+            return Chunk(ids=ids, text=event.block.text,
+                         offset=event.block.offset + skip, logprobs=logprobs)
         if kind == "final":
             self._text += event.final.text
             return Chunk(ids=[], text=event.final.text, offset=len(self._ids),
@@ -193,24 +207,51 @@ class _Common:
 
 
 class Client(_Common):
-    """Blocking client; thread-safe (one channel, any number of concurrent calls).
+    """Blocking client; thread-safe (one channel per target, any number of concurrent calls).
 
     Args:
         target: "host:port" of any Generation API server (router, scheduler, dmoe serve).
         api_key: sent as "authorization: Bearer KEY" metadata.
         tls_ca: path of a PEM CA bundle: connect with TLS, verifying the server against it.
         timeout: default deadline of every call, in seconds (None: none).
+        fallback_targets: further servers (other routers) that retries go to, round robin.
+        retry_timeout: seconds during which a generate or stream that fails with UNAVAILABLE
+            (a dead router, a restarting scheduler) is sent again, with the same request id (one
+            is made up when none is given) and, for streams, resume_from_offset = the ids
+            already yielded, so no chunk repeats. Re-attaching needs a scheduler with
+            --journal; without one the retry runs the request again (the same ids: decoding
+            is deterministic). 0 (the default): no retries.
     """
 
     def __init__(self, target: str, api_key: Optional[str] = None, tls_ca: Optional[str] = None,
-                 timeout: Optional[float] = None):
+                 timeout: Optional[float] = None, fallback_targets: Sequence[str] = (),
+                 retry_timeout: float = 0):
         super().__init__(target, api_key, timeout)
-        self._channel = _channel_args(target, tls_ca, aio=False)
-        self._stub = pb_grpc.GenerationStub(self._channel)
+        self._channels = [_channel_args(t, tls_ca, aio=False)
+                          for t in [target, *fallback_targets]]
+        self._stubs = [pb_grpc.GenerationStub(c) for c in self._channels]
+        self._channel = self._channels[0]
+        self._stub = self._stubs[0]
+        self._retry_timeout = retry_timeout
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channels; calls in flight are cancelled."""
+        for channel in self._channels:
+            channel.close()
+
+    def _tries(self, request):
+        """Stubs to send `request` to, in turn, while retries last (it gets a request id)."""
+        if self._retry_timeout > 0 and not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        give_up = time.monotonic() + self._retry_timeout
+        backoff = 0.1
+        for attempt in itertools.count():
+            yield self._stubs[attempt % len(self._stubs)]
+            if self._retry_timeout <= 0 or time.monotonic() >= give_up:
+                return
+            if attempt + 1 >= len(self._stubs):  # every target tried once: wait a little
+                time.sleep(min(backoff, max(0.0, give_up - time.monotonic())))
+                backoff = min(backoff * 2, 2.0)
 
     def __enter__(self) -> "Client":
         return self
@@ -243,12 +284,17 @@ class Client(_Common):
                            request_id=request_id, stop=stop, logprobs=logprobs,
                            editing=editing, edit_threshold=edit_threshold,
                            max_post_steps=max_post_steps)
-        try:
-            r = self._stub.Generate(request, timeout=self._deadline(timeout),
-                                    metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
+        error = None
+        for stub in self._tries(request):
+            try:
+                r = stub.Generate(request, timeout=self._deadline(timeout),
+                                  metadata=self._metadata)
+                return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
+            except grpc.RpcError as e:
+                error = e
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+        raise from_rpc_error(error) from None
 
     def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
                prompt_ids: Optional[Sequence[int]] = None, *, model: Optional[str] = None,
@@ -276,18 +322,27 @@ class Client(_Common):
                            request_id=request_id, stop=stop, logprobs=logprobs,
                            editing=editing, edit_threshold=edit_threshold,
                            max_post_steps=max_post_steps)
-        call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
-                                         metadata=self._metadata)
         chunks = _ChunkAssembler()
-        try:
-            for event in call:
-                chunk = chunks.add(event)
-                if chunk is not None:
-                    yield chunk
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()  # a no-op after the end; frees the request's KV when left early
+        error = None
+        for stub in self._tries(request):
+            request.resume_from_offset = chunks.received
+            call = stub.GenerateStream(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+            try:
+                for event in call:
+                    chunk = chunks.add(event)
+                    if chunk is not None:
+                        yield chunk
+                    if chunk is not None and chunk.final is not None:
+                        return
+                return
+            except grpc.RpcError as e:
+                error = e
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+            finally:
+                call.cancel()  # a no-op after the end; frees the request's KV when left early
+        raise from_rpc_error(error) from None
 
     def models(self, timeout: Optional[float] = None) -> List[ModelInfo]:
         """The models this server serves."""
