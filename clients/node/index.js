@@ -1,6 +1,7 @@
 // Node.js client of dmoe's Generation API (proto/dmoe/v1/generation.proto) on @grpc/grpc-js.
 // Every decoding option left out takes the server's default, the same as `dmoe generate`'s.
 'use strict';
+const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -93,15 +94,42 @@ function toResult(ids, text, stats, requestId, logprobs) {
 class Client {
   /**
    * @param {string} target "host:port" of any Generation API server (router, scheduler, dmoe serve)
-   * @param {{apiKey?: string, tlsCa?: string|Buffer, timeout?: number}} options timeout in seconds
+   * @param {{apiKey?: string, tlsCa?: string|Buffer, timeout?: number,
+   *          fallbackTargets?: string[], retryTimeout?: number}} options timeout in seconds.
+   *   retryTimeout (seconds, 0: none): a generate or stream failing with UNAVAILABLE (a dead
+   *   router, a restarting scheduler) is sent again, round robin over target and
+   *   fallbackTargets with backoff, with the same request id (made up when none is given) and,
+   *   for streams, resume_from_offset = the ids already yielded (no chunk twice, none missing).
+   *   Re-attaching needs a scheduler with --journal; without one the retry runs the request
+   *   again (the same ids: decoding is deterministic).
    */
-  constructor(target, { apiKey, tlsCa, timeout } = {}) {
+  constructor(target, { apiKey, tlsCa, timeout, fallbackTargets = [], retryTimeout = 0 } = {}) {
     const credentials = tlsCa
       ? grpc.credentials.createSsl(Buffer.isBuffer(tlsCa) ? tlsCa : fs.readFileSync(tlsCa))
       : grpc.credentials.createInsecure();
-    this._stub = new Generation(target, credentials);
+    this._target = target;
+    this._stubs = [target, ...fallbackTargets].map((t) => new Generation(t, credentials));
+    this._stub = this._stubs[0];
     this._apiKey = apiKey;
     this._timeout = timeout;
+    this._retryTimeout = retryTimeout;
+  }
+
+  // The stubs to send `request` to, in turn, while retries last; gives it a request id.
+  async *_tries(request) {
+    if (this._retryTimeout > 0 && !request.request_id) {
+      request.request_id = crypto.randomUUID().replace(/-/g, '');
+    }
+    const giveUp = Date.now() + this._retryTimeout * 1000;
+    let backoff = 100;
+    for (let attempt = 0; ; ++attempt) {
+      yield this._stubs[attempt % this._stubs.length];
+      if (this._retryTimeout <= 0 || Date.now() >= giveUp) return;
+      if (attempt + 1 >= this._stubs.length) {  // every target tried once: wait a little
+        await new Promise((r) => setTimeout(r, Math.min(backoff, Math.max(0, giveUp - Date.now()))));
+        backoff = Math.min(backoff * 2, 2000);
+      }
+    }
   }
 
   _metadata() {
@@ -128,10 +156,10 @@ class Client {
     } catch (e) {
       return Promise.reject(e);  // bad options reject like failed calls
     }
-    return new Promise((resolve, reject) => {
-      const call = this._stub.Generate(request, this._metadata(), this._options(options.timeout),
+    const once = (stub) => new Promise((resolve, reject) => {
+      const call = stub.Generate(request, this._metadata(), this._options(options.timeout),
         (err, r) => {
-          if (err) return reject(toError(err));
+          if (err) return reject(err);
           resolve(toResult(r.ids, r.text, r.stats, r.request_id, toLogprobs(r.logprobs)));
         });
       if (options.signal) {
@@ -139,6 +167,18 @@ class Client {
         options.signal.addEventListener('abort', () => call.cancel(), { once: true });
       }
     });
+    return (async () => {
+      let error;
+      for await (const stub of this._tries(request)) {
+        try {
+          return await once(stub);
+        } catch (e) {
+          error = e;
+          if (e.code !== grpc.status.UNAVAILABLE) break;
+        }
+      }
+      throw toError(error);
+    })();
   }
 
   /**
@@ -149,33 +189,45 @@ class Client {
    */
   async *stream(options = {}) {
     const request = buildRequest(options);
-    const call = this._stub.GenerateStream(request, this._metadata(), this._options(options.timeout));
-    const onAbort = () => call.cancel();
-    if (options.signal) options.signal.addEventListener('abort', onAbort, { once: true });
     const ids = [];
     const logprobs = [];
     let text = '';
-    try {
-      for await (const event of call) {
-        if (event.event === 'block') {
-          const blockLogprobs = toLogprobs(event.block.logprobs);
-          ids.push(...event.block.ids);
-          logprobs.push(...blockLogprobs);
-          text += event.block.text;
-          yield { ids: event.block.ids, text: event.block.text, offset: event.block.offset,
-                  logprobs: blockLogprobs };
-        } else if (event.event === 'final') {
-          text += event.final.text;
-          yield { ids: [], text: event.final.text, offset: ids.length, logprobs: [],
-                  final: toResult(ids, text, event.final.stats, event.request_id, logprobs) };
+    let error;
+    for await (const stub of this._tries(request)) {
+      request.resume_from_offset = ids.length;
+      const call = stub.GenerateStream(request, this._metadata(), this._options(options.timeout));
+      const onAbort = () => call.cancel();
+      if (options.signal) options.signal.addEventListener('abort', onAbort, { once: true });
+      try {
+        for await (const event of call) {
+          if (event.event === 'block') {
+            // After a retry the server resumes at resume_from_offset; drop anything resent.
+            const skip = Math.max(0, ids.length - Number(event.block.offset));
+            if (skip >= event.block.ids.length && event.block.ids.length > 0) continue;
+            const blockIds = event.block.ids.slice(skip);
+            const blockLogprobs = toLogprobs(event.block.logprobs).slice(skip);
+            ids.push(...blockIds);
+            logprobs.push(...blockLogprobs);
+            text += event.block.text;
+            yield { ids: blockIds, text: event.block.text, offset: Number(event.block.offset) + skip,
+                    logprobs: blockLogprobs };
+          } else if (event.event === 'final') {
+            text += event.final.text;
+            yield { ids: [], text: event.final.text, offset: ids.length, logprobs: [],
+                    final: toResult(ids, text, event.final.stats, event.request_id, logprobs) };
+            return;
+          }
         }
+        return;
+      } catch (e) {
+        error = e;
+        if (e.code !== grpc.status.UNAVAILABLE) break;
+      } finally {
+        call.cancel();  // a no-op after the end; frees the request's KV when left early
+        if (options.signal) options.signal.removeEventListener('abort', onAbort);
       }
-    } catch (e) {
-      throw toError(e);
-    } finally {
-      call.cancel();  // a no-op after the end; frees the request's KV when left early
-      if (options.signal) options.signal.removeEventListener('abort', onAbort);
     }
+    throw toError(error);
   }
 
   /** The served models: [{name, version, vocabSize, maxPositionEmbeddings, blockLength, maskId}]. */
@@ -204,7 +256,7 @@ class Client {
     });
   }
 
-  close() { this._stub.close(); }
+  close() { for (const stub of this._stubs) stub.close(); }
 }
 
 module.exports = { Client, DmoeError, status: grpc.status };

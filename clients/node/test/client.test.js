@@ -154,3 +154,82 @@ test('token editing equals dmoe generate', async () => {
     return true;
   });
 });
+
+test('a dead target falls back to the next', async () => {
+  const expected = engine(['--prompt', 'Once upon a time', '--max-new-tokens', '32']);
+  // Nothing listens on port 1: every call goes on to the fallback target.
+  const c = new Client('127.0.0.1:1', { fallbackTargets: [client._target], retryTimeout: 20,
+                                        timeout: 60 });
+  try {
+    const r = await c.generate({ prompt: 'Once upon a time', maxNewTokens: 32 });
+    assert.deepStrictEqual(r.ids, expected.ids);
+    const chunks = [];
+    for await (const x of c.stream({ prompt: 'Once upon a time', maxNewTokens: 32 })) chunks.push(x);
+    assert.deepStrictEqual(chunks.flatMap((x) => x.ids), expected.ids);
+  } finally {
+    c.close();
+  }
+  const noRetries = new Client('127.0.0.1:1', { timeout: 10 });
+  await assert.rejects(noRetries.generate({ prompt: 'x', maxNewTokens: 4 }), DmoeError);
+  noRetries.close();
+});
+
+function serveOn(port, journal) {
+  const proc = spawn(path.join(BIN, 'dmoe'), ['serve', '--model', MODEL, '--listen',
+                                              `127.0.0.1:${port}`, '--threads', '1', '--journal', journal],
+                     { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('dmoe serve did not start')), 60000);
+    readline.createInterface({ input: proc.stdout }).on('line', (line) => {
+      if (line.startsWith('listening on')) { clearTimeout(timer); resolve(proc); }
+    });
+  });
+}
+
+test('a stream survives its server killed and restarted', async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const net = require('node:net');
+  // Threshold 1 (a token per forward) and stop id 3 (never generated here): 512 forwards, so
+  // the stream is still running when the server dies.
+  const expected = engine(['--prompt', 'Water boils at', '--max-new-tokens', '512',
+                           '--threshold', '1.0', '--stop-ids', '3']);
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dmoe-node-'));
+  const journal = path.join(dir, 'journal');
+  let proc = await serveOn(port, journal);
+  const c = new Client(`127.0.0.1:${port}`, { retryTimeout: 60, timeout: 120 });
+  const firstTries = c._tries.bind(c);
+  let tries = 0;
+  c._tries = async function* counted(request) {
+    for await (const stub of firstTries(request)) { ++tries; yield stub; }
+  };
+  try {
+    const ids = [];
+    let restarted = false;
+    for await (const chunk of c.stream({ prompt: 'Water boils at', maxNewTokens: 512, threshold: 1.0,
+                                         stopIds: [3], requestId: 'node-restart' })) {
+      if (chunk.ids.length) assert.strictEqual(chunk.offset, ids.length);  // nothing repeated or skipped
+      ids.push(...chunk.ids);
+      if (!restarted && ids.length) {
+        const exited = new Promise((r) => proc.on('exit', r));
+        proc.kill('SIGKILL');
+        await exited;
+        proc = await serveOn(port, journal);
+        restarted = true;
+      }
+    }
+    assert.ok(restarted);
+    assert.ok(tries >= 2, 'the stream never broke: the kill came after the last block');
+    assert.deepStrictEqual(ids, expected.ids);
+  } finally {
+    c.close();
+    proc.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
