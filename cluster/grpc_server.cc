@@ -8,6 +8,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "metrics/endpoint.h"
 #include "metrics/grpc_metrics.h"
 
 namespace dmoe::cluster {
@@ -55,6 +56,7 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const GrpcServerOptions& options) {
     health->SetServingStatus(true);
     for (const std::string& name : options.health_services) health->SetServingStatus(name, true);
   }
+  metrics::MarkServing(true);  // GET /health on the metrics port (plaintext probes)
   started.address = absl::StrCat(options.listen.substr(0, colon), ":", started.port);
   DMOE_LOG(INFO) << "listening on " << started.address;
   return started;

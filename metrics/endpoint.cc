@@ -87,6 +87,15 @@ absl::StatusOr<ServedMetrics> ServeProcessMetrics(const std::string& role,
   return served;
 }
 
+namespace {
+std::atomic<bool>& Serving() {
+  static std::atomic<bool> serving{false};
+  return serving;
+}
+}  // namespace
+
+void MarkServing(bool serving) { Serving() = serving; }
+
 MetricsEndpoint::~MetricsEndpoint() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
@@ -123,8 +132,15 @@ void MetricsEndpoint::Answer(int connection) {
   }
   std::string path = line.substr(4, line.find(' ', 4) - 4);
   path = path.substr(0, path.find('?'));
+  if (path == "/health") {
+    SendAll(connection, Serving() ? Response("200 OK", "text/plain", "serving\n")
+                                  : Response("503 Service Unavailable", "text/plain",
+                                             "not serving yet\n"));
+    return;
+  }
   if (path != "/metrics" && path != "/") {
-    SendAll(connection, Response("404 Not Found", "text/plain", "metrics are at /metrics\n"));
+    SendAll(connection, Response("404 Not Found", "text/plain",
+                                 "metrics are at /metrics, health at /health\n"));
     return;
   }
   std::ostringstream body;

@@ -45,6 +45,21 @@ TEST(MetricsEndpointTest, ServesTheRegistryOverHttp) {
   EXPECT_FALSE(dmoe_testing::HttpGet(base + "/other").ok());  // 404
 }
 
+// GET /health: 503 until the process's gRPC server serves (MarkServing), then 200; what
+// Kubernetes probes when the gRPC port speaks TLS (kubelet's gRPC probes are plaintext).
+TEST(MetricsEndpointTest, HealthFollowsTheGrpcServer) {
+  ProcessMetrics m = NewProcessMetrics("expert", "v1");
+  auto endpoint = MetricsEndpoint::Start("127.0.0.1:0", m.registry);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status();
+  const std::string health = "http://" + (*endpoint)->address() + "/health";
+  MarkServing(false);
+  EXPECT_FALSE(dmoe_testing::HttpGet(health).ok());  // 503
+  MarkServing(true);
+  auto body = dmoe_testing::HttpGet(health);
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ(*body, "serving\n");
+}
+
 TEST(MetricsEndpointTest, BadAddressesAreErrors) {
   auto registry = std::make_shared<prometheus::Registry>();
   EXPECT_EQ(MetricsEndpoint::Start("localhost", registry).status().code(),
