@@ -96,8 +96,17 @@ def main():
                     port = lib.port_of(listen)
                     f.check(port != 0, f"{where}: --listen port 0 cannot be probed")
                     f.check(ports.get("grpc") == port, f"{where}: port grpc {ports.get('grpc')} != --listen {port}")
+                    # With TLS on the port, kubelet's plaintext gRPC probes would fail: the
+                    # probes must be GET /health on the metrics port instead.
+                    tls = "--tls-cert" in flags
                     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-                        if probe in c:
+                        if probe not in c:
+                            continue
+                        if tls:
+                            get = c[probe].get("httpGet", {})
+                            f.check(get.get("path") == "/health" and get.get("port") == "metrics",
+                                    f"{where}: {probe} is not GET /health on the metrics port (TLS)")
+                        else:
                             f.check(c[probe].get("grpc", {}).get("port") == port,
                                     f"{where}: {probe} is not a gRPC probe on {port}")
                     for probe in ("readinessProbe", "livenessProbe"):
@@ -132,6 +141,20 @@ def main():
                     f.check(versions == backends, f"{where}: --split versions {versions} != --version-backend {backends}")
                     f.check(sum(int(x.split("=")[1]) for x in flags["--split"][0].split(",")) == 100,
                             f"{where}: --split weights do not add up to 100")
+
+                # TLS: every file the flags name lies on a mounted Secret volume; internal calls
+                # check peers as one name (pods register by IP); all four or none.
+                tls_flags = ("--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name")
+                if any(t in flags for t in tls_flags):
+                    f.check(all(t in flags for t in tls_flags),
+                            f"{where}: TLS needs {', '.join(tls_flags)} together")
+                    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+                    for name in tls_flags[:3] + ("--api-keys",):
+                        for value in flags.get(name, []):
+                            mount = [m for m in c.get("volumeMounts", [])
+                                     if value.startswith(m["mountPath"].rstrip("/") + "/")]
+                            f.check(mount and "secret" in volumes.get(mount[0]["name"], {}),
+                                    f"{where}: {name} {value} is not on a mounted Secret")
 
                 # The scheduler's journal: on a PersistentVolumeClaim of this overlay mounted at
                 # its directory, one writer (Recreate), never an emptyDir.
