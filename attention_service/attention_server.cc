@@ -83,9 +83,10 @@ void AttentionServer::CountWork(const std::vector<SegmentRequest>& segments,
   int64_t positions = 0;
   for (const SegmentRequest& s : segments) positions += static_cast<int64_t>(s.plan.tokens.size());
   positions_->Increment(static_cast<double>(positions));
-  // Lanes wait for their experts concurrently: the step waited for about their mean.
-  const double waited = timings.expert_seconds / std::max(1, timings.lanes);
-  busy_seconds_->Increment(std::max(0.0, timings.forward_seconds - waited));
+  // Lane-seconds: the micro-batches run side by side, each busy for the step's time minus its
+  // own wait for experts, so positions / busy is the rate of one lane (one thread's worth).
+  const double lane_seconds = timings.forward_seconds * std::max(1, timings.lanes);
+  busy_seconds_->Increment(std::max(0.0, lane_seconds - timings.expert_seconds));
 }
 
 void AttentionServer::WorkerLoop() {

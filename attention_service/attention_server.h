@@ -68,8 +68,8 @@ class AttentionServer final : public dmoe::v1::AttentionService::CallbackService
   AttentionEngine& engine_;
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Gauge* sequences_ = nullptr;
-  // Positions computed and the seconds spent on them, expert round trips excluded: an
-  // attention replica's own rate (`dmoe plan --attention-metrics`).
+  // Positions computed and the lane-seconds spent on them, expert round trips excluded: one
+  // micro-batch's rate (`dmoe plan --attention-metrics`).
   prometheus::Counter* positions_ = nullptr;
   prometheus::Counter* busy_seconds_ = nullptr;
   absl::Mutex mu_;

@@ -149,8 +149,9 @@ std::vector<MetricSpec> MakeCatalog() {
       {"dmoe_attention_positions_total", T::kCounter, "attention",
        "Positions (token slots) computed by successful Step calls, prefill included.", {}, {}},
       {"dmoe_attention_busy_seconds_total", T::kCounter, "attention",
-       "Seconds of successful Step calls spent on this replica's own work: the step's time "
-       "minus its wait for expert shards (positions / busy seconds is its rate).",
+       "Seconds of successful Step calls spent on this replica's own work, summed over its "
+       "micro-batches: each one's time minus its wait for expert shards (positions / busy "
+       "seconds is one micro-batch's rate).",
        {}, {}},
       // Expert shards (dmoe-expert).
       {"dmoe_expert_rows_total", T::kCounter, "expert",

@@ -54,7 +54,8 @@ absl::StatusOr<double> MeasuredShardRowsPerSecond(absl::string_view prometheus_t
 
 // Positions per second one attention replica computes on its own, from its Prometheus text
 // (summed over replicas): dmoe_attention_positions_total / dmoe_attention_busy_seconds_total
-// (busy: step time minus the wait for expert shards). NOT_FOUND when either is missing or 0.
+// (busy: lane-seconds of steps minus the micro-batches' waits for expert shards, so this is
+// one micro-batch's rate). NOT_FOUND when either is missing or 0.
 absl::StatusOr<double> MeasuredAttentionPositionsPerSecond(absl::string_view prometheus_text);
 
 // What moving one row costs beyond its compute, µs: the attention replicas' summed
