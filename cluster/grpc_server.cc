@@ -72,6 +72,7 @@ ShutdownSignals::ShutdownSignals() {
 int ShutdownSignals::Wait() {
   int signal_number = 0;
   sigwait(&signals_, &signal_number);
+  metrics::MarkServing(false);  // draining from here on: GET /health answers 503
   return signal_number;
 }
 

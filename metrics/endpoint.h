@@ -27,8 +27,9 @@ struct ProcessMetrics {
 // Makes a registry holding dmoe_info{role} = 1.
 ProcessMetrics NewProcessMetrics(const std::string& role, const std::string& model_version);
 
-// The process's gRPC server is up and serving (cluster::StartGrpcServer marks it): the
-// endpoint's GET /health answers 200 from then on, 503 before. Kubelet's gRPC probes speak
+// The process's gRPC server is up and serving (cluster::StartGrpcServer marks it; a shutdown
+// signal, which starts the drain, unmarks it): GET /health answers 200 while marked, 503
+// otherwise. Kubelet's gRPC probes speak
 // plaintext only, so on a TLS port this plaintext /health is what Kubernetes probes.
 void MarkServing(bool serving);
 
