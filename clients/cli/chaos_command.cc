@@ -168,7 +168,6 @@ class ChaosRun {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (flood.joinable()) flood.join();
-    load_end_ = Clock::now();
     // A process that exited by itself crashed (the killed ones were restarted).
     for (const ClusterProcess& p : cluster_.processes) {
       int status;
@@ -349,7 +348,6 @@ class ChaosRun {
   std::vector<std::string> kill_round_, pause_round_;
   std::atomic<bool> flooding_{false};
   FloodReport flood_;
-  Clock::time_point load_end_;
   std::vector<std::string> crashed_;
 };
 

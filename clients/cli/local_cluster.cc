@@ -172,14 +172,16 @@ std::string SelfBinDir() {
   return ec ? "." : self.parent_path().string();
 }
 
-// Records the addresses a process got and puts them into its command line in place of the
-// free-port requests, so RestartProcess brings it back where it was.
-void PinAddresses(ClusterProcess& p, const std::string& address, const std::string& metrics) {
+// Records the addresses a process got (`address`, and those its log reports: metrics, HTTP)
+// and puts them into its command line in place of the free-port requests, so RestartProcess
+// brings it back where it was.
+void PinAddresses(ClusterProcess& p, const std::string& address) {
   p.address = address;
-  p.metrics = metrics;
+  p.metrics = MetricsAddress(p.log);
   for (size_t i = 0; i + 1 < p.argv.size(); ++i) {
     if (p.argv[i] == "--listen") p.argv[i + 1] = address;
-    if (p.argv[i] == "--metrics-listen" && !metrics.empty()) p.argv[i + 1] = metrics;
+    if (p.argv[i] == "--metrics-listen" && !p.metrics.empty()) p.argv[i + 1] = p.metrics;
+    if (p.argv[i] == "--http-listen") p.argv[i + 1] = HttpAddress(p.log);
   }
 }
 
@@ -217,10 +219,9 @@ absl::StatusOr<ClusterProcess> StartPod(const LocalClusterOptions& o, LocalClust
   DMOE_ASSIGN_OR_RETURN(p.pid, Spawn(argv, p.log));
   p.argv = argv;
   cluster.processes.push_back(p);
-  DMOE_ASSIGN_OR_RETURN(p.address,
+  DMOE_ASSIGN_OR_RETURN(std::string address,
                         WaitListening(p.pid, name, p.log, absl::Now() + o.startup_timeout));
-  p.metrics = MetricsAddress(p.log);
-  PinAddresses(cluster.processes.back(), p.address, p.metrics);
+  PinAddresses(cluster.processes.back(), address);
   return cluster.processes.back();
 }
 
@@ -256,7 +257,7 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
   auto address = WaitListening(scheduler.pid, "scheduler", scheduler.log, deadline);
   if (!address.ok()) return fail(address.status());
   cluster.scheduler = *address;
-  PinAddresses(cluster.processes.back(), *address, MetricsAddress(scheduler.log));
+  PinAddresses(cluster.processes.back(), *address);
 
   for (int i = 0; i < o.routers; ++i) {
     // The first router takes --port and --http-port; the others free ports, no HTTP API.
@@ -280,15 +281,8 @@ absl::StatusOr<LocalCluster> StartLocalCluster(const LocalClusterOptions& o) {
     auto router_address = WaitListening(router.pid, router.name, router.log, deadline);
     if (!router_address.ok()) return fail(router_address.status());
     cluster.routers.push_back(*router_address);
-    PinAddresses(cluster.processes.back(), *router_address, MetricsAddress(router.log));
-    if (i == 0 && o.http_port >= 0) {
-      cluster.http = HttpAddress(router.log);
-      for (size_t a = 0; a + 1 < cluster.processes.back().argv.size(); ++a) {
-        if (cluster.processes.back().argv[a] == "--http-listen") {
-          cluster.processes.back().argv[a + 1] = cluster.http;
-        }
-      }
-    }
+    PinAddresses(cluster.processes.back(), *router_address);
+    if (i == 0 && o.http_port >= 0) cluster.http = HttpAddress(router.log);
   }
   cluster.router = cluster.routers.front();
 

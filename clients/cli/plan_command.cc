@@ -120,9 +120,22 @@ struct ResolvedRates {
 
 absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
                                            const scheduler::TokenCosts& costs) {
+  // Each metrics source is read once: every rate derived from it comes from one snapshot
+  // (and a live pod is scraped once, not once per rate).
+  std::string attention_text, shard_text, scheduler_text;
+  if (!f.attention_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(attention_text, ReadAll(f.attention_metrics));
+  }
+  if (!f.shard_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(shard_text, ReadAll(f.shard_metrics));
+  }
+  if (!f.scheduler_metrics.empty()) {
+    DMOE_ASSIGN_OR_RETURN(scheduler_text, ReadAll(f.scheduler_metrics));
+  }
+
   ResolvedRates resolved;
   scheduler::CapacityRates& rates = resolved.rates;
-  std::string forwards_source = "--forwards-per-token";
+  resolved.forwards_source = "--forwards-per-token";
   rates.forwards_per_token = f.forwards_per_token;
   if (rates.forwards_per_token <= 0 && !f.bench_json.empty()) {
     DMOE_ASSIGN_OR_RETURN(std::string text, ReadSource(f.bench_json));
@@ -134,35 +147,34 @@ absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
           f.bench_json, ": not a dmoe bench --json report with forwards and generated_tokens"));
     }
     rates.forwards_per_token = j["forwards"].get<double>() / j["generated_tokens"].get<double>();
-    forwards_source = f.bench_json;
+    resolved.forwards_source = f.bench_json;
   }
   if (rates.forwards_per_token <= 0) {
     rates.forwards_per_token = 1;
-    forwards_source = "default (one token per forward)";
+    resolved.forwards_source = "default (one token per forward)";
   }
-  std::string attention_source = "--attention-positions-per-s";
+  resolved.attention_source = "--attention-positions-per-s";
   rates.attention_positions_per_s = f.attention_positions_per_s;
-  if (rates.attention_positions_per_s <= 0 && !f.attention_metrics.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::string text, ReadAll(f.attention_metrics));
+  if (rates.attention_positions_per_s <= 0 && !attention_text.empty()) {
     DMOE_ASSIGN_OR_RETURN(rates.attention_positions_per_s,
-                          scheduler::MeasuredAttentionPositionsPerSecond(text));
-    attention_source =
+                          scheduler::MeasuredAttentionPositionsPerSecond(attention_text));
+    resolved.attention_source =
         "measured: dmoe_attention_positions_total / dmoe_attention_busy_seconds_total";
   }
   if (rates.attention_positions_per_s <= 0 && f.gflops > 0) {
     rates.attention_positions_per_s = f.gflops * 1e9 / costs.attention_flops;
-    attention_source = absl::StrFormat("--gflops %g", f.gflops);
+    resolved.attention_source = absl::StrFormat("--gflops %g", f.gflops);
   }
-  std::string shard_source = "--shard-rows-per-s";
+  resolved.shard_source = "--shard-rows-per-s";
   rates.shard_rows_per_s = f.shard_rows_per_s;
-  if (rates.shard_rows_per_s <= 0 && !f.shard_metrics.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::string text, ReadAll(f.shard_metrics));
-    DMOE_ASSIGN_OR_RETURN(rates.shard_rows_per_s, scheduler::MeasuredShardRowsPerSecond(text));
-    shard_source = "measured: dmoe_expert_rows_total / dmoe_expert_busy_seconds_total";
+  if (rates.shard_rows_per_s <= 0 && !shard_text.empty()) {
+    DMOE_ASSIGN_OR_RETURN(rates.shard_rows_per_s,
+                          scheduler::MeasuredShardRowsPerSecond(shard_text));
+    resolved.shard_source = "measured: dmoe_expert_rows_total / dmoe_expert_busy_seconds_total";
   }
   if (rates.shard_rows_per_s <= 0 && f.gflops > 0) {
     rates.shard_rows_per_s = f.gflops * 1e9 / costs.expert_row_flops;
-    shard_source = absl::StrFormat("--gflops %g", f.gflops);
+    resolved.shard_source = absl::StrFormat("--gflops %g", f.gflops);
   }
   if (rates.attention_positions_per_s <= 0) {
     return absl::InvalidArgumentError(
@@ -174,22 +186,18 @@ absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
   }
   rates.dispatch_ms = f.dispatch_ms;
   rates.dispatch_us_per_row = std::max(0.0, f.dispatch_us_per_row);
-  std::string dispatch_source = f.dispatch_us_per_row >= 0 ? "--dispatch-us-per-row" : "default";
-  if (f.dispatch_us_per_row < 0 && !f.attention_metrics.empty() && !f.shard_metrics.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::string attention, ReadAll(f.attention_metrics));
-    DMOE_ASSIGN_OR_RETURN(std::string experts, ReadAll(f.shard_metrics));
+  resolved.dispatch_source = f.dispatch_us_per_row >= 0 ? "--dispatch-us-per-row" : "default";
+  if (f.dispatch_us_per_row < 0 && !attention_text.empty() && !shard_text.empty()) {
     DMOE_ASSIGN_OR_RETURN(rates.dispatch_us_per_row,
-                          scheduler::MeasuredDispatchMicrosPerRow(attention, experts));
-    dispatch_source = "measured: (dispatch round trips - expert compute) / rows";
+                          scheduler::MeasuredDispatchMicrosPerRow(attention_text, shard_text));
+    resolved.dispatch_source = "measured: (dispatch round trips - expert compute) / rows";
   }
   rates.step_overhead_ms = std::max(0.0, f.step_overhead_ms);
-  std::string step_source = f.step_overhead_ms >= 0 ? "--step-overhead-ms" : "default";
-  if (f.step_overhead_ms < 0 && !f.scheduler_metrics.empty() && !f.attention_metrics.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::string scheduler, ReadAll(f.scheduler_metrics));
-    DMOE_ASSIGN_OR_RETURN(std::string attention, ReadAll(f.attention_metrics));
+  resolved.step_source = f.step_overhead_ms >= 0 ? "--step-overhead-ms" : "default";
+  if (f.step_overhead_ms < 0 && !scheduler_text.empty() && !attention_text.empty()) {
     DMOE_ASSIGN_OR_RETURN(rates.step_overhead_ms,
-                          scheduler::MeasuredStepOverheadMs(scheduler, attention));
-    step_source = "measured: scheduler iteration - attention step";
+                          scheduler::MeasuredStepOverheadMs(scheduler_text, attention_text));
+    resolved.step_source = "measured: scheduler iteration - attention step";
   }
   rates.positions_per_token = f.positions_per_token;
   rates.shared_cores = f.shared_cores;
@@ -200,11 +208,6 @@ absl::StatusOr<ResolvedRates> ResolveRates(const PlanFlags& f,
   rates.imbalance_bound = f.imbalance_bound;
   rates.max_shards = f.max_shards;
   DMOE_RETURN_IF_ERROR(rates.Validate());
-  resolved.forwards_source = forwards_source;
-  resolved.attention_source = attention_source;
-  resolved.shard_source = shard_source;
-  resolved.dispatch_source = dispatch_source;
-  resolved.step_source = step_source;
   return resolved;
 }
 
