@@ -694,7 +694,8 @@ absl::StatusOr<std::vector<engine::Proposal>> Scheduler::ExecuteBatch(Batch& bat
     }
     DMOE_LOG(WARNING) << "step " << report.step << ": " << proposals.status().message()
                       << "; re-prefilling " << lost << " of " << batch.entries.size()
-                      << " sequence(s), retrying " << redo.size();
+                      << " sequence(s), retrying " << redo.size()
+                      << (partial ? "" : " (no per-sequence outcome: all re-prefill)");
     pending = std::move(redo);
     std::vector<SequenceStep> steps;
     for (size_t j : pending) steps.push_back(batch.steps[j]);
