@@ -1,16 +1,21 @@
 #include "router/generation_proxy.h"
 
+#include <algorithm>
 #include <atomic>
+#include <optional>
 #include <set>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/auth/authorize.h"
 #include "common/grpc_status.h"
 #include "common/internal_credentials.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
+#include "router/stream_relay.h"
 
 namespace dmoe::router {
 namespace {
@@ -32,118 +37,107 @@ std::string ClientKey(const grpc::CallbackServerContext* context, const Request&
 // The caller's authorization metadata goes on to the backend, so a scheduler with its own
 // --api-keys sees the same key.
 void ForwardAuthorization(const grpc::CallbackServerContext& from, grpc::ClientContext& to) {
-  const auto& metadata = from.client_metadata();
-  auto it = metadata.find(auth::kAuthorizationMetadata);
-  if (it != metadata.end()) {
-    to.AddMetadata(auth::kAuthorizationMetadata, std::string(it->second.data(), it->second.size()));
-  }
+  const std::string authorization = CallerAuthorization(from);
+  if (!authorization.empty()) to.AddMetadata(auth::kAuthorizationMetadata, authorization);
+}
+
+// A Generate call without a request id gets one here, so that a re-attach after a lost
+// scheduler names the same request (a journalling scheduler de-duplicates by id).
+std::string NewRequestId() {
+  static std::atomic<uint64_t> counter{0};
+  static const uint64_t process = absl::Uniform<uint64_t>(absl::BitGen());
+  return absl::StrCat("router-", absl::Hex(process, absl::kZeroPad16), "-",
+                      counter.fetch_add(1, std::memory_order_relaxed));
 }
 
 // The request as the backend gets it: the router has resolved model.version to a backend,
-// whose own version label may differ (or be empty), so the field is not passed on.
+// whose own version label may differ (or be empty), so the field is not passed on; and a
+// Generate request has a request id.
 template <typename Request>
 std::shared_ptr<const Request> ForBackend(const Request* request) {
-  if (request->model().version().empty()) {
+  bool needs_id = false;
+  if constexpr (requires { request->request_id(); }) needs_id = request->request_id().empty();
+  if (request->model().version().empty() && !needs_id) {
     return std::shared_ptr<const Request>(request, [](const Request*) {});  // not owned
   }
   auto copy = std::make_shared<Request>(*request);
   copy->mutable_model()->clear_version();
+  if constexpr (requires { copy->set_request_id(""); }) {
+    if (needs_id) copy->set_request_id(NewRequestId());
+  }
   return copy;
 }
 
-// Relays the backend's stream without a thread of its own: a ClientReadReactor on the
-// backend's async() stub chained to this ServerWriteReactor. One event buffer, owned in turn:
-// a backend read fills it, a caller write sends it, and only when that write is done is the
-// next backend message read (flow control: a slow caller slows its backend stream, and the
-// router holds one event per stream). Cancellation goes both ways: the caller's cancel (or a
-// failed write) cancels the backend call, and the backend's status (errors, the propagated
-// deadline's DEADLINE_EXCEEDED) is the caller's.
-//
-// The steps are strictly sequential, each started by the previous one's reaction:
-//   StartRead -> OnBackendRead(ok) -> StartWrite -> OnWriteDone(ok) -> StartRead -> ...
-// ending in OnBackendRead(false) (the backend stream ended) or OnWriteDone(false) (the caller
-// is gone), either of which removes the hold on the backend call, so that its OnDone(Status)
-// comes only when no step is in flight; it finishes the caller. The reads are started from a
-// server reaction, outside the backend's own reactions: that is what the hold is for. Two
-// reactions end the object (the backend's OnDone and the caller's); the second deletes it.
-class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
+// One forwarded unary call and its re-attach tries (StreamRelay's, for a whole response):
+// owned by the completions and alarms in flight, freed after the last.
+template <typename Request, typename Response>
+class UnaryForward final : public std::enable_shared_from_this<UnaryForward<Request, Response>> {
  public:
-  // `done` runs once with the backend's final status, before the caller sees it.
-  StreamRelay(dmoe::v1::Generation::Stub* stub, grpc::CallbackServerContext* context,
-              dmoe::v1::GenerateRequest request, std::string version,
-              std::function<void(const grpc::Status&)> done, auth::Admission admission)
-      : version_(std::move(version)),
-        done_(std::move(done)),
+  using AsyncCall = std::function<void(dmoe::v1::Generation::Stub*, grpc::ClientContext*,
+                                       const Request*, Response*,
+                                       std::function<void(grpc::Status)>)>;
+  UnaryForward(grpc::CallbackServerContext* caller, dmoe::v1::Generation::Stub* stub,
+               std::shared_ptr<const Request> request, Response* response, AsyncCall call,
+               const ReattachOptions& reattach, std::function<void()> on_reattach,
+               std::function<void(grpc::Status)> done)
+      : caller_(caller),
+        stub_(stub),
+        authorization_(CallerAuthorization(*caller)),
         request_(std::move(request)),
-        backend_(this),
-        admission_(std::move(admission)) {
-    client_.set_deadline(context->deadline());
-    ForwardAuthorization(*context, client_);
-    stub->async()->GenerateStream(&client_, &request_, &backend_);
-    backend_.StartRead(&event_);
-    backend_.AddHold();
-    backend_.StartCall();
-  }
+        response_(response),
+        call_(std::move(call)),
+        backoff_(reattach),
+        on_reattach_(std::move(on_reattach)),
+        done_(std::move(done)) {}
 
-  void OnWriteDone(bool ok) override {
-    if (ok) {
-      backend_.StartRead(&event_);
+  void Start() {
+    if (caller_->IsCancelled()) {
+      done_(grpc::Status(grpc::StatusCode::CANCELLED, "the caller cancelled"));
       return;
     }
-    client_.TryCancel();  // the caller is gone: end the backend call too
-    backend_.RemoveHold();
+    response_->Clear();
+    tries_.push_back(std::make_unique<grpc::ClientContext>());
+    grpc::ClientContext& client = *tries_.back();
+    client.set_deadline(caller_->deadline());
+    if (!authorization_.empty()) client.AddMetadata(auth::kAuthorizationMetadata, authorization_);
+    call_(stub_, &client, request_.get(), response_,
+          [self = this->shared_from_this()](grpc::Status status) { self->OnBackendDone(status); });
   }
-  void OnCancel() override { client_.TryCancel(); }
-  void OnDone() override { Release(); }
 
  private:
-  // The backend half: its reactions hand over to the relay.
-  class BackendReader final : public grpc::ClientReadReactor<dmoe::v1::GenerateStreamResponse> {
-   public:
-    explicit BackendReader(StreamRelay* relay) : relay_(relay) {}
-    void OnReadDone(bool ok) override { relay_->OnBackendRead(ok); }
-    void OnDone(const grpc::Status& status) override { relay_->OnBackendDone(status); }
-
-   private:
-    StreamRelay* const relay_;
-  };
-
-  // ok: a backend event is in event_; send it on. !ok: the backend stream has ended (or
-  // failed); its OnDone follows with the status.
-  void OnBackendRead(bool ok) {
-    if (!ok) {
-      backend_.RemoveHold();
+  void OnBackendDone(const grpc::Status& status) {
+    std::optional<absl::Duration> wait =
+        backoff_.Next(status, absl::FromChrono(caller_->deadline()));
+    if (!wait || caller_->IsCancelled()) {
+      done_(status);
       return;
     }
-    if (event_.has_final()) {
-      event_.mutable_final()->mutable_model()->set_version(version_);
-      admission_.AddTokens(event_.final().stats().prompt_tokens() +
-                           event_.final().stats().generated_tokens());
-    }
-    StartWrite(&event_);
+    DMOE_LOG(WARNING) << "the scheduler call was lost (" << status.error_message()
+                      << "); trying again in " << absl::FormatDuration(*wait);
+    on_reattach_();
+    // The alarm's callback holds no reference (this object owns the alarm: that would be a
+    // cycle); waiting_ keeps it alive until the alarm fires.
+    waiting_ = this->shared_from_this();
+    alarms_.push_back(std::make_unique<grpc::Alarm>());
+    alarms_.back()->Set(absl::ToChronoTime(absl::Now() + *wait), [this](bool) {
+      std::shared_ptr<UnaryForward> self = std::move(waiting_);
+      self->Start();
+    });
   }
 
-  void OnBackendDone(const grpc::Status& status) {
-    admission_ = auth::Admission();  // the slot is free before the caller sees the end
-    done_(status);
-    Finish(status);
-    Release();
-  }
-
-  void Release() {
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
-  const std::string version_;
-  const std::function<void(const grpc::Status&)> done_;
-  const dmoe::v1::GenerateRequest request_;  // what the backend call sends
-  BackendReader backend_;
-  auth::Admission admission_;  // the tenant's stream slot, until the caller is finished
-  grpc::ClientContext client_;
-  // The one event in flight: filled by a backend read, then sent by a caller write, never
-  // both at once.
-  dmoe::v1::GenerateStreamResponse event_;
-  std::atomic<int> pending_{2};  // OnDone reactions still to come: the caller's, the backend's
+  grpc::CallbackServerContext* const caller_;  // valid until done_ finishes the caller
+  dmoe::v1::Generation::Stub* const stub_;
+  const std::string authorization_;
+  const std::shared_ptr<const Request> request_;
+  Response* const response_;
+  const AsyncCall call_;
+  ReattachBackoff backoff_;
+  const std::function<void()> on_reattach_;
+  const std::function<void(grpc::Status)> done_;
+  // One context per try, one alarm per wait: only one try or wait is in flight at a time.
+  std::vector<std::unique_ptr<grpc::ClientContext>> tries_;
+  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;
+  std::shared_ptr<UnaryForward> waiting_;  // set while an alarm is pending
 };
 
 }  // namespace
@@ -158,6 +152,11 @@ absl::Status GenerationProxyOptions::Validate() const {
   }
   if (list_models_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("list_models_timeout must be > 0");
+  }
+  if (reattach.timeout < absl::ZeroDuration() || reattach.initial_backoff <= absl::ZeroDuration() ||
+      reattach.max_backoff < reattach.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "reattach: timeout must be >= 0, initial_backoff > 0 and max_backoff >= initial_backoff");
   }
   return absl::OkStatus();  // versions, split and stable: TrafficSplitOptions::Validate
 }
@@ -175,6 +174,14 @@ absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
   DMOE_ASSIGN_OR_RETURN(proxy->split_, TrafficSplit::Create(split_options));
   proxy->options_ = options;
   std::map<std::string, std::string> addresses;
+  // gRPC's own reconnect backoff (1 s growing to 120 s) would keep a restarted scheduler
+  // unreachable long after it is back; the re-attach tries set the pace instead.
+  grpc::ChannelArguments channel_args;
+  const int max_backoff_ms = static_cast<int>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(options.reattach.max_backoff), 100, 60'000));
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
   for (const VersionBackend& b : options.backends) {
     addresses[b.version] = b.address;
     proxy->backends_[b.version] = Backend{
@@ -183,7 +190,7 @@ absl::StatusOr<std::unique_ptr<GenerationProxy>> GenerationProxy::Create(
             CreateChannelAs(b.address,
                             options.backend_credentials ? options.backend_credentials
                                                         : grpc::InsecureChannelCredentials(),
-                            options.backend_server_name))};
+                            options.backend_server_name, channel_args))};
   }
   if (options.registry) {
     proxy->metrics_ = std::make_unique<RouterMetrics>(*options.registry, split_options.versions);
@@ -225,27 +232,29 @@ grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerCont
     reactor->Finish(ToGrpcStatus(version.status()));
     return reactor;
   }
-  auto client = std::make_shared<grpc::ClientContext>();
-  client->set_deadline(context->deadline());
-  ForwardAuthorization(*context, *client);
   std::shared_ptr<const Request> forwarded = ForBackend(request);
   const absl::Time start = absl::Now();
-  call(backends_.at(*version).stub.get(), client.get(), forwarded.get(), response,
-       [this, reactor, client, forwarded, response, version = *version, start,
-        admission](grpc::Status status) {
-         if constexpr (requires { response->mutable_model(); }) {
-           if (status.ok()) response->mutable_model()->set_version(version);
-           admission->AddTokens(response->stats().prompt_tokens() +
-                                response->stats().generated_tokens());
-         } else {
-           (void)response;  // TokenizeResponse names no model
-         }
-         // Before Finish: a caller that starts its next call once this one returns must find
-         // the stream slot free.
-         *admission = auth::Admission();
-         OnCallDone(version, start, status);
-         reactor->Finish(status);
-       });
+  auto forward = std::make_shared<UnaryForward<Request, Response>>(
+      context, backends_.at(*version).stub.get(), std::move(forwarded), response,
+      std::forward<AsyncCall>(call), options_.reattach,
+      [this, version = *version] {
+        if (metrics_) metrics_->RecordReattach(version);
+      },
+      [this, reactor, response, version = *version, start, admission](grpc::Status status) {
+        if constexpr (requires { response->mutable_model(); }) {
+          if (status.ok()) response->mutable_model()->set_version(version);
+          admission->AddTokens(response->stats().prompt_tokens() +
+                               response->stats().generated_tokens());
+        } else {
+          (void)response;  // TokenizeResponse names no model
+        }
+        // Before Finish: a caller that starts its next call once this one returns must find
+        // the stream slot free.
+        *admission = auth::Admission();
+        OnCallDone(version, start, status);
+        reactor->Finish(status);
+      });
+  forward->Start();
   return reactor;
 }
 
@@ -276,15 +285,18 @@ grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerationProxy::Gen
   absl::StatusOr<std::string> version =
       split_->Pick(ClientKey(context, *request), request->model().version());
   if (!version.ok()) return new Refusal(ToGrpcStatus(version.status()));
-  dmoe::v1::GenerateRequest forwarded = *request;
-  forwarded.mutable_model()->clear_version();
   const absl::Time start = absl::Now();
-  return new StreamRelay(backends_.at(*version).stub.get(), context, std::move(forwarded),
-                         *version,
-                         [this, version = *version, start](const grpc::Status& s) {
-                           OnCallDone(version, start, s);
-                         },
-                         *std::move(admitted));
+  return StartStreamRelay(
+      context, *ForBackend(request),
+      {.stub = backends_.at(*version).stub.get(),
+       .version = *version,
+       .reattach = options_.reattach,
+       .done = [this, version = *version,
+                start](const grpc::Status& s) { OnCallDone(version, start, s); },
+       .on_reattach = [this, version = *version] {
+         if (metrics_) metrics_->RecordReattach(version);
+       }},
+      *std::move(admitted));
 }
 
 grpc::ServerUnaryReactor* GenerationProxy::ListModels(grpc::CallbackServerContext* context,

@@ -23,6 +23,7 @@
 #include "router/canary_policy.h"
 #include "router/router_admin_service.h"
 #include "router/router_metrics.h"
+#include "router/stream_relay.h"
 #include "router/traffic_split.h"
 
 namespace dmoe::router {
@@ -53,6 +54,11 @@ struct GenerationProxyOptions {
   // ListModels asks every backend; this bounds the wait when the caller set no deadline
   // (a stopped backend must not hang model discovery). > 0.
   absl::Duration list_models_timeout = absl::Seconds(5);
+  // A scheduler lost in the middle of a call (UNAVAILABLE) is called again with the same
+  // request id (the router makes one up when the caller gave none) and, for streams, the
+  // offset the caller has (router/stream_relay.h): callers see no error when a journalling
+  // scheduler restarts. timeout zero: off.
+  ReattachOptions reattach = {};
   // API keys (docs/security.md): every Generation call needs a key, RouterAdmin an admin key.
   // Not owned; must outlive the proxy. Null: no authentication.
   auth::ApiKeys* api_keys = nullptr;

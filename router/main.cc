@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   std::string backend, model_version = "v1", split, stable, listen = "127.0.0.1:0";
   std::string metrics_listen, http_listen, api_keys_file;
   std::vector<std::string> version_backends;
-  double drain_seconds = 30;
+  double drain_seconds = 30, reattach_timeout_seconds = 30;
   dmoe::router::CanaryPolicyOptions rollback;
   double window_seconds = 60, latency_p95_seconds = 0;
   auto* single = app.add_option("--backend", backend,
@@ -59,6 +59,12 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port; port 0 picks a free port")->capture_default_str();
   app.add_option("--drain-seconds", drain_seconds, "Time calls in flight get on SIGTERM")
       ->capture_default_str();
+  app.add_option("--reattach-timeout-s", reattach_timeout_seconds,
+                 "How long a call whose scheduler was lost keeps trying to re-attach to it (same "
+                 "request id, resumed at the offset the caller has); 0: the loss is the "
+                 "caller's error")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--http-listen", http_listen,
                  "host:port of the OpenAI-compatible HTTP API (docs/http-api.md); empty: none");
   app.add_option("--metrics-listen", metrics_listen,
@@ -104,6 +110,7 @@ int main(int argc, char** argv) {
   rollback.window = absl::Seconds(window_seconds);
   rollback.max_latency_p95 = absl::Seconds(latency_p95_seconds);
   options.rollback = rollback;
+  options.reattach.timeout = absl::Seconds(reattach_timeout_seconds);
   dmoe::cluster::ShutdownSignals signals;  // before any thread starts
 
   // The process's registry and /metrics (dmoe_info and the gRPC handled counter carry the

@@ -27,13 +27,16 @@ RouterMetrics::RouterMetrics(prometheus::Registry& registry,
       weight_(Register(prometheus::BuildGauge(), registry, "dmoe_canary_weight_percent",
                        metrics::MetricType::kGauge)),
       rollbacks_(Register(prometheus::BuildCounter(), registry, "dmoe_canary_rollbacks_total",
-                          metrics::MetricType::kCounter)) {
+                          metrics::MetricType::kCounter)),
+      reattaches_(Register(prometheus::BuildCounter(), registry, "dmoe_router_reattaches_total",
+                           metrics::MetricType::kCounter)) {
   const prometheus::Histogram::BucketBoundaries buckets =
       metrics::Spec("dmoe_router_request_duration_seconds").buckets;
   for (const std::string& v : versions) {
     duration_by_version_[v] = &duration_.Add({{"model_version", v}}, buckets);
     weight_by_version_[v] = &weight_.Add({{"model_version", v}});
     rollbacks_by_version_[v] = &rollbacks_.Add({{"model_version", v}});
+    reattaches_by_version_[v] = &reattaches_.Add({{"model_version", v}});
   }
 }
 
@@ -56,6 +59,11 @@ void RouterMetrics::PublishSplit(const SplitSnapshot& split) {
 void RouterMetrics::RecordRollback(const std::string& version) {
   auto it = rollbacks_by_version_.find(version);
   if (it != rollbacks_by_version_.end()) it->second->Increment();
+}
+
+void RouterMetrics::RecordReattach(const std::string& version) {
+  auto it = reattaches_by_version_.find(version);
+  if (it != reattaches_by_version_.end()) it->second->Increment();
 }
 
 }  // namespace dmoe::router

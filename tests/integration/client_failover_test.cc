@@ -224,6 +224,73 @@ TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheClientReattachesThroughIt)
   EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
 }
 
+// The router itself re-attaches (router/stream_relay.h): a client that never retries streams
+// through it while the server behind it is SIGKILLed and restarted on its journal and port,
+// and sees one unbroken stream with the fault-free ids. The router counts its tries.
+TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheRouterReattachesAClientThatNeverRetries) {
+  const std::string journal = tmp_.Join("scheduler.journal");
+  auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
+  const std::string address = WaitListening(*serve);
+  ASSERT_FALSE(address.empty());
+  Child router(RouterArgv(address));
+  const std::string router_address = WaitListening(router);
+  ASSERT_FALSE(router_address.empty());
+  const Streamed reference = Reference(address);
+
+  client::ClientOptions options{.target = router_address};
+  options.timeout = absl::Seconds(50);  // RetryPolicy's default: one try, never retried
+  auto client = client::GenerationClient::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const Streamed got = Stream(**client, Request("router-reattaches"), [&] {
+    EXPECT_EQ(serve->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+    serve = std::make_unique<Child>(ServeArgv(journal, address));
+    EXPECT_EQ(WaitListening(*serve), address);
+  });
+  ExpectSame(got, reference);
+
+  // A unary Generate sent while the server is down completes once it is back.
+  EXPECT_EQ(serve->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+  std::thread restart([&] {
+    absl::SleepFor(absl::Milliseconds(500));
+    serve = std::make_unique<Child>(ServeArgv(journal, address));
+    EXPECT_EQ(WaitListening(*serve), address);
+  });
+  absl::StatusOr<dmoe::v1::GenerateResponse> unary =
+      (*client)->Generate(Request("router-retries-unary"));
+  restart.join();
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  EXPECT_EQ(std::vector<int32_t>(unary->ids().begin(), unary->ids().end()), reference.ids);
+
+  // Its log says what happened.
+  EXPECT_EQ(router.SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  std::string log, line;
+  while (!(line = router.ReadLine(absl::Seconds(1))).empty()) log += line + "\n";
+  EXPECT_NE(log.find("re-attaching at offset"), std::string::npos) << log;
+  EXPECT_NE(log.find("trying again"), std::string::npos) << log;
+  EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+}
+
+// With --reattach-timeout-s 0 the loss is the caller's error, as before.
+TEST_F(ClientFailoverTest, RouterWithoutReattachRelaysTheLoss) {
+  Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));
+  const std::string address = WaitListening(serve);
+  ASSERT_FALSE(address.empty());
+  Child router({"/bin/sh", "-c",
+                absl::StrCat("exec '", BinDir(), "/dmoe-router' --backend ", address,
+                             " --reattach-timeout-s 0 --listen 127.0.0.1:0 2>&1")});
+  const std::string router_address = WaitListening(router);
+  ASSERT_FALSE(router_address.empty());
+  client::ClientOptions options{.target = router_address};
+  options.timeout = absl::Seconds(50);
+  auto client = client::GenerationClient::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const Streamed got = Stream(**client, Request("no-reattach"), [&] {
+    EXPECT_EQ(serve.SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+  });
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable) << got.status;
+  EXPECT_EQ(router.SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+}
+
 // `dmoe client` wiring: --fallback-target is where a call goes when --server is down.
 TEST_F(ClientFailoverTest, DmoeClientGoesToTheFallbackTargetWhenTheServerIsDown) {
   Child serve(ServeArgv(tmp_.Join("scheduler.journal"), "127.0.0.1:0"));

@@ -1,0 +1,71 @@
+// The router's relay of one GenerateStream call to a scheduler, on gRPC's callback threads
+// (no thread per stream), re-attaching to the scheduler when the backend stream is lost.
+#ifndef DMOE_ROUTER_STREAM_RELAY_H_
+#define DMOE_ROUTER_STREAM_RELAY_H_
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/time/time.h"
+#include "common/auth/authorize.h"
+#include "grpcpp/alarm.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/dmoe/v1/generation.grpc.pb.h"
+
+namespace dmoe::router {
+
+// When a backend call fails with UNAVAILABLE (the scheduler died, restarted or is draining)
+// before the caller has its final event, the router calls again with the same request id and
+// resume_from_offset = the ids already relayed: a journalling scheduler re-attaches the
+// request where it is (docs/reliability.md), any other starts it again and skips what the
+// caller has. The caller sees one unbroken stream.
+struct ReattachOptions {
+  // How long the router keeps trying after a loss, from the first failed try of a streak
+  // (bounded by the caller's deadline too). Zero: the loss is the caller's error.
+  absl::Duration timeout = absl::Seconds(30);
+  // Wait before a try, doubling per failed try up to max_backoff.
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+  bool enabled() const { return timeout > absl::ZeroDuration(); }
+};
+
+// The waits of one call's re-attach tries: a streak of failed tries starts at the first and
+// ends when a try reaches the scheduler (Reset).
+class ReattachBackoff {
+ public:
+  explicit ReattachBackoff(const ReattachOptions& options) : options_(options) {}
+  // The wait before the next try after a try ended with `status`, or nullopt when that is
+  // the caller's outcome (not UNAVAILABLE, re-attach off, or past the timeout or `deadline`).
+  std::optional<absl::Duration> Next(const grpc::Status& status, absl::Time deadline);
+  void Reset() { lost_since_.reset(); }
+
+ private:
+  const ReattachOptions options_;
+  std::optional<absl::Time> lost_since_;  // the first failed try of the current streak
+  int tries_ = 0;                         // failed tries in the streak
+};
+
+struct StreamRelayOptions {
+  dmoe::v1::Generation::Stub* stub = nullptr;  // the picked version's scheduler; not owned
+  std::string version;                          // set on the final event's model.version
+  ReattachOptions reattach = {};
+  // Runs once with the call's final status, before the caller sees it.
+  std::function<void(const grpc::Status&)> done = nullptr;
+  // Runs before each re-attach try (metrics); may be null.
+  std::function<void()> on_reattach = nullptr;
+};
+
+// The caller's authorization metadata ("" when none): it goes on to the backend, so a
+// scheduler with its own --api-keys sees the same key.
+std::string CallerAuthorization(const grpc::CallbackServerContext& context);
+
+// Starts relaying `request` (its request_id set: re-attaching needs it) for the caller of
+// `context`; the returned reactor deletes itself when both sides are done.
+grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* StartStreamRelay(
+    grpc::CallbackServerContext* context, dmoe::v1::GenerateRequest request,
+    StreamRelayOptions options, auth::Admission admission);
+
+}  // namespace dmoe::router
+
+#endif  // DMOE_ROUTER_STREAM_RELAY_H_
