@@ -7,6 +7,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/internal_credentials.h"
 #include "common/status_macros.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
 
 namespace dmoe::auth {
 namespace {
@@ -20,6 +23,30 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
     return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not PEM"));
   }
   return text.str();
+}
+
+// Watches the files: gRPC's FileWatcherCertificateProvider re-reads them every
+// reload_seconds on a thread of its own (a half-written file is skipped until it parses).
+std::shared_ptr<grpc::experimental::CertificateProviderInterface> FileWatcher(
+    const TlsOptions& options) {
+  const auto interval = static_cast<unsigned int>(options.reload_seconds);
+  if (options.cert_file.empty()) {
+    return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(options.ca_file,
+                                                                                interval);
+  }
+  return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      options.key_file, options.cert_file, options.ca_file, interval);
+}
+
+// Reads every file once, so a missing or non-PEM one is a clear error at start (the watcher
+// would only log it).
+absl::Status CheckFiles(const TlsOptions& options) {
+  for (const auto& [path, flag] : {std::pair{&options.ca_file, "--tls-ca"},
+                                   std::pair{&options.key_file, "--tls-key"},
+                                   std::pair{&options.cert_file, "--tls-cert"}}) {
+    if (!path->empty()) DMOE_RETURN_IF_ERROR(ReadPem(*path, flag).status());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -43,6 +70,12 @@ void AddTlsFlags(CLI::App& app, TlsOptions& options) {
   app.add_option("--tls-key", options.key_file, "PEM private key of --tls-cert");
   app.add_option("--tls-ca", options.ca_file,
                  "PEM CA that signs the cluster's certificates (peers are verified against it)");
+  app.add_option("--tls-reload-seconds", options.reload_seconds,
+                 "Re-read --tls-cert, --tls-key and --tls-ca this often: a rotated certificate "
+                 "(e.g. a renewed Kubernetes Secret) serves new connections without a restart; "
+                 "0: read once")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--tls-server-name", options.server_name,
                  "Check internal peers' certificates as this name instead of the address "
                  "dialled (one certificate for every pod, e.g. from a Kubernetes Secret)");
@@ -52,10 +85,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const TlsOptions& options, ClientCertificates client_certificates) {
   if (!options.enabled()) return grpc::InsecureServerCredentials();
   DMOE_RETURN_IF_ERROR(options.Validate());
-  grpc::SslServerCredentialsOptions ssl(
+  const grpc_ssl_client_certificate_request_type request_type =
       client_certificates == ClientCertificates::kRequired
           ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+  if (options.reload_seconds > 0) {
+    DMOE_RETURN_IF_ERROR(CheckFiles(options));
+    grpc::experimental::TlsServerCredentialsOptions tls(FileWatcher(options));
+    tls.watch_identity_key_cert_pairs();
+    if (client_certificates == ClientCertificates::kRequired) tls.watch_root_certs();
+    tls.set_cert_request_type(request_type);
+    return grpc::experimental::TlsServerCredentials(tls);
+  }
+  grpc::SslServerCredentialsOptions ssl(request_type);
   DMOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.ca_file, "--tls-ca"));
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
   DMOE_ASSIGN_OR_RETURN(pair.private_key, ReadPem(options.key_file, "--tls-key"));
@@ -68,7 +110,14 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const TlsOptions& options) {
   if (!options.enabled()) return grpc::InsecureChannelCredentials();
   DMOE_RETURN_IF_ERROR(options.Validate());
-  return CallerCredentials(options);
+  if (options.reload_seconds <= 0) return CallerCredentials(options);
+  DMOE_RETURN_IF_ERROR(CheckFiles(options));
+  grpc::experimental::TlsChannelCredentialsOptions tls;
+  tls.set_certificate_provider(FileWatcher(options));
+  tls.watch_root_certs();
+  tls.watch_identity_key_cert_pairs();
+  tls.set_verify_server_certs(true);
+  return grpc::experimental::TlsCredentials(tls);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CallerCredentials(

@@ -32,6 +32,9 @@ struct TlsOptions {
   // Internal calls check the peer's certificate as this name instead of the address dialled
   // (one certificate for every pod; Kubernetes pod IPs are not known when it is issued).
   std::string server_name;
+  // Servers and internal clients re-read the three files this often (a rotated Kubernetes
+  // Secret takes effect without a restart; new handshakes use it); 0: read once at start.
+  int reload_seconds = 60;
 
   bool enabled() const { return !cert_file.empty() || !key_file.empty() || !ca_file.empty(); }
   // INVALID_ARGUMENT naming the flag: a server needs a certificate and key; mutual TLS and
@@ -52,7 +55,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const TlsOptions& options, ClientCertificates client_certificates);
 
 // What an internal client presents: plaintext when !options.enabled(), otherwise TLS verified
-// against ca_file with cert_file/key_file as the client certificate.
+// against ca_file with cert_file/key_file as the client certificate. Both these and
+// ServerCredentials watch the files (reload_seconds) after checking them once here.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     const TlsOptions& options);
 

@@ -5,6 +5,7 @@
 // serves a client that only trusts the CA and refuses plaintext.
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/auth/certificates.h"
@@ -123,6 +124,36 @@ TEST_F(TlsTest, ServerNameOverrideChecksTheCertificateAsThatName) {
   // A name the certificate does not hold is refused, though the address would have matched.
   EXPECT_EQ(call_as("elsewhere.example").error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_TRUE(call_as("").ok());  // no override: the address (localhost) is checked
+}
+
+// --tls-reload-seconds: a certificate replaced on disk (a renewed Kubernetes Secret) serves
+// new connections without a restart, on the server and on the internal client.
+TEST_F(TlsTest, ARotatedCertificateServesWithoutARestart) {
+  DMOE_ASSERT_OK_AND_ASSIGN(server_tls_, IssueCertificate(dir_.path(), "pod", "old.dmoe"));
+  server_tls_.reload_seconds = 1;
+  Start(ClientCertificates::kRequired);
+  client_tls_.reload_seconds = 1;
+  DMOE_ASSERT_OK_AND_ASSIGN(auto cluster, ChannelCredentials(client_tls_));
+  auto call_as = [&](const std::string& name) {
+    auto stub = dmoe::v1::Generation::NewStub(
+        CreateChannelAs(absl::StrCat("localhost:", port_), cluster, name));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    dmoe::v1::ListModelsResponse response;
+    return stub->ListModels(&context, {}, &response);
+  };
+  EXPECT_TRUE(call_as("old.dmoe").ok());
+  EXPECT_EQ(call_as("new.dmoe").error_code(), grpc::StatusCode::UNAVAILABLE);
+  // The renewal: a certificate for another name, written over the same files.
+  DMOE_ASSERT_OK_AND_ASSIGN(TlsOptions renewed, IssueCertificate(dir_.path(), "pod", "new.dmoe"));
+  ASSERT_EQ(renewed.cert_file, server_tls_.cert_file);
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    served = call_as("new.dmoe").ok();
+  }
+  EXPECT_TRUE(served) << "the renewed certificate was not picked up within 10 s";
+  EXPECT_EQ(call_as("old.dmoe").error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(TlsTest, FlagsAreValidated) {
