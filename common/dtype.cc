@@ -12,6 +12,7 @@ size_t DTypeSize(DType dtype) {
     case DType::kF32: return 4;
     case DType::kF16: return 2;
     case DType::kBF16: return 2;
+    case DType::kI8: return 1;
   }
   return 0;
 }
@@ -21,6 +22,7 @@ std::string_view DTypeName(DType dtype) {
     case DType::kF32: return "F32";
     case DType::kF16: return "F16";
     case DType::kBF16: return "BF16";
+    case DType::kI8: return "I8";
   }
   return "?";
 }
@@ -30,8 +32,9 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   if (lower == "f32" || lower == "float32" || lower == "float" || lower == "fp32") return DType::kF32;
   if (lower == "f16" || lower == "float16" || lower == "half" || lower == "fp16") return DType::kF16;
   if (lower == "bf16" || lower == "bfloat16") return DType::kBF16;
+  if (lower == "i8" || lower == "int8") return DType::kI8;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype '", std::string(name), "' (supported: F32, F16, BF16)"));
+      absl::StrCat("unknown dtype '", std::string(name), "' (supported: F32, F16, BF16, I8)"));
 }
 
 float F16ToF32(uint16_t h) {
@@ -77,6 +80,11 @@ void ConvertToF32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::kF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
+      return;
+    }
+    case DType::kI8: {
+      const int8_t* s = static_cast<const int8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
       return;
     }
   }

@@ -12,11 +12,13 @@
 namespace dmoe {
 
 // Storage dtypes dmoe reads and writes. Activations are always F32 on the CPU backends.
-enum class DType { kF32, kF16, kBF16 };
+// kI8 holds the values of q8 weight matrices (docs/quantization.md): a matrix in I8 comes with
+// one F32 scale per 32 values of a row, and means nothing without them.
+enum class DType { kF32, kF16, kBF16, kI8 };
 
 // Bytes per element.
 size_t DTypeSize(DType dtype);
-// Safetensors spelling: "F32", "F16", "BF16".
+// Safetensors spelling: "F32", "F16", "BF16", "I8".
 std::string_view DTypeName(DType dtype);
 // Parses the safetensors / config spelling ("BF16", "bfloat16", "float32", ...).
 absl::StatusOr<DType> ParseDType(std::string_view name);
@@ -42,7 +44,7 @@ inline uint16_t F32ToBf16(float f) {
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);
 
-// Converts `n` elements of `dtype` at `src` to float.
+// Converts `n` elements of `dtype` at `src` to float (I8: the integer values, unscaled).
 void ConvertToF32(DType dtype, const void* src, float* dst, size_t n);
 
 }  // namespace dmoe

@@ -403,6 +403,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     if (!dtype.ok()) {
       return Invalid(source, absl::StrCat("field 'torch_dtype': ", dtype.status().message()));
     }
+    if (*dtype == DType::kI8) {  // q8 says so in quantization_config; torch_dtype is the float one
+      return Invalid(source, absl::StrCat("field 'torch_dtype': '", dtype_name,
+                                          "' is not a float dtype (F32, F16 or BF16)"));
+    }
     c.torch_dtype = *dtype;
   }
   DMOE_RETURN_IF_ERROR(ReadTokenIds(r, &c));

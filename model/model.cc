@@ -94,8 +94,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::Forward(
       attn(rows * q_width), f(rows * hidden);
   for (size_t i = 0; i < segments.size(); ++i) {
     for (size_t j = 0; j < segments[i].tokens.size(); ++j) {
-      ConvertToF32(weights_.embed.dtype, weights_.embed.Row(segments[i].tokens[j]),
-                   &x[(row_begin[i] + j) * hidden], hidden);
+      weights_.embed.RowToF32(segments[i].tokens[j], &x[(row_begin[i] + j) * hidden]);
     }
   }
 

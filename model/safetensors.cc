@@ -42,7 +42,7 @@ absl::Status TensorError(const std::string& path, const std::string& name,
 
 // Safetensors spells dtypes exactly ("BF16"); ParseDType's aliases are not valid here.
 bool ParseSafetensorsDType(const std::string& name, DType* dtype) {
-  for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (DType d : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8}) {
     if (name == DTypeName(d)) {
       *dtype = d;
       return true;
@@ -187,7 +187,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (!ParseSafetensorsDType(dtype_name, &view.dtype)) {
       return TensorError(path, name,
                          absl::StrCat("has unsupported dtype '", dtype_name,
-                                      "' (supported: F32, F16, BF16)"));
+                                      "' (supported: F32, F16, BF16, I8)"));
     }
     if (shape_it == entry.end() || !shape_it->is_array()) {
       return TensorError(path, name, "has no 'shape' list");

@@ -15,14 +15,40 @@ class Binder {
  public:
   explicit Binder(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
 
+  // A q8 matrix (I8) also binds its "<name>.q8_scale" (F32 [rows, cols / 32]).
   absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     DMOE_ASSIGN_OR_RETURN(TensorView view, checkpoint_.GetWithShape(name, {rows, cols}));
     used_.insert(name);
-    return WeightMatrix{view.dtype, rows, cols, view.data};
+    WeightMatrix m{view.dtype, rows, cols, view.data};
+    if (view.dtype != DType::kI8) return m;
+    const std::string scale_name = name + kQ8ScaleSuffix;
+    if (cols % kQ8Block != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(checkpoint_.FileOf(name), ": q8 tensor '", name,
+                                                     "' has ", cols, " columns, not a multiple of ",
+                                                     kQ8Block));
+    }
+    DMOE_ASSIGN_OR_RETURN(TensorView scales,
+                          checkpoint_.GetWithShape(scale_name, {rows, cols / kQ8Block}));
+    if (scales.dtype != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat(checkpoint_.FileOf(scale_name), ": '",
+                                                     scale_name, "' is ", std::string(DTypeName(scales.dtype)),
+                                                     ", expected F32"));
+    }
+    used_.insert(scale_name);
+    m.scales = static_cast<const float*>(scales.data);
+    return m;
+  }
+
+  // Norms, biases and the router stay float in a q8 checkpoint.
+  absl::StatusOr<WeightMatrix> FloatMatrix(const std::string& name, int64_t rows, int64_t cols) {
+    DMOE_ASSIGN_OR_RETURN(WeightMatrix m, Matrix(name, rows, cols));
+    if (m.dtype == DType::kI8) return NotFloat(name);
+    return m;
   }
 
   absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
     DMOE_ASSIGN_OR_RETURN(TensorView view, checkpoint_.GetWithShape(name, {n}));
+    if (view.dtype == DType::kI8) return NotFloat(name);
     used_.insert(name);
     std::vector<float> out(n);
     ConvertToF32(view.dtype, view.data, out.data(), n);
@@ -38,6 +64,11 @@ class Binder {
   }
 
   void MarkUsed(const std::string& name) { used_.insert(name); }
+  absl::Status NotFloat(const std::string& name) const {
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint_.FileOf(name), ": tensor '", name,
+        "' is I8; only the large matrices may be q8 (norms, biases and the router stay float)"));
+  }
   const std::set<std::string>& used() const { return used_; }
 
  private:
@@ -91,7 +122,8 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const Checkpoint& checkpoint,
       if (!c.IsMoeLayer(l)) {
         DMOE_ASSIGN_OR_RETURN(lw.dense, bind.Ffn(p + ".mlp", h, c.intermediate_size));
       } else {
-        DMOE_ASSIGN_OR_RETURN(lw.router, bind.Matrix(p + ".mlp.gate.weight", c.num_experts, h));
+        DMOE_ASSIGN_OR_RETURN(lw.router,
+                              bind.FloatMatrix(p + ".mlp.gate.weight", c.num_experts, h));
         if (c.moe_router_enable_expert_bias) {
           DMOE_ASSIGN_OR_RETURN(lw.expert_bias,
                                 bind.Vector(p + ".mlp.gate.expert_bias", c.num_experts));

@@ -13,15 +13,34 @@
 
 namespace dmoe::model {
 
+// Values per scale of a q8 matrix (ggml's q8_0 block), and the name of a q8 matrix's scale
+// tensor: "<matrix name>.q8_scale".
+inline constexpr int64_t kQ8Block = 32;
+inline constexpr char kQ8ScaleSuffix[] = ".q8_scale";
+
 // A row-major [rows, cols] matrix in PyTorch nn.Linear layout ([out, in]); not owned.
+// q8 (dtype kI8): value [r][c] = int8 data[r][c] * scales[r * cols / kQ8Block + c / kQ8Block],
+// one F32 multiply (docs/quantization.md).
 struct WeightMatrix {
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
   const void* data = nullptr;
+  const float* scales = nullptr;  // kI8 only: [rows, cols / kQ8Block]
 
   bool empty() const { return data == nullptr; }
-  size_t nbytes() const { return static_cast<size_t>(rows * cols) * DTypeSize(dtype); }
+  size_t nbytes() const {
+    const size_t values = static_cast<size_t>(rows * cols);
+    return values * DTypeSize(dtype) +
+           (dtype == DType::kI8 ? values / kQ8Block * sizeof(float) : 0);
+  }
+  // Row `row` as F32 into dst[0, cols): the stored values, converted (q8: dequantized).
+  void RowToF32(int64_t row, float* dst) const {
+    ConvertToF32(dtype, Row(row), dst, static_cast<size_t>(cols));
+    if (dtype != DType::kI8) return;
+    const float* s = scales + row * (cols / kQ8Block);
+    for (int64_t c = 0; c < cols; ++c) dst[c] *= s[c / kQ8Block];
+  }
   // Pointer to the first element of `row`.
   const void* Row(int64_t row) const {
     return static_cast<const char*>(data) + static_cast<size_t>(row * cols) * DTypeSize(dtype);

@@ -9,6 +9,7 @@ int RunCli(int argc, char** argv) {
   RegisterGenerateCommand(app, &exit_code);
   RegisterTokenizeCommand(app, &exit_code);
   RegisterInspectCommand(app, &exit_code);
+  RegisterQuantizeCommand(app, &exit_code);
   RegisterEvalCommand(app, &exit_code);
   RegisterServeCommand(app, &exit_code);
   RegisterClusterCommand(app, &exit_code);

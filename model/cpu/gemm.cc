@@ -27,7 +27,7 @@ constexpr int kLanes = 16;
 // Converts row `n` of w to F32 into dst (or returns a pointer into w when already F32).
 const float* RowAsF32Generic(const WeightMatrix& w, int64_t n, float* dst) {
   if (w.dtype == DType::kF32) return static_cast<const float*>(w.Row(n));
-  ConvertToF32(w.dtype, w.Row(n), dst, w.cols);
+  w.RowToF32(n, dst);
   return dst;
 }
 
@@ -59,8 +59,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) const float* RowAs
     const WeightMatrix& w, int64_t n, float* dst) {
   const int64_t k = w.cols;
   if (w.dtype == DType::kF32) return static_cast<const float*>(w.Row(n));
-  const uint16_t* src = static_cast<const uint16_t*>(w.Row(n));
   int64_t i = 0;
+  if (w.dtype == DType::kI8) {  // q8: 16 values share one scale (blocks of 32)
+    const int8_t* q = static_cast<const int8_t*>(w.Row(n));
+    const float* scales = w.scales + n * (k / kQ8Block);
+    for (; i + kLanes <= k; i += kLanes) {
+      const __m512 v = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i))));
+      _mm512_storeu_ps(dst + i, _mm512_mul_ps(v, _mm512_set1_ps(scales[i / kQ8Block])));
+    }
+    for (; i < k; ++i) dst[i] = static_cast<float>(q[i]) * scales[i / kQ8Block];
+    return dst;
+  }
+  const uint16_t* src = static_cast<const uint16_t*>(w.Row(n));
   if (w.dtype == DType::kBF16) {
     for (; i + kLanes <= k; i += kLanes) {
       __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
@@ -188,7 +199,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c"))) void GemmRowsAvx51
   const int64_t k = w.cols;
   // Few tokens: widen weights in registers as they stream by. Many tokens: widen each tile
   // once into F32 scratch, which every token tile then reuses. Same arithmetic either way.
-  const bool widen_once = w.dtype != DType::kF32 && m > 4;
+  // q8 is always widened once (its scales make a register loader of its own not worth it).
+  const bool widen_once = w.dtype != DType::kF32 && (m > 4 || w.dtype == DType::kI8);
   // Weight rows are contiguous, so a tile is kTileRows * k consecutive weights, usually a new
   // 4 KiB page, where the hardware prefetchers stop. Requesting every line of the next tile
   // before computing this one keeps the memory busy (about 2x on few-token GEMVs).

@@ -61,6 +61,17 @@ DMOE_AVX2 const float* RowAsF32Avx2(const WeightMatrix& w, int64_t n, float* dst
   const int64_t k = w.cols;
   if (w.dtype == DType::kF32) return static_cast<const float*>(w.Row(n));
   int64_t i = 0;
+  if (w.dtype == DType::kI8) {  // q8: 8 values share one scale (blocks of 32)
+    const int8_t* q = static_cast<const int8_t*>(w.Row(n));
+    const float* scales = w.scales + n * (k / kQ8Block);
+    for (; i + 8 <= k; i += 8) {
+      const __m256 v = _mm256_cvtepi32_ps(
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i))));
+      _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, _mm256_set1_ps(scales[i / kQ8Block])));
+    }
+    for (; i < k; ++i) dst[i] = static_cast<float>(q[i]) * scales[i / kQ8Block];
+    return dst;
+  }
   for (; i + 8 <= k; i += 8) {
     _mm256_storeu_ps(dst + i, w.dtype == DType::kBF16 ? Bf16Loader2::Load(w.Row(n), i)
                                                       : F16Loader2::Load(w.Row(n), i));
@@ -174,7 +185,7 @@ DMOE_AVX2 void GemmRowsAvx2(const float* x, int64_t m, const WeightMatrix& w, in
                             int64_t n1, float* y, int64_t ldy, float* scratch) {
   const int64_t k = w.cols;
   // The same tiling, widening and prefetch as GemmRowsAvx512 (see there for why).
-  const bool widen_once = w.dtype != DType::kF32 && m > 4;
+  const bool widen_once = w.dtype != DType::kF32 && (m > 4 || w.dtype == DType::kI8);
   const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(w.dtype);
   auto prefetch_rows = [&](int64_t first, int64_t count) {
     const char* p = static_cast<const char*>(w.data) + static_cast<size_t>(first) * row_bytes;

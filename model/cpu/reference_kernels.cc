@@ -11,6 +11,9 @@ float WeightAt(const WeightMatrix& w, int64_t row, int64_t col) {
     case DType::kF32: return static_cast<const float*>(w.data)[i];
     case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(w.data)[i]);
     case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(w.data)[i]);
+    case DType::kI8:
+      return static_cast<float>(static_cast<const int8_t*>(w.data)[i]) *
+             w.scales[row * (w.cols / kQ8Block) + col / kQ8Block];
   }
   return 0.0f;
 }

@@ -60,11 +60,19 @@ absl::StatusOr<void*> CudaWeights::Alloc(size_t bytes) {
   return p;
 }
 
+// q8 checkpoints (docs/quantization.md) have CPU kernels only.
+absl::Status QuantizedRefusal() {
+  return absl::UnimplementedError(
+      "q8 (I8) weights run on the CPU backends; the CUDA backend takes F32, F16 or BF16 "
+      "checkpoints (docs/quantization.md)");
+}
+
 absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::ModelConfig& config,
                                                                  const model::ModelWeights& host) {
   std::unique_ptr<CudaWeights> w(new CudaWeights(config));
   auto matrix = [&](const model::WeightMatrix& m) -> absl::StatusOr<CudaMatrix> {
     if (m.empty()) return CudaMatrix{};
+    if (m.dtype == DType::kI8) return QuantizedRefusal();
     DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(m.nbytes()));
     DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(p, m.data, m.nbytes(), cudaMemcpyHostToDevice));
     return CudaMatrix{p, m.dtype, m.rows, m.cols};
@@ -123,6 +131,7 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
       size_t bytes = 0;
       for (const model::FfnWeights& e : hl.experts) {
         if (e.empty()) continue;
+        if (e.gate.dtype == DType::kI8) return QuantizedRefusal();
         bytes += AlignUp(e.gate.nbytes()) + AlignUp(e.up.nbytes()) + AlignUp(e.down.nbytes());
         dl.expert_dtype = e.gate.dtype;
       }

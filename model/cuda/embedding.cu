@@ -46,6 +46,8 @@ absl::Status LaunchEmbedding(const EmbeddingArgs& a, cudaStream_t stream) {
       break;
     default:
       return absl::InvalidArgumentError("LaunchEmbedding: unsupported table dtype");
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

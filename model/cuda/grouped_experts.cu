@@ -185,6 +185,8 @@ absl::Status LaunchGroupedExperts(const GroupedExpertsArgs& a, cudaStream_t stre
       return Launch<__nv_bfloat16>(a, stream);
     case DType::kF16:
       return Launch<__half>(a, stream);
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   return absl::InvalidArgumentError("LaunchGroupedExperts: unknown dtype");
 }

@@ -28,6 +28,8 @@ cudaDataType_t CudaDataType(DType dtype) {
       return CUDA_R_16BF;
     case DType::kF16:
       return CUDA_R_16F;
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   return CUDA_R_32F;
 }
@@ -54,6 +56,8 @@ absl::Status LaunchConvertFromF32(const float* in, int64_t count, DType dtype, v
       break;
     case DType::kF16:
       ConvertKernel<<<blocks, 256, 0, stream>>>(in, count, static_cast<__half*>(out));
+      break;
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
       break;
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());

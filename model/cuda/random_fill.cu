@@ -51,6 +51,8 @@ absl::Status LaunchRandomFill(const RandomFillArgs& a, cudaStream_t stream) {
       RandomFillKernel<<<blocks, 256, 0, stream>>>(static_cast<__half*>(a.data), a.count, a.seed,
                                                    a.mean, scale);
       break;
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -47,6 +47,8 @@ absl::Status LaunchRmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
       break;
     default:
       return absl::InvalidArgumentError("LaunchRmsNorm: unsupported output dtype");
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

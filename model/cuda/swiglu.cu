@@ -38,6 +38,8 @@ absl::Status LaunchSwiGlu(const SwiGluArgs& a, cudaStream_t stream) {
     case DType::kF16:
       SwiGluKernel<<<blocks, 256, 0, stream>>>(a.gate, a.up, a.count, static_cast<__half*>(a.out));
       break;
+    case DType::kI8:  // q8 weights run on the CPU backends (CudaModel refuses them)
+      break;
   }
   DMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -213,10 +213,10 @@ TEST_F(CorruptSafetensorsTest, MalformedHeaderJson) {
 
 TEST_F(CorruptSafetensorsTest, UnsupportedDtype) {
   EXPECT_THAT(
-      OpenRaw(RawFile(R"({"q.weight":{"dtype":"I8","shape":[4],"data_offsets":[0,4]}})",
+      OpenRaw(RawFile(R"({"q.weight":{"dtype":"I16","shape":[2],"data_offsets":[0,4]}})",
                       std::string(4, '\0'))),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr(path_ + ": tensor 'q.weight' has unsupported dtype 'I8'")));
+               HasSubstr(path_ + ": tensor 'q.weight' has unsupported dtype 'I16'")));
   // Safetensors spells dtypes exactly; config-style aliases are not accepted.
   EXPECT_THAT(
       OpenRaw(RawFile(R"({"q.weight":{"dtype":"bfloat16","shape":[2],"data_offsets":[0,4]}})",

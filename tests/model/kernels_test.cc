@@ -18,6 +18,7 @@
 #include "model/cpu/fast_kernels.h"
 #include "model/cpu/gemm.h"
 #include "model/cpu/reference_kernels.h"
+#include "model/quantize.h"
 #include "tests/testing/nmse.h"
 
 namespace dmoe::model {
@@ -50,11 +51,20 @@ std::vector<float> RandomVector(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-// Weight storage in a given dtype.
+// Weight storage in a given dtype (kI8: q8, cols a multiple of 32, with its scales).
 struct StoredMatrix {
   StoredMatrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed) {
     std::vector<float> values = RandomVector(rows * cols, seed, 0.5f);
     bytes.resize(values.size() * DTypeSize(dtype));
+    if (dtype == DType::kI8) {
+      scales.resize(rows * cols / kQ8Block);
+      for (int64_t r = 0; r < rows; ++r) {
+        QuantizeRowQ8(&values[r * cols], cols, reinterpret_cast<int8_t*>(&bytes[r * cols]),
+                      &scales[r * cols / kQ8Block]);
+      }
+      matrix = {dtype, rows, cols, bytes.data(), scales.data()};
+      return;
+    }
     for (size_t i = 0; i < values.size(); ++i) {
       if (dtype == DType::kF32) {
         std::memcpy(&bytes[i * 4], &values[i], 4);
@@ -66,6 +76,7 @@ struct StoredMatrix {
     matrix = {dtype, rows, cols, bytes.data()};
   }
   std::vector<char> bytes;
+  std::vector<float> scales;
   WeightMatrix matrix;
 };
 
@@ -91,6 +102,35 @@ TEST_F(KernelsTest, MatMulMatchesReferenceForEveryDtypeAndOddShapes) {
         }
       }
     }
+  }
+}
+
+// q8: the reference dequantizes value by value, the fast path a row at a time into F32.
+TEST_F(KernelsTest, Q8MatMulMatchesReferenceForOddShapes) {
+  for (int64_t m : {1, 2, 5, 7, 32, 33}) {
+    for (int64_t k : {32, 96, 512}) {
+      for (int64_t n : {1, 5, 63}) {
+        StoredMatrix w(DType::kI8, n, k, static_cast<uint32_t>(m * 1000 + k * 10 + n));
+        std::vector<float> x = RandomVector(m * k, 7);
+        Guarded y_ref(m * n), y_fast(m * n);
+        ref_.MatMul(x.data(), m, w.matrix, y_ref.get());
+        fast_.MatMul(x.data(), m, w.matrix, y_fast.get());
+        EXPECT_LT(Nmse(y_fast.values(), y_ref.values()), 1e-10)
+            << "m=" << m << " k=" << k << " n=" << n;
+        EXPECT_TRUE(y_fast.GuardIntact()) << "m=" << m << " k=" << k << " n=" << n;
+      }
+    }
+  }
+}
+
+TEST_F(KernelsTest, Q8MatMulRowsAreBitIdenticalWhateverTheBatch) {
+  StoredMatrix w(DType::kI8, 37, 128, 3);
+  std::vector<float> x = RandomVector(9 * 128, 11);
+  std::vector<float> all(9 * 37), one(37);
+  fast_.MatMul(x.data(), 9, w.matrix, all.data());
+  for (int t = 0; t < 9; ++t) {
+    fast_.MatMul(x.data() + t * 128, 1, w.matrix, one.data());
+    EXPECT_EQ(std::memcmp(one.data(), &all[t * 37], 37 * sizeof(float)), 0) << "token " << t;
   }
 }
 
@@ -293,6 +333,14 @@ std::vector<float> RunEveryOp(FastKernels& fast) {
           keep(y);
         }
       }
+    }
+  }
+  for (int64_t m : {1, 3, 32, 33}) {  // q8
+    for (int64_t k : {32, 512}) {
+      StoredMatrix w(DType::kI8, 63, k, static_cast<uint32_t>(m * 100 + k));
+      std::vector<float> x = RandomVector(m * k, 7), y(m * 63);
+      fast.MatMul(x.data(), m, w.matrix, y.data());
+      keep(y);
     }
   }
   for (int64_t n : {1, 7, 64, 129, 512}) {

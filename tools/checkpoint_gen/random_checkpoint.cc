@@ -129,6 +129,8 @@ void FillTensor(const PlannedTensor& t, uint64_t seed, ThreadPool& pool, std::st
           std::memcpy(dst + 2 * i, &h, 2);
         });
         break;
+      case DType::kI8:  // refused by RandomCheckpointConfigJson (q8 comes from dmoe quantize)
+        break;
     }
   });
 }
@@ -356,6 +358,9 @@ absl::StatusOr<std::string> RandomCheckpointConfigJson(const RandomCheckpointSpe
     case DType::kF32: torch_dtype = "float32"; break;
     case DType::kF16: torch_dtype = "float16"; break;
     case DType::kBF16: torch_dtype = "bfloat16"; break;
+    case DType::kI8:
+      return absl::InvalidArgumentError(
+          "--dtype I8: random checkpoints are F32, F16 or BF16; make q8 with dmoe quantize");
   }
   Json c = Json::object();
   c["architectures"] = {diffusion ? "LLaDA2MoeModelLM" : "BailingMoeV2ForCausalLM"};
