@@ -1,7 +1,8 @@
 // The whole cluster inside one test process, every server on 127.0.0.1:0: the scheduler
 // (cluster mode), three expert shards and an attention replica registered through the real
 // Cluster service and heartbeats. Ids equal the single-process engine's for 16 concurrent
-// requests, LLaDA2.1 token editing (edits, forwards and ids) included.
+// requests, LLaDA2.1 token editing (edits, forwards and ids) included; for the checkpoint as
+// written (F32) and for its q8 copy (dmoe quantize: every pod loads I8 weights).
 #include <thread>
 
 #include "attention_service/attention_engine.h"
@@ -14,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
+#include "model/quantize.h"
 #include "scheduler/scheduler_server.h"
 #include "cluster/membership_agent.h"
 #include "tests/testing/concurrency.h"
@@ -26,10 +28,19 @@ namespace {
 constexpr int32_t kMask = 4000;
 constexpr int32_t kStop = 4001;
 
-TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
+class InProcessClusterTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   dmoe_testing::TempDir dir;
-  const std::string model_dir = dir.Join("model");
+  std::string model_dir = dir.Join("model");
   ASSERT_TRUE(dmoe_testing::WriteTinyCheckpoint(model_dir, dmoe_testing::DecodingSpec()).ok());
+  if (GetParam()) {
+    ASSERT_TRUE(model::QuantizeCheckpoint({.in_dir = model_dir, .out_dir = dir.Join("q8")}).ok());
+    model_dir = dir.Join("q8");
+    auto q8 = model::Checkpoint::Open(model_dir);
+    ASSERT_TRUE(q8.ok()) << q8.status();
+    ASSERT_EQ((*q8)->Get("lm_head.weight")->dtype, DType::kI8);
+  }
 
   scheduler::SchedulerServerOptions options{.api = {.model_dir = model_dir}};
   options.api.mask_id = kMask;
@@ -153,6 +164,11 @@ TEST(InProcessClusterTest, SixteenConcurrentRequestsEqualTheEngine) {
   (*scheduler)->Drain(absl::Seconds(1));
   for (auto& s : servers) s->Shutdown(absl::Now());
 }
+
+INSTANTIATE_TEST_SUITE_P(Weights, InProcessClusterTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Q8" : "AsWritten";
+                         });
 
 }  // namespace
 }  // namespace dmoe
