@@ -172,7 +172,7 @@ std::vector<MetricSpec> MakeCatalog() {
       {"dmoe_canary_rollbacks_total", T::kCounter, "router",
        "Automatic rollbacks of a canary version to the stable one.", {}, {}},
       {"dmoe_router_reattaches_total", T::kCounter, "router",
-       "Tries to re-attach a call whose scheduler was lost (UNAVAILABLE) mid-call.", {}, {}},
+       "Tries to re-attach a stream whose scheduler was lost (UNAVAILABLE) mid-stream.", {}, {}},
       {"dmoe_api_refusals_total", T::kCounter, "router",
        "Public API calls refused by API keys or tenant limits (also dmoe-scheduler and dmoe "
        "serve with --api-keys), by tenant (empty: no or unknown key) and reason: "

@@ -13,7 +13,6 @@
 #include "common/auth/authorize.h"
 #include "common/grpc_status.h"
 #include "common/internal_credentials.h"
-#include "common/logging.h"
 #include "common/status_macros.h"
 #include "router/stream_relay.h"
 
@@ -41,8 +40,8 @@ void ForwardAuthorization(const grpc::CallbackServerContext& from, grpc::ClientC
   if (!authorization.empty()) to.AddMetadata(auth::kAuthorizationMetadata, authorization);
 }
 
-// A Generate call without a request id gets one here, so that a re-attach after a lost
-// scheduler names the same request (a journalling scheduler de-duplicates by id).
+// A Generate call without a request id gets one here, so that a stream's re-attach after a
+// lost scheduler names the same request (a journalling scheduler de-duplicates by id).
 std::string NewRequestId() {
   static std::atomic<uint64_t> counter{0};
   static const uint64_t process = absl::Uniform<uint64_t>(absl::BitGen());
@@ -67,78 +66,6 @@ std::shared_ptr<const Request> ForBackend(const Request* request) {
   }
   return copy;
 }
-
-// One forwarded unary call and its re-attach tries (StreamRelay's, for a whole response):
-// owned by the completions and alarms in flight, freed after the last.
-template <typename Request, typename Response>
-class UnaryForward final : public std::enable_shared_from_this<UnaryForward<Request, Response>> {
- public:
-  using AsyncCall = std::function<void(dmoe::v1::Generation::Stub*, grpc::ClientContext*,
-                                       const Request*, Response*,
-                                       std::function<void(grpc::Status)>)>;
-  UnaryForward(grpc::CallbackServerContext* caller, dmoe::v1::Generation::Stub* stub,
-               std::shared_ptr<const Request> request, Response* response, AsyncCall call,
-               const ReattachOptions& reattach, std::function<void()> on_reattach,
-               std::function<void(grpc::Status)> done)
-      : caller_(caller),
-        stub_(stub),
-        authorization_(CallerAuthorization(*caller)),
-        request_(std::move(request)),
-        response_(response),
-        call_(std::move(call)),
-        backoff_(reattach),
-        on_reattach_(std::move(on_reattach)),
-        done_(std::move(done)) {}
-
-  void Start() {
-    if (caller_->IsCancelled()) {
-      done_(grpc::Status(grpc::StatusCode::CANCELLED, "the caller cancelled"));
-      return;
-    }
-    response_->Clear();
-    tries_.push_back(std::make_unique<grpc::ClientContext>());
-    grpc::ClientContext& client = *tries_.back();
-    client.set_deadline(caller_->deadline());
-    if (!authorization_.empty()) client.AddMetadata(auth::kAuthorizationMetadata, authorization_);
-    call_(stub_, &client, request_.get(), response_,
-          [self = this->shared_from_this()](grpc::Status status) { self->OnBackendDone(status); });
-  }
-
- private:
-  void OnBackendDone(const grpc::Status& status) {
-    std::optional<absl::Duration> wait =
-        backoff_.Next(status, absl::FromChrono(caller_->deadline()));
-    if (!wait || caller_->IsCancelled()) {
-      done_(status);
-      return;
-    }
-    DMOE_LOG(WARNING) << "the scheduler call was lost (" << status.error_message()
-                      << "); trying again in " << absl::FormatDuration(*wait);
-    on_reattach_();
-    // The alarm's callback holds no reference (this object owns the alarm: that would be a
-    // cycle); waiting_ keeps it alive until the alarm fires.
-    waiting_ = this->shared_from_this();
-    alarms_.push_back(std::make_unique<grpc::Alarm>());
-    alarms_.back()->Set(absl::ToChronoTime(absl::Now() + *wait), [this](bool) {
-      std::shared_ptr<UnaryForward> self = std::move(waiting_);
-      self->Start();
-    });
-  }
-
-  grpc::CallbackServerContext* const caller_;  // valid until done_ finishes the caller
-  dmoe::v1::Generation::Stub* const stub_;
-  const std::string authorization_;
-  const std::shared_ptr<const Request> request_;
-  Response* const response_;
-  const AsyncCall call_;
-  ReattachBackoff backoff_;
-  const std::function<void()> on_reattach_;
-  const std::function<void(grpc::Status)> done_;
-  // One context per try, one alarm per wait: only one try or wait is in flight at a time.
-  std::vector<std::unique_ptr<grpc::ClientContext>> tries_;
-  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;
-  std::shared_ptr<UnaryForward> waiting_;  // set while an alarm is pending
-};
 
 }  // namespace
 
@@ -232,29 +159,27 @@ grpc::ServerUnaryReactor* GenerationProxy::ForwardUnary(grpc::CallbackServerCont
     reactor->Finish(ToGrpcStatus(version.status()));
     return reactor;
   }
+  auto client = std::make_shared<grpc::ClientContext>();
+  client->set_deadline(context->deadline());
+  ForwardAuthorization(*context, *client);
   std::shared_ptr<const Request> forwarded = ForBackend(request);
   const absl::Time start = absl::Now();
-  auto forward = std::make_shared<UnaryForward<Request, Response>>(
-      context, backends_.at(*version).stub.get(), std::move(forwarded), response,
-      std::forward<AsyncCall>(call), options_.reattach,
-      [this, version = *version] {
-        if (metrics_) metrics_->RecordReattach(version);
-      },
-      [this, reactor, response, version = *version, start, admission](grpc::Status status) {
-        if constexpr (requires { response->mutable_model(); }) {
-          if (status.ok()) response->mutable_model()->set_version(version);
-          admission->AddTokens(response->stats().prompt_tokens() +
-                               response->stats().generated_tokens());
-        } else {
-          (void)response;  // TokenizeResponse names no model
-        }
-        // Before Finish: a caller that starts its next call once this one returns must find
-        // the stream slot free.
-        *admission = auth::Admission();
-        OnCallDone(version, start, status);
-        reactor->Finish(status);
-      });
-  forward->Start();
+  call(backends_.at(*version).stub.get(), client.get(), forwarded.get(), response,
+       [this, reactor, client, forwarded, response, version = *version, start,
+        admission](grpc::Status status) {
+         if constexpr (requires { response->mutable_model(); }) {
+           if (status.ok()) response->mutable_model()->set_version(version);
+           admission->AddTokens(response->stats().prompt_tokens() +
+                                response->stats().generated_tokens());
+         } else {
+           (void)response;  // TokenizeResponse names no model
+         }
+         // Before Finish: a caller that starts its next call once this one returns must find
+         // the stream slot free.
+         *admission = auth::Admission();
+         OnCallDone(version, start, status);
+         reactor->Finish(status);
+       });
   return reactor;
 }
 

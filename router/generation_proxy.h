@@ -54,9 +54,9 @@ struct GenerationProxyOptions {
   // ListModels asks every backend; this bounds the wait when the caller set no deadline
   // (a stopped backend must not hang model discovery). > 0.
   absl::Duration list_models_timeout = absl::Seconds(5);
-  // A scheduler lost in the middle of a call (UNAVAILABLE) is called again with the same
-  // request id (the router makes one up when the caller gave none) and, for streams, the
-  // offset the caller has (router/stream_relay.h): callers see no error when a journalling
+  // A scheduler lost in the middle of a stream (UNAVAILABLE after its first event) is called
+  // again with the same request id (the router makes one up when the caller gave none) and
+  // the offset the caller has (router/stream_relay.h): callers see no error when a journalling
   // scheduler restarts. timeout zero: off.
   ReattachOptions reattach = {};
   // API keys (docs/security.md): every Generation call needs a key, RouterAdmin an admin key.

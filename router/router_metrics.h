@@ -37,7 +37,7 @@ class RouterMetrics {
   // Sets dmoe_canary_weight_percent of every version.
   void PublishSplit(const SplitSnapshot& split);
   void RecordRollback(const std::string& version);
-  // One re-attach try after a lost scheduler call (router/stream_relay.h).
+  // One re-attach try after a lost scheduler stream (router/stream_relay.h).
   void RecordReattach(const std::string& version);
 
  private:

@@ -118,6 +118,7 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
       return;
     }
     backoff_.Reset();  // this try reached the scheduler: a later loss starts a new streak
+    relayed_any_ = true;
     if (event_.has_block() && !TrimToNextOffset(*event_.mutable_block())) {
       Current()->StartRead(&event_);  // all of it was relayed before the loss
       return;
@@ -152,7 +153,8 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
       return;
     }
     if (std::optional<absl::Duration> wait =
-            backoff_.Next(status, absl::FromChrono(caller_deadline_))) {
+            relayed_any_ ? backoff_.Next(status, absl::FromChrono(caller_deadline_))
+                         : std::nullopt) {
       DMOE_LOG(WARNING) << "request " << request_.request_id() << ": the scheduler stream was "
                         << "lost (" << status.error_message() << "); re-attaching at offset "
                         << next_offset_ << " in " << absl::FormatDuration(*wait);
@@ -190,6 +192,7 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
   // Touched only by the strictly sequential steps (see above): no lock needed.
   int64_t next_offset_ = 0;     // generated ids the caller has
   bool final_relayed_ = false;
+  bool relayed_any_ = false;  // a backend call of this stream delivered an event
   ReattachBackoff backoff_{options_.reattach};
 
   absl::Mutex mu_;  // the current Attempt and alarm against the caller's OnCancel

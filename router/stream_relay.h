@@ -15,11 +15,13 @@
 
 namespace dmoe::router {
 
-// When a backend call fails with UNAVAILABLE (the scheduler died, restarted or is draining)
-// before the caller has its final event, the router calls again with the same request id and
-// resume_from_offset = the ids already relayed: a journalling scheduler re-attaches the
-// request where it is (docs/reliability.md), any other starts it again and skips what the
-// caller has. The caller sees one unbroken stream.
+// When a stream that has relayed at least one event fails with UNAVAILABLE (the scheduler
+// died, restarted or is draining) before the caller has its final event, the router calls
+// again with the same request id and resume_from_offset = the ids already relayed: a
+// journalling scheduler re-attaches the request where it is (docs/operations.md), any other
+// starts it again and skips what the caller has. The caller sees one unbroken stream. A call
+// that never reached its scheduler (down when it began) fails at once, as does a unary call:
+// a backend that is down is the caller's (and the canary policy's) to know about quickly.
 struct ReattachOptions {
   // How long the router keeps trying after a loss, from the first failed try of a streak
   // (bounded by the caller's deadline too). Zero: the loss is the caller's error.

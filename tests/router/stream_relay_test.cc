@@ -28,8 +28,10 @@ namespace dmoe::router {
 namespace {
 
 // A streaming backend whose behaviour the request picks: params.max_new_tokens block events
-// (offset i, ids {i}), then by request_id: "" a final event and OK; "fail" ABORTED; "hold"
-// nothing more until the call is cancelled.
+// (offset i, ids {i}) from resume_from_offset on, then by request_id: "" a final event and OK;
+// "fail" ABORTED; "hold" nothing more until the call is cancelled; "drop" (a scheduler that
+// dies mid-stream) UNAVAILABLE after half the events when resume_from_offset is 0, else the
+// rest and a final event.
 class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
  public:
   grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerateStream(
@@ -42,8 +44,19 @@ class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
       last_authorization_ = it == context->client_metadata().end()
                                 ? ""
                                 : std::string(it->second.data(), it->second.size());
+      resume_offsets_.push_back(request->resume_from_offset());
+      request_ids_.push_back(request->request_id());
     }
-    return new Writer(this, request->params().max_new_tokens(), request->request_id());
+    return new Writer(this, request->params().max_new_tokens(), request->request_id(),
+                      request->resume_from_offset());
+  }
+  std::vector<int64_t> resume_offsets() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return resume_offsets_;
+  }
+  std::vector<std::string> request_ids() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return request_ids_;
   }
 
   void WaitForCancellations(int n) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -70,8 +83,9 @@ class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
  private:
   class Writer final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse> {
    public:
-    Writer(StreamingBackend* backend, int64_t events, std::string mode)
-        : backend_(backend), events_(events), mode_(std::move(mode)) {
+    Writer(StreamingBackend* backend, int64_t events, std::string mode, int64_t start)
+        : backend_(backend), events_(events), mode_(std::move(mode)), start_(start),
+          sent_(start) {
       Next();
     }
     void OnWriteDone(bool ok) override {
@@ -95,7 +109,9 @@ class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
 
    private:
     void Next() ABSL_LOCKS_EXCLUDED(mu_) {
-      if (sent_ < events_) {
+      if (mode_ == "drop" && start_ == 0 && sent_ == events_ / 2) {
+        FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE, "scheduler went away"));
+      } else if (sent_ < events_) {
         event_.Clear();
         event_.mutable_block()->set_offset(sent_);
         event_.mutable_block()->add_ids(static_cast<int32_t>(sent_));
@@ -133,7 +149,8 @@ class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
     StreamingBackend* const backend_;
     const int64_t events_;
     const std::string mode_;
-    int64_t sent_ = 0;
+    const int64_t start_;
+    int64_t sent_;
     bool final_sent_ = false;
     dmoe::v1::GenerateStreamResponse event_;
     absl::Mutex mu_;
@@ -152,6 +169,8 @@ class StreamingBackend final : public dmoe::v1::Generation::CallbackService {
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   std::chrono::system_clock::time_point last_deadline_ ABSL_GUARDED_BY(mu_);
   std::string last_authorization_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> resume_offsets_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> request_ids_ ABSL_GUARDED_BY(mu_);
 };
 
 // One stream read to its end on the callback API (as a load generator would): the events and
@@ -366,6 +385,54 @@ TEST_F(StreamRelayTest, BackendDownIsUnavailable) {
   dmoe::v1::GenerateStreamResponse event;
   EXPECT_FALSE(reader->Read(&event));
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A scheduler lost mid-stream: the router calls it again at the offset the caller has, so the
+// caller sees every block once, in order, and a final event; the request id is the same on
+// both calls (made up by the router when the caller gave none).
+TEST_F(StreamRelayTest, AStreamLostMidwayIsReattachedAtTheCallersOffset) {
+  for (const std::string id : {"drop", ""}) {
+    SCOPED_TRACE("request id '" + id + "'");
+    const size_t calls_before = backend_.resume_offsets().size();
+    dmoe::v1::GenerateRequest request = Request(10, "drop");
+    StreamCall call(generation_.get(), request);
+    call.done.WaitForNotification();
+    ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+    ASSERT_EQ(call.events.size(), 11u);
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(call.events[i].has_block()) << i;
+      EXPECT_EQ(call.events[i].block().offset(), i);
+    }
+    EXPECT_TRUE(call.events[10].has_final());
+    EXPECT_EQ(call.events[10].final().model().version(), "v1");
+    const std::vector<int64_t> offsets = backend_.resume_offsets();
+    ASSERT_EQ(offsets.size(), calls_before + 2);
+    EXPECT_EQ(offsets[calls_before], 0);
+    EXPECT_EQ(offsets[calls_before + 1], 5);
+  }
+  EXPECT_EQ(Calls("OK"), 2);
+}
+
+TEST_F(StreamRelayTest, TheRouterNamesARequestWithoutAnId) {
+  dmoe::v1::GenerateRequest request = Request(2);
+  StreamCall call(generation_.get(), request);
+  call.done.WaitForNotification();
+  ASSERT_TRUE(call.status.ok());
+  const std::vector<std::string> ids = backend_.request_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ(ids[0].rfind("router-", 0), 0u) << ids[0];
+}
+
+// A backend that is down when the stream starts is the caller's error at once (not after the
+// re-attach timeout): the canary policy and the caller's own retries need to know.
+TEST_F(StreamRelayTest, ABackendDownFromTheStartFailsAtOnce) {
+  backend_server_->Shutdown(std::chrono::system_clock::now());
+  backend_server_.reset();
+  const absl::Time start = absl::Now();
+  StreamCall call(generation_.get(), Request(1));
+  call.done.WaitForNotification();
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
 }  // namespace
