@@ -273,3 +273,57 @@ def test_a_stream_survives_its_server_killed_and_restarted(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_async_a_dead_target_falls_back_to_the_next(server):
+    expected = engine_ids(prompt="Once upon a time", max_new_tokens=32)
+
+    async def run():
+        async with dmoe.AsyncClient("127.0.0.1:1", fallback_targets=[server], retry_timeout=20,
+                                    timeout=60) as client:
+            r = await client.generate(prompt="Once upon a time", max_new_tokens=32)
+            chunks = [c async for c in client.stream(prompt="Once upon a time",
+                                                     max_new_tokens=32)]
+        async with dmoe.AsyncClient("127.0.0.1:1", timeout=10) as client:  # no retries
+            with pytest.raises(dmoe.DmoeError):
+                await client.generate(prompt="x", max_new_tokens=4)
+        return r, chunks
+
+    r, chunks = asyncio.run(run())
+    assert r.ids == expected["ids"]
+    assert [i for c in chunks for i in c.ids] == expected["ids"]
+
+
+def test_async_stream_survives_its_server_killed_and_restarted(tmp_path):
+    import signal
+    import socket
+    expected = engine_ids(prompt="Water boils at", max_new_tokens=512, threshold=1.0, stop_ids=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    journal = str(tmp_path / "journal")
+    procs = [_serve_on(port, journal)]
+
+    async def run():
+        ids, restarted = [], False
+        async with dmoe.AsyncClient(f"127.0.0.1:{port}", retry_timeout=60,
+                                    timeout=120) as client:
+            async for chunk in client.stream(prompt="Water boils at", max_new_tokens=512,
+                                             threshold=1.0, stop_ids=[3]):
+                assert chunk.offset == len(ids) or not chunk.ids  # nothing repeated or skipped
+                ids += chunk.ids
+                if not restarted and ids:  # SIGKILL after the first block, then a new server
+                    procs[-1].send_signal(signal.SIGKILL)
+                    procs[-1].wait()
+                    procs.append(_serve_on(port, journal))
+                    restarted = True
+        return ids, restarted
+
+    try:
+        ids, restarted = asyncio.run(run())
+        assert restarted
+        assert ids == expected["ids"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

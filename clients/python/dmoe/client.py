@@ -2,6 +2,7 @@
 
 Every decoding knob left as None takes the server's default, the same as `dmoe generate`'s.
 """
+import asyncio
 import itertools
 import time
 import uuid
@@ -206,6 +207,25 @@ class _Common:
         return timeout if timeout is not None else self._timeout
 
 
+def _retry_schedule(targets: int, retry_timeout: float, request):
+    """(target index, seconds to wait first) of each try of one call, Client's and
+    AsyncClient's: every target in turn, then again after a backoff (0.1 s doubling to 2 s)
+    until retry_timeout; one try when it is 0. Gives `request` an id when retries are on, so
+    a journalling scheduler re-attaches instead of starting the request again."""
+    if retry_timeout > 0 and not request.request_id:
+        request.request_id = uuid.uuid4().hex
+    give_up = time.monotonic() + retry_timeout
+    backoff, wait = 0.1, 0.0
+    for attempt in itertools.count():
+        yield attempt % targets, wait
+        wait = 0.0
+        if retry_timeout <= 0 or time.monotonic() >= give_up:
+            return
+        if attempt + 1 >= targets:  # every target tried once: wait a little
+            wait = min(backoff, max(0.0, give_up - time.monotonic()))
+            backoff = min(backoff * 2, 2.0)
+
+
 class Client(_Common):
     """Blocking client; thread-safe (one channel per target, any number of concurrent calls).
 
@@ -241,17 +261,10 @@ class Client(_Common):
 
     def _tries(self, request):
         """Stubs to send `request` to, in turn, while retries last (it gets a request id)."""
-        if self._retry_timeout > 0 and not request.request_id:
-            request.request_id = uuid.uuid4().hex
-        give_up = time.monotonic() + self._retry_timeout
-        backoff = 0.1
-        for attempt in itertools.count():
-            yield self._stubs[attempt % len(self._stubs)]
-            if self._retry_timeout <= 0 or time.monotonic() >= give_up:
-                return
-            if attempt + 1 >= len(self._stubs):  # every target tried once: wait a little
-                time.sleep(min(backoff, max(0.0, give_up - time.monotonic())))
-                backoff = min(backoff * 2, 2.0)
+        for index, wait in _retry_schedule(len(self._stubs), self._retry_timeout, request):
+            if wait > 0:
+                time.sleep(wait)
+            yield self._stubs[index]
 
     def __enter__(self) -> "Client":
         return self
@@ -375,16 +388,28 @@ class Client(_Common):
 
 class AsyncClient(_Common):
     """The same calls for asyncio: ``await client.generate(...)``, ``async for c in
-    client.stream(...)``. Create it inside the event loop that uses it."""
+    client.stream(...)``. Create it inside the event loop that uses it. ``fallback_targets``
+    and ``retry_timeout`` retry as Client's do (the waits are ``asyncio.sleep``)."""
 
     def __init__(self, target: str, api_key: Optional[str] = None, tls_ca: Optional[str] = None,
-                 timeout: Optional[float] = None):
+                 timeout: Optional[float] = None, fallback_targets: Sequence[str] = (),
+                 retry_timeout: float = 0):
         super().__init__(target, api_key, timeout)
-        self._channel = _channel_args(target, tls_ca, aio=True)
-        self._stub = pb_grpc.GenerationStub(self._channel)
+        self._channels = [_channel_args(t, tls_ca, aio=True) for t in [target, *fallback_targets]]
+        self._stubs = [pb_grpc.GenerationStub(c) for c in self._channels]
+        self._channel = self._channels[0]
+        self._stub = self._stubs[0]
+        self._retry_timeout = retry_timeout
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
+
+    async def _tries(self, request):
+        for index, wait in _retry_schedule(len(self._stubs), self._retry_timeout, request):
+            if wait > 0:
+                await asyncio.sleep(wait)
+            yield self._stubs[index]
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -397,30 +422,44 @@ class AsyncClient(_Common):
                        timeout: Optional[float] = None, **knobs) -> Result:
         """As Client.generate; the decoding knobs are the same keyword arguments."""
         request = _request(prompt, chat, prompt_ids, **_knobs(knobs))
-        try:
-            r = await self._stub.Generate(request, timeout=self._deadline(timeout),
-                                          metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
+        error = None
+        async for stub in self._tries(request):
+            try:
+                r = await stub.Generate(request, timeout=self._deadline(timeout),
+                                        metadata=self._metadata)
+                return _result(r.ids, r.text, r.stats, r.request_id, _logprobs(r.logprobs))
+            except grpc.RpcError as e:
+                error = e
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+        raise from_rpc_error(error) from None
 
     async def stream(self, prompt: Optional[str] = None, chat: Optional[Chat] = None,
                      prompt_ids: Optional[Sequence[int]] = None, *,
                      timeout: Optional[float] = None, **knobs) -> AsyncIterator[Chunk]:
         """As Client.stream, as an async iterator; leaving it early cancels the request."""
         request = _request(prompt, chat, prompt_ids, **_knobs(knobs))
-        call = self._stub.GenerateStream(request, timeout=self._deadline(timeout),
-                                         metadata=self._metadata)
         chunks = _ChunkAssembler()
-        try:
-            async for event in call:
-                chunk = chunks.add(event)
-                if chunk is not None:
-                    yield chunk
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        error = None
+        async for stub in self._tries(request):
+            request.resume_from_offset = chunks.received
+            call = stub.GenerateStream(request, timeout=self._deadline(timeout),
+                                       metadata=self._metadata)
+            try:
+                async for event in call:
+                    chunk = chunks.add(event)
+                    if chunk is not None:
+                        yield chunk
+                    if chunk is not None and chunk.final is not None:
+                        return
+                return
+            except grpc.RpcError as e:
+                error = e
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+            finally:
+                call.cancel()
+        raise from_rpc_error(error) from None
 
     async def models(self, timeout: Optional[float] = None) -> List[ModelInfo]:
         try:
