@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -60,22 +61,51 @@ absl::StatusOr<void*> CudaWeights::Alloc(size_t bytes) {
   return p;
 }
 
-// q8 checkpoints (docs/quantization.md) have CPU kernels only.
-absl::Status QuantizedRefusal() {
-  return absl::UnimplementedError(
-      "q8 (I8) weights run on the CPU backends; the CUDA backend takes F32, F16 or BF16 "
-      "checkpoints (docs/quantization.md)");
+namespace {
+
+// q8 (I8) matrices (docs/quantization.md) have no CUDA kernels: Upload dequantizes them on
+// the host to F32 (q * scale, exactly the values the CPU kernels compute with) and uploads
+// F32 matrices. This only makes q8 checkpoints loadable on a GPU: it takes 4 bytes per value
+// on the device (more than BF16) and is no faster.
+std::vector<float> DequantizeQ8(const model::WeightMatrix& m) {
+  std::vector<float> wide(static_cast<size_t>(m.rows * m.cols));
+  for (int64_t r = 0; r < m.rows; ++r) m.RowToF32(r, wide.data() + r * m.cols);
+  return wide;
 }
+
+// Device bytes of `m` as uploaded (q8 widens to F32).
+size_t UploadBytes(const model::WeightMatrix& m) {
+  return m.dtype == DType::kI8 ? static_cast<size_t>(m.rows * m.cols) * sizeof(float)
+                               : m.nbytes();
+}
+
+// Copies `m` to `dst` (UploadBytes(m) bytes). cudaMemcpy from pageable memory returns once
+// the source is staged, so a temporary dequantized copy may be freed right after.
+absl::Status CopyMatrix(void* dst, const model::WeightMatrix& m) {
+  if (m.dtype == DType::kI8) {
+    const std::vector<float> wide = DequantizeQ8(m);
+    DMOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(dst, wide.data(), UploadBytes(m), cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, m.data, m.nbytes(), cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+DType UploadDType(const model::WeightMatrix& m) {
+  return m.dtype == DType::kI8 ? DType::kF32 : m.dtype;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::ModelConfig& config,
                                                                  const model::ModelWeights& host) {
   std::unique_ptr<CudaWeights> w(new CudaWeights(config));
   auto matrix = [&](const model::WeightMatrix& m) -> absl::StatusOr<CudaMatrix> {
     if (m.empty()) return CudaMatrix{};
-    if (m.dtype == DType::kI8) return QuantizedRefusal();
-    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(m.nbytes()));
-    DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(p, m.data, m.nbytes(), cudaMemcpyHostToDevice));
-    return CudaMatrix{p, m.dtype, m.rows, m.cols};
+    DMOE_ASSIGN_OR_RETURN(void* p, w->Alloc(UploadBytes(m)));
+    DMOE_RETURN_IF_ERROR(CopyMatrix(p, m));
+    return CudaMatrix{p, UploadDType(m), m.rows, m.cols};
   };
   auto vector = [&](const std::vector<float>& v) -> absl::StatusOr<const float*> {
     if (v.empty()) return nullptr;
@@ -131,9 +161,9 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
       size_t bytes = 0;
       for (const model::FfnWeights& e : hl.experts) {
         if (e.empty()) continue;
-        if (e.gate.dtype == DType::kI8) return QuantizedRefusal();
-        bytes += AlignUp(e.gate.nbytes()) + AlignUp(e.up.nbytes()) + AlignUp(e.down.nbytes());
-        dl.expert_dtype = e.gate.dtype;
+        bytes += AlignUp(UploadBytes(e.gate)) + AlignUp(UploadBytes(e.up)) +
+                 AlignUp(UploadBytes(e.down));
+        dl.expert_dtype = UploadDType(e.gate);
       }
       char* base = nullptr;
       if (bytes > 0) {
@@ -149,10 +179,9 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const model::Mo
         held[e] = true;
         const model::WeightMatrix* parts[3] = {&f.gate, &f.up, &f.down};
         for (int i = 0; i < 3; ++i) {
-          DMOE_CUDA_RETURN_IF_ERROR(cudaMemcpy(base + offset, parts[i]->data, parts[i]->nbytes(),
-                                               cudaMemcpyHostToDevice));
+          DMOE_RETURN_IF_ERROR(CopyMatrix(base + offset, *parts[i]));
           ptrs[i * e_count + e] = base + offset;
-          offset += AlignUp(parts[i]->nbytes());
+          offset += AlignUp(UploadBytes(*parts[i]));
         }
         ++dl.experts_held;
       }

@@ -3,7 +3,9 @@
 // checkpoints: in F32 the top-1 ids are equal and confidences agree; in BF16 (where the GPU
 // rounds GEMM inputs to BF16) ids may differ only where the CPU's top two logits are within
 // rounding, and the test reports how often that happens. Uncached batches and KV-cached block
-// steps (paged device cache) are both covered. Skips without a GPU.
+// steps (paged device cache) are both covered. Q8 runs the q8 copy of the F32 checkpoint
+// (dmoe quantize): the GPU dequantizes it to F32 on upload, so it is held to the F32 bounds.
+// Skips without a GPU.
 #include <algorithm>
 #include <cmath>
 #include <iostream>
@@ -18,9 +20,11 @@
 #include "model/cuda/device_worker.h"
 #include "model/expert_executor.h"
 #include "model/kv_cache.h"
+#include "model/quantize.h"
 #include "model/model.h"
 #include "model/weights.h"
 #include "tests/cuda/gpu_test_util.h"
+#include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_checkpoint.h"
 
 namespace dmoe::gpu {
@@ -48,10 +52,16 @@ class CudaForwardTest : public ::testing::TestWithParam<DType> {
   void SetUp() override {
     DMOE_GPU_TEST_OR_SKIP();
     tools::RandomCheckpointSpec spec = dmoe_testing::DecodingSpec(/*seed=*/7);
-    spec.dtype = GetParam();
+    spec.dtype = GetParam() == DType::kI8 ? DType::kF32 : GetParam();
     tiny_ = std::make_unique<dmoe_testing::TinyCheckpointDir>(spec);
     ASSERT_TRUE(tiny_->ok()) << tiny_->status();
-    auto ckpt = model::Checkpoint::Open(tiny_->dir());
+    std::string dir = tiny_->dir();
+    if (GetParam() == DType::kI8) {
+      dir = q8_dir_.Join("q8");
+      absl::Status q = model::QuantizeCheckpoint({.in_dir = tiny_->dir(), .out_dir = dir});
+      ASSERT_TRUE(q.ok()) << q;
+    }
+    auto ckpt = model::Checkpoint::Open(dir);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
     checkpoint_ = *std::move(ckpt);
     auto weights = model::LoadModelWeights(*checkpoint_, {});
@@ -179,7 +189,7 @@ class CudaForwardTest : public ::testing::TestWithParam<DType> {
   }
 
   void Check(const Comparison& c, const char* what) {
-    const bool f32 = GetParam() == DType::kF32;
+    const bool f32 = GetParam() != DType::kBF16;  // q8 runs as F32 on the GPU
     std::cout << "[" << DTypeName(GetParam()) << " " << what << "] rows " << c.rows
               << ", equal ids " << c.equal_ids << ", near ties " << c.near_ties
               << ", real mismatches " << c.real_mismatch << ", max confidence rel. error "
@@ -196,9 +206,10 @@ class CudaForwardTest : public ::testing::TestWithParam<DType> {
     }
   }
 
-  float TieMargin() const { return GetParam() == DType::kF32 ? 1e-4f : 0.1f; }
+  float TieMargin() const { return GetParam() == DType::kBF16 ? 0.1f : 1e-4f; }
 
   std::unique_ptr<dmoe_testing::TinyCheckpointDir> tiny_;
+  dmoe_testing::TempDir q8_dir_;
   std::unique_ptr<model::Checkpoint> checkpoint_;
   model::ModelWeights host_weights_;
   std::unique_ptr<model::Model> model_;
@@ -257,8 +268,11 @@ TEST_P(CudaForwardTest, RejectsMalformedSegments) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, CudaForwardTest, ::testing::Values(DType::kF32, DType::kBF16),
-                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaForwardTest, ::testing::Values(DType::kF32, DType::kBF16, DType::kI8),
+                         [](const auto& info) {
+                           return info.param == DType::kI8 ? std::string("Q8")
+                                                           : std::string(DTypeName(info.param));
+                         });
 
 }  // namespace
 }  // namespace dmoe::gpu
