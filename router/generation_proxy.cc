@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/auth/authorize.h"
@@ -40,30 +39,15 @@ void ForwardAuthorization(const grpc::CallbackServerContext& from, grpc::ClientC
   if (!authorization.empty()) to.AddMetadata(auth::kAuthorizationMetadata, authorization);
 }
 
-// A Generate call without a request id gets one here, so that a stream's re-attach after a
-// lost scheduler names the same request (a journalling scheduler de-duplicates by id).
-std::string NewRequestId() {
-  static std::atomic<uint64_t> counter{0};
-  static const uint64_t process = absl::Uniform<uint64_t>(absl::BitGen());
-  return absl::StrCat("router-", absl::Hex(process, absl::kZeroPad16), "-",
-                      counter.fetch_add(1, std::memory_order_relaxed));
-}
-
 // The request as the backend gets it: the router has resolved model.version to a backend,
-// whose own version label may differ (or be empty), so the field is not passed on; and a
-// Generate request has a request id.
+// whose own version label may differ (or be empty), so the field is not passed on.
 template <typename Request>
 std::shared_ptr<const Request> ForBackend(const Request* request) {
-  bool needs_id = false;
-  if constexpr (requires { request->request_id(); }) needs_id = request->request_id().empty();
-  if (request->model().version().empty() && !needs_id) {
+  if (request->model().version().empty()) {
     return std::shared_ptr<const Request>(request, [](const Request*) {});  // not owned
   }
   auto copy = std::make_shared<Request>(*request);
   copy->mutable_model()->clear_version();
-  if constexpr (requires { copy->set_request_id(""); }) {
-    if (needs_id) copy->set_request_id(NewRequestId());
-  }
   return copy;
 }
 
@@ -211,8 +195,10 @@ grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* GenerationProxy::Gen
       split_->Pick(ClientKey(context, *request), request->model().version());
   if (!version.ok()) return new Refusal(ToGrpcStatus(version.status()));
   const absl::Time start = absl::Now();
+  dmoe::v1::GenerateRequest forwarded = *request;
+  forwarded.mutable_model()->clear_version();
   return StartStreamRelay(
-      context, *ForBackend(request),
+      context, std::move(forwarded),
       {.stub = backends_.at(*version).stub.get(),
        .version = *version,
        .reattach = options_.reattach,

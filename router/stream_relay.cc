@@ -8,11 +8,54 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 
 namespace dmoe::router {
 namespace {
+
+// The waits of one stream's re-attach tries: a streak of failed tries starts at the first and
+// ends when a try reaches the scheduler (Reset).
+class ReattachBackoff {
+ public:
+  explicit ReattachBackoff(const ReattachOptions& options) : options_(options) {}
+  // The wait before the next try after a try ended with `status`, or nullopt when that is
+  // the caller's outcome (not UNAVAILABLE, re-attach off, or past the timeout or `deadline`).
+  std::optional<absl::Duration> Next(const grpc::Status& status, absl::Time deadline);
+  void Reset() { lost_since_.reset(); }
+
+ private:
+  const ReattachOptions options_;
+  std::optional<absl::Time> lost_since_;  // the first failed try of the current streak
+  int tries_ = 0;                         // failed tries in the streak
+};
+
+std::optional<absl::Duration> ReattachBackoff::Next(const grpc::Status& status,
+                                                    absl::Time deadline) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE || !options_.enabled()) {
+    return std::nullopt;
+  }
+  const absl::Time now = absl::Now();
+  if (!lost_since_) {
+    lost_since_ = now;
+    tries_ = 0;
+  }
+  absl::Duration wait = options_.initial_backoff;
+  for (int i = 0; i < tries_ && wait < options_.max_backoff; ++i) wait *= 2;
+  wait = std::min(wait, options_.max_backoff);
+  ++tries_;
+  if (now + wait >= std::min(*lost_since_ + options_.timeout, deadline)) return std::nullopt;
+  return wait;
+}
+
+std::string NewRequestId() {
+  static std::atomic<uint64_t> counter{0};
+  static const uint64_t process = absl::Uniform<uint64_t>(absl::BitGen());
+  return absl::StrCat("router-", absl::Hex(process, absl::kZeroPad16), "-",
+                      counter.fetch_add(1, std::memory_order_relaxed));
+}
 
 // Relays the backend's stream without a thread of its own: a ClientReadReactor on the
 // backend's async() stub (one Attempt per backend call) chained to this ServerWriteReactor.
@@ -40,6 +83,7 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
         authorization_(CallerAuthorization(*context)),
         request_(std::move(request)),
         admission_(std::move(admission)) {
+    if (request_.request_id().empty()) request_.set_request_id(NewRequestId());
     next_offset_ = request_.resume_from_offset();
     StartAttempt();
   }
@@ -206,24 +250,6 @@ class StreamRelay final : public grpc::ServerWriteReactor<dmoe::v1::GenerateStre
 };
 
 }  // namespace
-
-std::optional<absl::Duration> ReattachBackoff::Next(const grpc::Status& status,
-                                                    absl::Time deadline) {
-  if (status.error_code() != grpc::StatusCode::UNAVAILABLE || !options_.enabled()) {
-    return std::nullopt;
-  }
-  const absl::Time now = absl::Now();
-  if (!lost_since_) {
-    lost_since_ = now;
-    tries_ = 0;
-  }
-  absl::Duration wait = options_.initial_backoff;
-  for (int i = 0; i < tries_ && wait < options_.max_backoff; ++i) wait *= 2;
-  wait = std::min(wait, options_.max_backoff);
-  ++tries_;
-  if (now + wait >= std::min(*lost_since_ + options_.timeout, deadline)) return std::nullopt;
-  return wait;
-}
 
 std::string CallerAuthorization(const grpc::CallbackServerContext& context) {
   const auto& metadata = context.client_metadata();

@@ -4,7 +4,6 @@
 #define DMOE_ROUTER_STREAM_RELAY_H_
 
 #include <functional>
-#include <optional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -32,22 +31,6 @@ struct ReattachOptions {
   bool enabled() const { return timeout > absl::ZeroDuration(); }
 };
 
-// The waits of one call's re-attach tries: a streak of failed tries starts at the first and
-// ends when a try reaches the scheduler (Reset).
-class ReattachBackoff {
- public:
-  explicit ReattachBackoff(const ReattachOptions& options) : options_(options) {}
-  // The wait before the next try after a try ended with `status`, or nullopt when that is
-  // the caller's outcome (not UNAVAILABLE, re-attach off, or past the timeout or `deadline`).
-  std::optional<absl::Duration> Next(const grpc::Status& status, absl::Time deadline);
-  void Reset() { lost_since_.reset(); }
-
- private:
-  const ReattachOptions options_;
-  std::optional<absl::Time> lost_since_;  // the first failed try of the current streak
-  int tries_ = 0;                         // failed tries in the streak
-};
-
 struct StreamRelayOptions {
   dmoe::v1::Generation::Stub* stub = nullptr;  // the picked version's scheduler; not owned
   std::string version;                          // set on the final event's model.version
@@ -62,8 +45,9 @@ struct StreamRelayOptions {
 // scheduler with its own --api-keys sees the same key.
 std::string CallerAuthorization(const grpc::CallbackServerContext& context);
 
-// Starts relaying `request` (its request_id set: re-attaching needs it) for the caller of
-// `context`; the returned reactor deletes itself when both sides are done.
+// Starts relaying `request` for the caller of `context` (a request without an id gets one,
+// "router-<process>-<n>", so that a re-attach names the same request); the returned reactor
+// deletes itself when both sides are done.
 grpc::ServerWriteReactor<dmoe::v1::GenerateStreamResponse>* StartStreamRelay(
     grpc::CallbackServerContext* context, dmoe::v1::GenerateRequest request,
     StreamRelayOptions options, auth::Admission admission);

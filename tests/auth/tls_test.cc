@@ -64,6 +64,16 @@ class TlsTest : public ::testing::Test {
     dmoe::v1::ListModelsResponse response;
     return stub->ListModels(&context, {}, &response);
   }
+  // A call that checks the server's certificate as `name` (--tls-server-name; "" the address).
+  grpc::Status CallAs(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                      const std::string& name) {
+    auto stub = dmoe::v1::Generation::NewStub(
+        CreateChannelAs(absl::StrCat("localhost:", port_), std::move(credentials), name));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    dmoe::v1::ListModelsResponse response;
+    return stub->ListModels(&context, {}, &response);
+  }
   std::shared_ptr<grpc::ChannelCredentials> Credentials(const TlsOptions& options) {
     absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c = CallerCredentials(options);
     EXPECT_THAT(c.status(), IsOk());
@@ -112,14 +122,7 @@ TEST_F(TlsTest, ServerNameOverrideChecksTheCertificateAsThatName) {
                             IssueCertificate(dir_.path(), "pod", "pods.dmoe.internal"));
   Start(ClientCertificates::kRequired);
   DMOE_ASSERT_OK_AND_ASSIGN(auto cluster, ChannelCredentials(client_tls_));
-  auto call_as = [&](const std::string& name) {
-    auto stub = dmoe::v1::Generation::NewStub(
-        CreateChannelAs(absl::StrCat("localhost:", port_), cluster, name));
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    dmoe::v1::ListModelsResponse response;
-    return stub->ListModels(&context, {}, &response);
-  };
+  auto call_as = [&](const std::string& name) { return CallAs(cluster, name); };
   EXPECT_TRUE(call_as("pods.dmoe.internal").ok());
   // A name the certificate does not hold is refused, though the address would have matched.
   EXPECT_EQ(call_as("elsewhere.example").error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -134,14 +137,7 @@ TEST_F(TlsTest, ARotatedCertificateServesWithoutARestart) {
   Start(ClientCertificates::kRequired);
   client_tls_.reload_seconds = 1;
   DMOE_ASSERT_OK_AND_ASSIGN(auto cluster, ChannelCredentials(client_tls_));
-  auto call_as = [&](const std::string& name) {
-    auto stub = dmoe::v1::Generation::NewStub(
-        CreateChannelAs(absl::StrCat("localhost:", port_), cluster, name));
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    dmoe::v1::ListModelsResponse response;
-    return stub->ListModels(&context, {}, &response);
-  };
+  auto call_as = [&](const std::string& name) { return CallAs(cluster, name); };
   EXPECT_TRUE(call_as("old.dmoe").ok());
   EXPECT_EQ(call_as("new.dmoe").error_code(), grpc::StatusCode::UNAVAILABLE);
   // The renewal: a certificate for another name, written over the same files.

@@ -142,7 +142,29 @@ class ClientFailoverTest : public ::testing::Test {
     EXPECT_FALSE(got.text.empty()) << "the model has a tokenizer: text is expected";
   }
 
+  // `dmoe serve --journal` and a dmoe-router in front of it; reference_ is the fault-free run
+  // straight to serve.
+  void StartServeBehindRouter() {
+    journal_ = tmp_.Join("scheduler.journal");
+    serve_ = std::make_unique<Child>(ServeArgv(journal_, "127.0.0.1:0"));
+    serve_address_ = WaitListening(*serve_);
+    ASSERT_FALSE(serve_address_.empty());
+    router_ = std::make_unique<Child>(RouterArgv(serve_address_));
+    router_address_ = WaitListening(*router_);
+    ASSERT_FALSE(router_address_.empty());
+    reference_ = Reference(serve_address_);
+  }
+  // SIGKILL, then the same server on the same journal and port.
+  void KillAndRestartServe() {
+    EXPECT_EQ(serve_->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
+    serve_ = std::make_unique<Child>(ServeArgv(journal_, serve_address_));
+    EXPECT_EQ(WaitListening(*serve_), serve_address_);
+  }
+
   dmoe_testing::TempDir tmp_;
+  std::string journal_, serve_address_, router_address_;
+  std::unique_ptr<Child> serve_, router_;
+  Streamed reference_;
 };
 
 TEST_F(ClientFailoverTest, RouterKilledMidStreamTheClientGoesOnThroughTheOtherRouter) {
@@ -203,57 +225,36 @@ TEST_F(ClientFailoverTest, ServeKilledAndRestartedOnItsPortTheClientReattaches) 
 TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheClientReattachesThroughIt) {
   // The router relays its backend's loss as UNAVAILABLE, so the client retries through the
   // same router, which reaches the restarted server.
-  const std::string journal = tmp_.Join("scheduler.journal");
-  auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
-  const std::string address = WaitListening(*serve);
-  ASSERT_FALSE(address.empty());
-  Child router(RouterArgv(address));
-  const std::string router_address = WaitListening(router);
-  ASSERT_FALSE(router_address.empty());
-  const Streamed reference = Reference(address);
-
-  auto client = Client(router_address);
+  StartServeBehindRouter();
+  if (HasFatalFailure()) return;
+  auto client = Client(router_address_);
   ASSERT_NE(client, nullptr);
-  const Streamed got = Stream(*client, Request("behind-a-router"), [&] {
-    EXPECT_EQ(serve->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
-    serve = std::make_unique<Child>(ServeArgv(journal, address));
-    EXPECT_EQ(WaitListening(*serve), address);
-  });
-  ExpectSame(got, reference);
-  EXPECT_EQ(router.SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
-  EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  const Streamed got =
+      Stream(*client, Request("behind-a-router"), [&] { KillAndRestartServe(); });
+  ExpectSame(got, reference_);
+  EXPECT_EQ(router_->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  EXPECT_EQ(serve_->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
 }
 
 // The router itself re-attaches (router/stream_relay.h): a client that never retries streams
 // through it while the server behind it is SIGKILLed and restarted on its journal and port,
-// and sees one unbroken stream with the fault-free ids. The router counts its tries.
+// and sees one unbroken stream with the fault-free ids. The router logs the re-attach.
 TEST_F(ClientFailoverTest, ServeKilledBehindARouterTheRouterReattachesAClientThatNeverRetries) {
-  const std::string journal = tmp_.Join("scheduler.journal");
-  auto serve = std::make_unique<Child>(ServeArgv(journal, "127.0.0.1:0"));
-  const std::string address = WaitListening(*serve);
-  ASSERT_FALSE(address.empty());
-  Child router(RouterArgv(address));
-  const std::string router_address = WaitListening(router);
-  ASSERT_FALSE(router_address.empty());
-  const Streamed reference = Reference(address);
-
-  client::ClientOptions options{.target = router_address};
+  StartServeBehindRouter();
+  if (HasFatalFailure()) return;
+  client::ClientOptions options{.target = router_address_};
   options.timeout = absl::Seconds(50);  // RetryPolicy's default: one try, never retried
   auto client = client::GenerationClient::Connect(options);
   ASSERT_TRUE(client.ok()) << client.status();
-  const Streamed got = Stream(**client, Request("router-reattaches"), [&] {
-    EXPECT_EQ(serve->SignalAndWait(SIGKILL, absl::Seconds(10)), 128 + SIGKILL);
-    serve = std::make_unique<Child>(ServeArgv(journal, address));
-    EXPECT_EQ(WaitListening(*serve), address);
-  });
-  ExpectSame(got, reference);
+  const Streamed got =
+      Stream(**client, Request("router-reattaches"), [&] { KillAndRestartServe(); });
+  ExpectSame(got, reference_);
 
-  // Its log says what happened.
-  EXPECT_EQ(router.SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  EXPECT_EQ(router_->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
   std::string log, line;
-  while (!(line = router.ReadLine(absl::Seconds(1))).empty()) log += line + "\n";
+  while (!(line = router_->ReadLine(absl::Seconds(1))).empty()) log += line + "\n";
   EXPECT_NE(log.find("re-attaching at offset"), std::string::npos) << log;
-  EXPECT_EQ(serve->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
+  EXPECT_EQ(serve_->SignalAndWait(SIGTERM, absl::Seconds(30)), 0);
 }
 
 // With --reattach-timeout-s 0 the loss is the caller's error, as before.

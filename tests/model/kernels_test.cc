@@ -123,25 +123,19 @@ TEST_F(KernelsTest, Q8MatMulMatchesReferenceForOddShapes) {
   }
 }
 
-TEST_F(KernelsTest, Q8MatMulRowsAreBitIdenticalWhateverTheBatch) {
-  StoredMatrix w(DType::kI8, 37, 128, 3);
-  std::vector<float> x = RandomVector(9 * 128, 11);
-  std::vector<float> all(9 * 37), one(37);
-  fast_.MatMul(x.data(), 9, w.matrix, all.data());
-  for (int t = 0; t < 9; ++t) {
-    fast_.MatMul(x.data() + t * 128, 1, w.matrix, one.data());
-    EXPECT_EQ(std::memcmp(one.data(), &all[t * 37], 37 * sizeof(float)), 0) << "token " << t;
-  }
-}
-
+// BF16 (widened in registers at one row, into scratch at nine) and q8 (always into scratch).
 TEST_F(KernelsTest, MatMulRowsAreBitIdenticalWhateverTheBatch) {
-  StoredMatrix w(DType::kBF16, 37, 130, 3);
-  std::vector<float> x = RandomVector(9 * 130, 11);
-  std::vector<float> all(9 * 37), one(37);
-  fast_.MatMul(x.data(), 9, w.matrix, all.data());
-  for (int64_t r = 0; r < 9; ++r) {
-    fast_.MatMul(x.data() + r * 130, 1, w.matrix, one.data());
-    EXPECT_EQ(0, std::memcmp(one.data(), all.data() + r * 37, 37 * sizeof(float))) << "row " << r;
+  for (auto [dtype, k] :
+       {std::pair{DType::kBF16, int64_t{130}}, std::pair{DType::kI8, int64_t{128}}}) {
+    StoredMatrix w(dtype, 37, k, 3);
+    std::vector<float> x = RandomVector(9 * k, 11);
+    std::vector<float> all(9 * 37), one(37);
+    fast_.MatMul(x.data(), 9, w.matrix, all.data());
+    for (int64_t r = 0; r < 9; ++r) {
+      fast_.MatMul(x.data() + r * k, 1, w.matrix, one.data());
+      EXPECT_EQ(0, std::memcmp(one.data(), all.data() + r * 37, 37 * sizeof(float)))
+          << DTypeName(dtype) << " row " << r;
+    }
   }
 }
 
